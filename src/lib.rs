@@ -1,0 +1,127 @@
+//! A durable, append-only journal of JSON records.
+//!
+//! `ministore` is a write-ahead log engine: [`MiniStore::append`] writes a record as one
+//! JSON line and fsyncs it before returning; [`MiniStore::replay`] reads every record back
+//! in order. On top of the published crate's API (kept as documented) it adds sequence
+//! numbers, batch appends with one fsync, readers from any position that see only durable
+//! records, and crash repair.
+//!
+//! ```
+//! use ministore::MiniStore;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum Counter { Set { value: u32 }, Inc { delta: u32 } }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("counter.log");
+//!
+//! let mut store = MiniStore::open(&path).await?;
+//! store.append(&Counter::Set { value: 100 }).await?;
+//! store.append(&Counter::Inc { delta: 25 }).await?;
+//! assert_eq!(store.last_seq(), 2);
+//!
+//! let records: Vec<Counter> = MiniStore::replay(&path).await?;
+//! assert_eq!(records, vec![Counter::Set { value: 100 }, Counter::Inc { delta: 25 }]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # File format
+//!
+//! A journal at `dir/journal.jsonl` is the active file `journal.jsonl` and rotated
+//! segments `journal.jsonl.000001`, `journal.jsonl.000002`, ... (higher is newer; any
+//! number of digits is read, ordered numerically). Every file is text:
+//!
+//! ```text
+//! // MINISTORE JOURNAL v0.1.4 first_seq=1
+//! {"Set":{"value":100}}
+//! {"Inc":{"delta":25}}
+//! ```
+//!
+//! - Line 1, the header: the published crate's magic `// MINISTORE JOURNAL v0.1.4`, then
+//!   `first_seq=N`, the sequence number of the file's first record. Readers accept any
+//!   first line starting with `// MINISTORE JOURNAL v` and ignore `key=value` tokens they
+//!   do not know, so this format and the published crate's read each other's files.
+//! - Every following `\n`-terminated line is one record: compact JSON, never containing a
+//!   raw newline. Record `k` of a file (from 0) has sequence number `first_seq + k`.
+//! - A last line without `\n` is not a record: it is a write that never completed.
+//!
+//! Sequence numbers start at 1, are contiguous, and never change: rotation and retention
+//! move and delete whole files, and each file carries its own `first_seq`. (A journal
+//! written by the published crate, which has no `first_seq`, is numbered by counting from
+//! its oldest file; `open` then records the numbers in its headers.)
+//!
+//! Beside the journal live `journal.jsonl.lock` (held by the one open writer) and, after a
+//! repair that cut more than a partial line, `journal.jsonl.broken-<offset>` with the bytes
+//! that were cut.
+//!
+//! # Durability contract
+//!
+//! **What `Ok` means.** When `append`, `append_batch` or `append_json` returns `Ok`, the
+//! records are written and `fdatasync`ed: they survive the process being killed and the
+//! machine losing power (on storage that honours flushes). Their sequence numbers are
+//! final.
+//!
+//! **The order of operations**, each step documented where it happens in `store.rs`:
+//! 1. append: `pwrite` the records at the end of the durable data, then `fdatasync`; only
+//!    then are they counted, shown to readers and acknowledged. A failed write is
+//!    truncated away; a failed fsync poisons the writer (see below).
+//! 2. rotation (after an append reaches `max_bytes_per_segment`): rename the active file to
+//!    the next segment number, fsync the directory; create the new active file with its
+//!    header, fsync it and the directory; delete segments beyond `max_segments`, fsync the
+//!    directory.
+//! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
+//!    torn header: it is created from the end of the newest segment); cut an incomplete
+//!    tail from the active file (logging file, offset and length; more than a partial line
+//!    is first saved as `.broken-<offset>`), fsync, and only then accept appends.
+//!
+//! **What a crash can leave, and what open makes of it.** A crash during an append can
+//! leave a prefix of the unacknowledged records: complete lines are kept (they were never
+//! acknowledged, but they are valid records), an incomplete one is cut. A crash during
+//! rotation leaves the journal in one of the states listed at each step of `rotate`, all
+//! of which open repairs. Nothing acknowledged is ever cut: only bytes after the last
+//! complete, valid line go, and invalid lines are only cut at the end of the active file.
+//! Damage anywhere else (an invalid line followed by valid ones, a foreign header) is
+//! refused with an error and the file is not modified.
+//!
+//! **Errors.** An `Err` from an append means the records are not acknowledged: after a
+//! crash they may or may not be there. After a failed `fsync` the writer refuses further
+//! writes ([`MiniStoreError::Poisoned`]) until the journal is reopened: the kernel may have
+//! dropped the dirty pages, and retrying would report success over lost data.
+//!
+//! **Readers** made by [`MiniStore::reader`] (in the writer's process) never return a
+//! record that is not yet durable: they read only up to the length of the active segment
+//! that the last fsync covered. [`MiniStore::replay`], [`MiniStore::stream`] and
+//! [`MiniStore::read_from`] read files as they are on disk, skipping an incomplete last line.
+//!
+//! **Not guaranteed**: protection against media corruption (lines carry no checksum, to
+//! stay compatible with the published format), or against another program writing to the
+//! files.
+
+mod error;
+mod json;
+mod options;
+mod read;
+mod segment;
+mod store;
+
+pub use error::{MiniStoreError, Result};
+pub use json::JsonLine;
+pub use options::{DEFAULT_MAX_BYTES_PER_SEGMENT, DEFAULT_MAX_SEGMENTS, MiniStoreOptions};
+pub use read::{JournalReader, JournalStream, Record};
+pub use store::{Durable, MiniStore};
+
+/// The gRPC wire types and stubs generated from `proto/ministore/v1/journal.proto`
+/// (feature `grpc`), shared by ministore-server and ministore-client.
+#[cfg(feature = "grpc")]
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("ministore.v1");
+
+    /// The encoded file descriptor set of the proto, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("ministore_descriptor");
+}

@@ -1,0 +1,88 @@
+//! [`MiniStoreOptions`]: segment size and retention.
+
+use std::path::Path;
+
+use crate::{MiniStore, Result};
+
+/// Default size at which the active segment is rotated: 64 MiB.
+pub const DEFAULT_MAX_BYTES_PER_SEGMENT: u64 = 64 * 1024 * 1024;
+/// Default number of segment files kept, the active one included: 3.
+pub const DEFAULT_MAX_SEGMENTS: usize = 3;
+
+/// Configuration for a [`MiniStore`]: when to rotate and how much to keep.
+///
+/// By default a segment is rotated at 64 MiB and 3 segment files are kept (the active
+/// one and the two newest rotated ones), so a journal keeps at most about 192 MiB.
+/// Sequence numbers are never affected by retention.
+///
+/// ```
+/// use ministore::MiniStoreOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ministore::MiniStoreError> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut store = MiniStoreOptions::new()
+///     .max_bytes_per_segment(1024 * 1024)
+///     .max_segments(10)
+///     .open(dir.path().join("events.log"))
+///     .await?;
+/// store.append(&"hello").await?;
+/// assert_eq!(store.last_seq(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MiniStoreOptions {
+    /// Size in bytes at which the active segment is rotated (checked after each append).
+    pub max_bytes_per_segment: u64,
+    /// How many segment files to keep, the active one included. At least 1.
+    pub max_segments: usize,
+}
+
+impl Default for MiniStoreOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MiniStoreOptions {
+    /// The defaults: 64 MiB segments, 3 segments kept.
+    pub fn new() -> Self {
+        Self {
+            max_bytes_per_segment: DEFAULT_MAX_BYTES_PER_SEGMENT,
+            max_segments: DEFAULT_MAX_SEGMENTS,
+        }
+    }
+
+    /// Sets the size in bytes at which the active segment is rotated.
+    pub fn max_bytes_per_segment(mut self, bytes: u64) -> Self {
+        self.max_bytes_per_segment = bytes;
+        self
+    }
+
+    /// Sets how many segment files are kept, the active one included; older ones are deleted
+    /// at rotation. Must be at least 1 (1 keeps only the active segment).
+    pub fn max_segments(mut self, n: usize) -> Self {
+        self.max_segments = n;
+        self
+    }
+
+    /// Opens (or creates) the journal at `path` with these options. See [`MiniStore::open`].
+    pub async fn open<P: AsRef<Path>>(self, path: P) -> Result<MiniStore> {
+        MiniStore::open_with_options(path.as_ref(), self).await
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_segments == 0 {
+            return Err(crate::MiniStoreError::InvalidArgument(
+                "max_segments must be at least 1".into(),
+            ));
+        }
+        if self.max_bytes_per_segment == 0 {
+            return Err(crate::MiniStoreError::InvalidArgument(
+                "max_bytes_per_segment must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,444 @@
+//! Reading journals back: [`JournalReader`] from any sequence number across all segments,
+//! and [`JournalStream`], the line stream over one file.
+
+use std::fs::File;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::watch;
+
+use crate::segment::{self, Segment};
+use crate::store::{Durable, blocking};
+use crate::{MiniStoreError, Result};
+
+/// Bytes read from a segment at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One record read back: its sequence number and its JSON line (without the newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The stored JSON text.
+    pub json: String,
+}
+
+impl Record {
+    /// Deserializes the record's JSON.
+    ///
+    /// ```
+    /// let record = ministore::Record { seq: 1, json: r#"{"id":7}"#.into() };
+    /// let value: serde_json::Value = record.parse().unwrap();
+    /// assert_eq!(value["id"], 7);
+    /// ```
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+}
+
+/// Reads a journal from any sequence number through all retained segments, in batches,
+/// with flat memory.
+///
+/// Made by [`MiniStore::read_from`](crate::MiniStore::read_from) (the journal as it is on
+/// disk) or [`MiniStore::reader`](crate::MiniStore::reader) (only records the writer has
+/// made durable; can [`wait`](Self::wait) for more). The start is found from the segment
+/// headers, without reading earlier segments. A reader that falls so far behind that
+/// retention deletes the segment it needs next gets [`MiniStoreError::Truncated`], never a
+/// silent gap.
+#[derive(Debug)]
+pub struct JournalReader {
+    base: PathBuf,
+    /// `None` while a read runs on the blocking pool (or for good if one was cancelled).
+    cursor: Option<Cursor>,
+    durable: Option<watch::Receiver<Durable>>,
+}
+
+impl JournalReader {
+    pub(crate) fn new(base: &Path, from_seq: u64) -> Self {
+        JournalReader {
+            base: base.to_path_buf(),
+            cursor: Some(Cursor::new(base, from_seq)),
+            durable: None,
+        }
+    }
+
+    /// A reader of the journal at `path` that returns only records `durable` reports
+    /// durable, for readers that outlive a borrow of the [`MiniStore`](crate::MiniStore):
+    /// take the receiver from [`MiniStore::watch_durable`](crate::MiniStore::watch_durable).
+    pub fn with_durable(path: &Path, from_seq: u64, durable: watch::Receiver<Durable>) -> Self {
+        JournalReader {
+            durable: Some(durable),
+            ..JournalReader::new(path, from_seq)
+        }
+    }
+
+    /// The sequence number the next record read will have (after positioning, the oldest
+    /// retained one if the reader started before it).
+    pub fn next_seq(&self) -> u64 {
+        self.cursor.as_ref().map_or(0, |c| c.next_seq)
+    }
+
+    /// Reads up to `max` records. An empty batch means there is nothing more to read now.
+    ///
+    /// # Errors
+    /// I/O errors, a bad segment header, a line that is not UTF-8, and
+    /// [`MiniStoreError::Truncated`] when retention deleted records this reader still needed.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {
+        let limit = self.durable.as_ref().map(|d| *d.borrow());
+        let mut cursor = self.cursor.take().ok_or_else(|| MiniStoreError::Io {
+            op: "reading",
+            path: self.base.clone(),
+            source: std::io::Error::other("an earlier read of this reader was cancelled"),
+        })?;
+        let (cursor, result) = blocking(move || {
+            let result = cursor.read_batch(max, limit);
+            Ok((cursor, result))
+        })
+        .await?;
+        self.cursor = Some(cursor);
+        result
+    }
+
+    /// Waits until a record past those already read is durable. Returns `false` when none
+    /// will come: the writer was closed, or this reader has no writer to wait on (it was
+    /// made by [`read_from`](crate::MiniStore::read_from)).
+    pub async fn wait(&mut self) -> bool {
+        let next = self.next_seq();
+        match &mut self.durable {
+            Some(durable) => durable.wait_for(|d| d.last_seq >= next).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Parses `record` as a `T`, naming its file and line when it does not parse.
+    pub(crate) fn parse<T: DeserializeOwned>(&self, record: &Record) -> Result<T> {
+        record.parse().map_err(|e| {
+            let (path, line) = self
+                .cursor
+                .as_ref()
+                .and_then(|c| c.locate(record.seq))
+                .unwrap_or_else(|| (self.base.clone(), 0));
+            MiniStoreError::Corrupt {
+                path,
+                line,
+                reason: format!("record {} does not deserialize: {e}", record.seq),
+            }
+        })
+    }
+}
+
+/// The synchronous part of a reader: where it is, and the open segment.
+#[derive(Debug)]
+struct Cursor {
+    base: PathBuf,
+    next_seq: u64,
+    /// Positioned at least once: from then on a missing segment is a gap, not a start.
+    started: bool,
+    open: Option<OpenSegment>,
+    /// The segments read so far in the current batch, for error messages: (first_seq, path).
+    recent: Vec<(u64, PathBuf)>,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    /// File offset of the first byte not yet in `buf`.
+    pos: u64,
+    buf: Vec<u8>,
+    /// Start of the unread bytes in `buf`.
+    start: usize,
+}
+
+impl Cursor {
+    fn new(base: &Path, from_seq: u64) -> Self {
+        Cursor {
+            base: base.to_path_buf(),
+            next_seq: from_seq.max(1),
+            started: false,
+            open: None,
+            recent: Vec::new(),
+        }
+    }
+
+    /// The file and line of `seq`, if it was read in the current batch.
+    fn locate(&self, seq: u64) -> Option<(PathBuf, u64)> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= seq)
+            .map(|(first, path)| (path.clone(), seq - first + 2))
+    }
+
+    fn read_batch(&mut self, max: usize, durable: Option<Durable>) -> Result<Vec<Record>> {
+        let last = durable.map_or(u64::MAX, |d| d.last_seq);
+        let mut out = Vec::new();
+        self.recent.clear();
+        if let Some(open) = &self.open {
+            self.recent.push((open.first_seq, open.path.clone()));
+        }
+        while out.len() < max && self.next_seq <= last {
+            if self.open.is_none() && !self.position(durable)? {
+                break;
+            }
+            let open = self.open.as_mut().expect("positioned");
+            // Never read the active segment past its durable length: bytes beyond it may
+            // be a write in progress, or a failed one about to be truncated and rewritten.
+            let cap = durable
+                .filter(|d| d.active_first_seq == open.first_seq)
+                .map(|d| d.active_len);
+            match open.next_line(cap)? {
+                Some(json) => {
+                    out.push(Record {
+                        seq: self.next_seq,
+                        json,
+                    });
+                    self.next_seq += 1;
+                }
+                None => {
+                    // The end of this file. If a newer segment exists, this one is sealed
+                    // and complete: go on to the next. Otherwise we are at the end.
+                    let sealed = match durable {
+                        Some(d) => d.active_first_seq > open.first_seq,
+                        None => segment::catalog(&self.base)?
+                            .iter()
+                            .any(|s| s.first_seq > open.first_seq),
+                    };
+                    if !sealed {
+                        break;
+                    }
+                    self.open = None;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the segment holding `next_seq` and skips to it. `false`: the journal has no
+    /// files yet.
+    fn position(&mut self, durable: Option<Durable>) -> Result<bool> {
+        // A rotation between listing and opening can hand us a different file under the
+        // active name; the header tells, and a second look finds the right one.
+        for _ in 0..8 {
+            let segments = segment::catalog(&self.base)?;
+            let Some(oldest) = segments.first() else {
+                return Ok(false);
+            };
+            if self.next_seq < oldest.first_seq {
+                if self.started {
+                    return Err(MiniStoreError::Truncated {
+                        path: self.base.clone(),
+                        requested: self.next_seq,
+                        oldest: oldest.first_seq,
+                    });
+                }
+                self.next_seq = oldest.first_seq;
+            }
+            let seg = segments
+                .iter()
+                .rev()
+                .find(|s| s.first_seq <= self.next_seq)
+                .expect("next_seq >= oldest first_seq");
+            let Some(mut open) = OpenSegment::open(seg)? else {
+                continue;
+            };
+            let cap = durable
+                .filter(|d| d.active_first_seq == open.first_seq)
+                .map(|d| d.active_len);
+            for _ in open.first_seq..self.next_seq {
+                if open.next_line(cap)?.is_none() {
+                    break; // the reader waits here for the records it asked for
+                }
+            }
+            self.started = true;
+            self.recent.push((open.first_seq, open.path.clone()));
+            self.open = Some(open);
+            return Ok(true);
+        }
+        Err(MiniStoreError::Io {
+            op: "positioning a reader in",
+            path: self.base.clone(),
+            source: std::io::Error::other("segments kept changing while being opened"),
+        })
+    }
+}
+
+impl OpenSegment {
+    /// Opens `seg` after its header. `None` if the file is no longer the one catalogued.
+    fn open(seg: &Segment) -> Result<Option<OpenSegment>> {
+        let file = match File::open(&seg.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(MiniStoreError::io("opening", &seg.path, e)),
+        };
+        let header = segment::parse_header(&seg.path, &segment::read_head(&file, &seg.path)?)?;
+        if header.first_seq.is_some_and(|f| f != seg.first_seq) {
+            return Ok(None);
+        }
+        Ok(Some(OpenSegment {
+            file,
+            path: seg.path.clone(),
+            first_seq: seg.first_seq,
+            pos: header.len,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+        }))
+    }
+
+    /// The next complete line, reading no further than `cap` bytes into the file. `None`
+    /// at the end of what is readable; an incomplete last line is left unread.
+    fn next_line(&mut self, cap: Option<u64>) -> Result<Option<String>> {
+        loop {
+            if let Some(i) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
+                let line = &self.buf[self.start..self.start + i];
+                self.start += i + 1;
+                let line = std::str::from_utf8(line).map_err(|e| MiniStoreError::Corrupt {
+                    path: self.path.clone(),
+                    line: 0,
+                    reason: format!("a line is not UTF-8: {e}"),
+                })?;
+                return Ok(Some(line.to_owned()));
+            }
+            let end = cap.unwrap_or(u64::MAX);
+            if self.pos >= end {
+                return Ok(None);
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            let have = self.buf.len();
+            let want = READ_CHUNK.min((end - self.pos).min(usize::MAX as u64) as usize);
+            self.buf.resize(have + want, 0);
+            let n = self
+                .file
+                .read_at(&mut self.buf[have..], self.pos)
+                .map_err(|e| MiniStoreError::io("reading", &self.path, e))?;
+            self.buf.truncate(have + n);
+            if n == 0 {
+                return Ok(None);
+            }
+            self.pos += n as u64;
+        }
+    }
+}
+
+type LineFuture = Pin<Box<dyn Future<Output = (LineReader, std::io::Result<Option<Vec<u8>>>)> + Send>>;
+
+/// A stream over the records of a single journal file, parsed on demand.
+///
+/// It implements `tokio_stream::Stream<Item = Result<T, MiniStoreError>>`, and also has an
+/// inherent async [`next`](Self::next). Memory stays flat: one line at a time. A line that
+/// does not parse yields an error naming the file and line, and the stream goes on. An
+/// incomplete last line (a write in progress or cut by a crash) is not a record.
+pub struct JournalStream<T> {
+    reader: Option<LineReader>,
+    pending: Option<LineFuture>,
+    _record: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for JournalStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalStream")
+            .field("path", &self.reader.as_ref().map(|r| &r.path))
+            .finish_non_exhaustive()
+    }
+}
+
+struct LineReader {
+    lines: BufReader<tokio::fs::File>,
+    path: PathBuf,
+    /// Line number of the last line read (the header is line 1).
+    line: u64,
+}
+
+impl LineReader {
+    async fn next_line(mut self) -> (Self, std::io::Result<Option<Vec<u8>>>) {
+        let mut buf = Vec::new();
+        let result = match self.lines.read_until(b'\n', &mut buf).await {
+            Ok(_) if buf.last() == Some(&b'\n') => {
+                buf.pop();
+                self.line += 1;
+                Ok(Some(buf))
+            }
+            // End of file, possibly after an incomplete line: no more records.
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        };
+        (self, result)
+    }
+}
+
+impl<T> JournalStream<T>
+where
+    T: for<'de> serde::Deserialize<'de>,
+{
+    pub(crate) async fn open(path: &Path) -> Result<Self> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| MiniStoreError::io("opening", path, e))?;
+        let mut lines = BufReader::with_capacity(READ_CHUNK, file);
+        let mut head = Vec::new();
+        (&mut lines)
+            .take(4096)
+            .read_until(b'\n', &mut head)
+            .await
+            .map_err(|e| MiniStoreError::io("reading", path, e))?;
+        segment::parse_header(path, &head)?;
+        Ok(JournalStream {
+            reader: Some(LineReader {
+                lines,
+                path: path.to_path_buf(),
+                line: 1,
+            }),
+            pending: None,
+            _record: PhantomData,
+        })
+    }
+
+    /// Asynchronously yields the next record from the journal.
+    ///
+    /// Returns `None` when the file ends, `Some(Err(..))` on an I/O or deserialization
+    /// error.
+    pub async fn next(&mut self) -> Option<Result<T>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next_record(cx)).await
+    }
+
+    fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        if self.pending.is_none() {
+            let Some(reader) = self.reader.take() else {
+                return Poll::Ready(None);
+            };
+            self.pending = Some(Box::pin(reader.next_line()));
+        }
+        let (reader, result) = std::task::ready!(self.pending.as_mut().expect("set").as_mut().poll(cx));
+        self.pending = None;
+        let item = match result {
+            Ok(None) => None,
+            Ok(Some(line)) => Some(serde_json::from_slice(&line).map_err(|e| MiniStoreError::Corrupt {
+                path: reader.path.clone(),
+                line: reader.line,
+                reason: format!("record does not deserialize: {e}"),
+            })),
+            Err(e) => Some(Err(MiniStoreError::io("reading", &reader.path, e))),
+        };
+        self.reader = Some(reader);
+        Poll::Ready(item)
+    }
+}
+
+impl<T> tokio_stream::Stream for JournalStream<T>
+where
+    T: for<'de> serde::Deserialize<'de>,
+{
+    type Item = Result<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_record(cx)
+    }
+}

@@ -1,0 +1,382 @@
+//! One segment file: its header, its name, where its records end, and the catalog of all
+//! segments of a journal.
+//!
+//! A journal at `dir/journal.jsonl` is the active file `journal.jsonl` plus rotated segments
+//! `journal.jsonl.000001`, `journal.jsonl.000002`, ... (any number of digits, ordered
+//! numerically; higher is newer). Each file starts with a header line and holds one JSON
+//! record per `\n`-terminated line.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::{MiniStoreError, Result};
+
+/// Every journal file starts with this; the published `ministore` crate accepts any first
+/// line that does.
+pub(crate) const MAGIC_PREFIX: &str = "// MINISTORE JOURNAL v";
+/// The line-format version we write: the same JSONL format as the published crate.
+const FORMAT_VERSION: &str = "0.1.4";
+/// A header line longer than this is not a header.
+const MAX_HEADER_LEN: usize = 4096;
+/// Read size for scanning segment bodies.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// The header line of a new segment whose first record has sequence number `first_seq`.
+///
+/// Our addition (`first_seq=N`) follows the published prefix and version on the same line,
+/// so the published crate still reads our files, and sequence numbers survive retention:
+/// a segment knows where it starts without reading the ones before it.
+pub(crate) fn header_line(first_seq: u64) -> String {
+    format!("{MAGIC_PREFIX}{FORMAT_VERSION} first_seq={first_seq}\n")
+}
+
+/// What a segment's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// `None` for a segment written by the published crate (no `first_seq=`).
+    pub first_seq: Option<u64>,
+    /// Length of the header line in bytes, newline included.
+    pub len: u64,
+}
+
+/// Parses the header at the start of `head` (the first bytes of the file at `path`).
+pub(crate) fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
+    let bad = |reason: String| MiniStoreError::BadHeader {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Some(end) = head.iter().position(|&b| b == b'\n') else {
+        return Err(bad(if head.is_empty() {
+            "the file is empty".into()
+        } else if head.len() >= MAX_HEADER_LEN {
+            format!("no line break in the first {MAX_HEADER_LEN} bytes")
+        } else {
+            format!("the first line {} is incomplete", preview(head))
+        }));
+    };
+    let line = &head[..end];
+    let Some(rest) = line.strip_prefix(MAGIC_PREFIX.as_bytes()) else {
+        return Err(bad(format!("found {}", preview(line))));
+    };
+    let rest = String::from_utf8_lossy(rest);
+    let mut first_seq = None;
+    // Tokens after the version are `key=value`; unknown ones are ignored so that newer
+    // writers can add more without locking older readers out.
+    for token in rest.split_whitespace().skip(1) {
+        if let Some(v) = token.strip_prefix("first_seq=") {
+            match v.parse::<u64>() {
+                Ok(n) if n >= 1 => first_seq = Some(n),
+                _ => return Err(bad(format!("invalid first_seq {v:?}"))),
+            }
+        }
+    }
+    Ok(Header {
+        first_seq,
+        len: end as u64 + 1,
+    })
+}
+
+/// Reads and parses the header of the file at `path`.
+pub(crate) fn read_header(path: &Path) -> Result<Header> {
+    let file = File::open(path).map_err(|e| MiniStoreError::io("opening", path, e))?;
+    parse_header(path, &read_head(&file, path)?)
+}
+
+/// The first bytes of a file, enough to hold any header.
+pub(crate) fn read_head(file: &File, path: &Path) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    file.take(MAX_HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| MiniStoreError::io("reading", path, e))?;
+    Ok(head)
+}
+
+/// A short, printable rendering of the start of a line, for error messages.
+fn preview(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(40)];
+    let text = String::from_utf8_lossy(cut);
+    let ellipsis = if bytes.len() > cut.len() { "..." } else { "" };
+    format!("{:?}{ellipsis}", text)
+}
+
+/// The path of rotated segment `number` of the journal whose active file is `base`.
+/// Six digits, as the published crate writes them; more when the number needs them.
+pub(crate) fn rotated_path(base: &Path, number: u64) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".{number:06}"));
+    PathBuf::from(name)
+}
+
+/// The directory holding the journal's files.
+pub(crate) fn dir_of(base: &Path) -> &Path {
+    match base.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Rotated segments of the journal at `base`, oldest first. A missing directory has none.
+pub(crate) fn list_rotated(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = dir_of(base);
+    let Some(name) = base.file_name().and_then(|n| n.to_str()) else {
+        return Err(MiniStoreError::InvalidArgument(format!(
+            "journal path {} must end in a UTF-8 file name",
+            base.display()
+        )));
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(MiniStoreError::io("listing", dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| MiniStoreError::io("listing", dir, e))?;
+        let file_name = entry.file_name();
+        let Some(suffix) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| f.strip_prefix('.'))
+        else {
+            continue;
+        };
+        if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(number) = suffix.parse::<u64>() {
+                found.push((number, entry.path()));
+            }
+        }
+    }
+    found.sort_by_key(|(n, _)| *n);
+    Ok(found)
+}
+
+/// Makes directory entries (created, renamed, deleted files) durable.
+///
+/// Without this, a crash after `rename` or `create` can bring back the old name or lose the
+/// new file even though its data was fsynced.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| MiniStoreError::io("fsyncing directory", dir, e))
+}
+
+/// Where the records of one segment end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Body {
+    /// Complete records (valid lines, when validated).
+    pub records: u64,
+    /// Offset just past the last complete record: where the next one goes.
+    pub end: u64,
+    /// The file's length. Bytes from `end` to here are a torn or garbage tail.
+    pub file_len: u64,
+}
+
+/// Reads the body of a segment after its header.
+///
+/// Without `validate` it counts `\n`-terminated lines. With it, each line must also be valid
+/// JSON; invalid lines at the very end (a torn or zero-filled tail left by a crash) stop the
+/// count, but an invalid line followed by a valid one is corruption and an error: a crash
+/// only damages the end of a file, so damage in the middle is not ours to repair.
+pub(crate) fn scan_body(file: &File, path: &Path, header_len: u64, validate: bool) -> Result<Body> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| MiniStoreError::io("reading metadata of", path, e))?
+        .len();
+    let mut body = Body {
+        records: 0,
+        end: header_len,
+        file_len,
+    };
+    // The first invalid line seen: (line number, reason). Fatal if a valid line follows.
+    let mut invalid: Option<(u64, String)> = None;
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut pos = header_len;
+    let mut line_no = 1; // the header is line 1
+    let mut line_start = header_len;
+    while pos < file_len {
+        let want = SCAN_CHUNK.min((file_len - pos) as usize);
+        let n = file
+            .read_at(&mut buf[..want], pos)
+            .map_err(|e| MiniStoreError::io("reading", path, e))?;
+        if n == 0 {
+            break; // the file shrank under us; what we have is what there is
+        }
+        let mut rest = &buf[..n];
+        pos += n as u64;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let line_end = line_start + carry.len() as u64 + i as u64 + 1;
+            line_no += 1;
+            if validate {
+                let line: &[u8] = if carry.is_empty() {
+                    &rest[..i]
+                } else {
+                    carry.extend_from_slice(&rest[..i]);
+                    &carry
+                };
+                match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                    Ok(_) => {
+                        if let Some((bad_line, reason)) = invalid.take() {
+                            return Err(MiniStoreError::Corrupt {
+                                path: path.to_path_buf(),
+                                line: bad_line,
+                                reason: format!(
+                                    "{reason}; valid records follow it, so this is damage, not a torn write"
+                                ),
+                            });
+                        }
+                        body.records += 1;
+                        body.end = line_end;
+                    }
+                    Err(e) => {
+                        if invalid.is_none() {
+                            invalid = Some((line_no, format!("invalid JSON: {e}")));
+                        }
+                    }
+                }
+            } else {
+                body.records += 1;
+                body.end = line_end;
+            }
+            carry.clear();
+            line_start = line_end;
+            rest = &rest[i + 1..];
+        }
+        if validate {
+            carry.extend_from_slice(rest);
+        } else {
+            // Only the length of a partial line matters when counting.
+            carry.resize(carry.len() + rest.len(), 0);
+        }
+    }
+    Ok(body)
+}
+
+/// One file of a journal, as readers and the writer see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Segment {
+    pub path: PathBuf,
+    /// `None` for the active file.
+    pub number: Option<u64>,
+    pub first_seq: u64,
+    pub header_len: u64,
+    /// Written by the published crate: `first_seq` was derived by counting records.
+    pub legacy: bool,
+}
+
+/// All segments of the journal at `base`, oldest first, the active file (if it exists and
+/// is not empty) last.
+///
+/// Segments with a `first_seq` header cost one small read each. For segments of the
+/// published crate (no `first_seq`) the records of the segment before are counted; the
+/// oldest of those is taken to start at 1.
+pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
+    let mut files: Vec<(Option<u64>, PathBuf)> = list_rotated(base)?
+        .into_iter()
+        .map(|(n, p)| (Some(n), p))
+        .collect();
+    match std::fs::metadata(base) {
+        Ok(m) if m.len() > 0 => files.push((None, base.to_path_buf())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(MiniStoreError::io("reading metadata of", base, e)),
+    }
+    let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
+    for (number, path) in files {
+        let header = read_header(&path)?;
+        let first_seq = match header.first_seq {
+            Some(n) => n,
+            None => match segments.last() {
+                Some(prev) => prev.first_seq + count_records(prev)?,
+                None => 1,
+            },
+        };
+        if let Some(prev) = segments.last() {
+            if first_seq < prev.first_seq {
+                return Err(MiniStoreError::Corrupt {
+                    path: path.clone(),
+                    line: 1,
+                    reason: format!(
+                        "segment starts at seq {first_seq}, before the segment {} which starts at {}",
+                        prev.path.display(),
+                        prev.first_seq
+                    ),
+                });
+            }
+        }
+        segments.push(Segment {
+            path,
+            number,
+            first_seq,
+            header_len: header.len,
+            legacy: header.first_seq.is_none(),
+        });
+    }
+    Ok(segments)
+}
+
+/// Counts the complete records of a segment.
+pub(crate) fn count_records(segment: &Segment) -> Result<u64> {
+    let file =
+        File::open(&segment.path).map_err(|e| MiniStoreError::io("opening", &segment.path, e))?;
+    Ok(scan_body(&file, &segment.path, segment.header_len, false)?.records)
+}
+
+/// Writes `bytes` to a new file at `path` and makes it durable (file and directory entry).
+pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| MiniStoreError::io("creating", path, e))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| MiniStoreError::io("writing", path, e))?;
+    sync_dir(dir_of(path))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_keeps_the_published_prefix() {
+        let line = header_line(42);
+        assert!(line.starts_with("// MINISTORE JOURNAL v0.1.4 "));
+        let h = parse_header(Path::new("x"), line.as_bytes()).unwrap();
+        assert_eq!(h.first_seq, Some(42));
+        assert_eq!(h.len, line.len() as u64);
+    }
+
+    #[test]
+    fn published_header_has_no_first_seq() {
+        let h = parse_header(Path::new("x"), b"// MINISTORE JOURNAL v0.1.4\n{}\n").unwrap();
+        assert_eq!(h.first_seq, None);
+        assert_eq!(h.len, 28);
+    }
+
+    #[test]
+    fn foreign_first_lines_are_refused() {
+        for head in [&b""[..], b"hello\n", b"// MINISTORE JOURNAL", b"{\"a\":1}\n"] {
+            let err = parse_header(Path::new("f"), head).unwrap_err();
+            assert!(matches!(err, MiniStoreError::BadHeader { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn rotated_names_sort_numerically_whatever_their_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("j.jsonl");
+        for name in ["j.jsonl.999", "j.jsonl.1000", "j.jsonl.000002", "j.jsonl.x1", "j.jsonl.lock", "k.jsonl.1"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let numbers: Vec<u64> = list_rotated(&base).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(numbers, vec![2, 999, 1000]);
+        assert_eq!(rotated_path(&base, 7), dir.path().join("j.jsonl.000007"));
+        assert_eq!(rotated_path(&base, 1234567), dir.path().join("j.jsonl.1234567"));
+    }
+}

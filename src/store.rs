@@ -1,0 +1,721 @@
+//! [`MiniStore`]: the single writer of a journal — open and repair, append, rotate, retain.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::json::JsonLine;
+use crate::read::{JournalReader, JournalStream};
+use crate::segment::{self, Segment};
+use crate::{MiniStoreError, MiniStoreOptions, Result};
+
+/// A durable, append-only log store for serializable records.
+///
+/// `MiniStore` manages a journal file (or set of rotated segments) on disk.
+/// It provides two core operations:
+/// - [`append`](Self::append): write a record and guarantee durability.
+/// - [`replay`](Self::replay): read all records in order (static method).
+///
+/// and, beyond those: [`append_batch`](Self::append_batch) (many records, one fsync),
+/// [`append_json`](Self::append_json) (raw JSON text), sequence numbers
+/// ([`last_seq`](Self::last_seq)), and readers from any sequence number that see only
+/// durable records and can wait for new ones ([`reader`](Self::reader)).
+///
+/// # Concurrency
+///
+/// `MiniStore` is not thread-safe by itself. To share it across tasks, wrap it in a
+/// synchronization primitive like `Arc<RwLock<MiniStore>>` (for write-heavy workloads)
+/// or `Arc<Mutex<MiniStore>>`, or give it to one task that owns it (as ministore-server
+/// does, to commit many callers' records with one fsync). Only one `MiniStore` may hold a
+/// journal open at a time, in any process: a lock file (`journal.jsonl.lock`) enforces it.
+///
+/// # Durability & Rotation
+///
+/// - Every `append()` performs an `fsync` (`fdatasync`) before returning.
+/// - When the active segment reaches `max_bytes_per_segment`, it is rotated:
+///   - Closed, renamed to `journal.jsonl.000001`, etc.
+///   - A new active file is created.
+/// - Only `max_segments` files are kept (the active one included); older ones are deleted.
+/// - `replay()` automatically reads all segments in correct order.
+///
+/// See the [crate documentation](crate) for the file format and the exact crash guarantees.
+///
+/// ```
+/// use ministore::MiniStore;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// struct Event { id: u32 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ministore::MiniStoreError> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("events.log");
+///
+/// let mut store = MiniStore::open(&path).await?;
+/// store.append(&Event { id: 1 }).await?;
+/// let seqs = store.append_batch(&[Event { id: 2 }, Event { id: 3 }]).await?;
+/// assert_eq!(seqs, 2..4);
+/// drop(store);
+///
+/// let events: Vec<Event> = MiniStore::replay(&path).await?;
+/// assert_eq!(events, vec![Event { id: 1 }, Event { id: 2 }, Event { id: 3 }]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct MiniStore {
+    path: PathBuf,
+    /// `None` while a write runs on the blocking pool, or for good after a cancelled one.
+    writer: Option<Box<Writer>>,
+    durable: watch::Sender<Durable>,
+}
+
+/// How far a journal is durable: what readers in the writer's process may read.
+///
+/// Every record with `seq <= last_seq` is on disk and fsynced. Obtain it from
+/// [`MiniStore::durable`] or [`MiniStore::watch_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// The last durable sequence number; 0 when the journal has no records yet.
+    pub last_seq: u64,
+    /// The oldest retained sequence number (`last_seq + 1` when there are no records).
+    pub first_seq: u64,
+    /// Files on disk: the rotated segments and the active one.
+    pub segments: usize,
+    /// First sequence number of the active segment.
+    pub(crate) active_first_seq: u64,
+    /// Bytes of the active segment that are durable; readers never read past this, so they
+    /// never see a record that is written but not yet fsynced (or a failed write's bytes).
+    pub(crate) active_len: u64,
+}
+
+impl MiniStore {
+    /// Opens a ministore journal at the given path with default options.
+    ///
+    /// Equivalent to `MiniStoreOptions::new().open(path)`.
+    ///
+    /// # Behavior
+    ///
+    /// - If the file does not exist, it is created and initialized with the magic header
+    ///   (parent directories are created too).
+    /// - If the file exists and is empty, the magic header is written.
+    /// - If the file exists and is non-empty, it must be a journal: its header is checked
+    ///   (a foreign file is refused with [`MiniStoreError::BadHeader`] and never touched),
+    ///   and its tail is repaired: an incomplete last line left by a crash is cut off (and
+    ///   logged; anything more than a partial line is also saved next to the journal as
+    ///   `journal.jsonl.broken-<offset>`). Acknowledged records are never cut.
+    /// - Journals written by the published `ministore` crate (no `first_seq` in their
+    ///   headers) are opened too; their segments' headers are rewritten once, atomically,
+    ///   to record their sequence numbers.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error if:
+    /// - The path is not writable.
+    /// - Parent directories cannot be created.
+    /// - Disk I/O fails during magic header write.
+    /// - The file is not a journal, or is damaged before its last line.
+    /// - Another `MiniStore` holds the journal open ([`MiniStoreError::Locked`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = ministore::MiniStore::open(dir.path().join("a/b/journal.jsonl")).await?;
+    /// assert_eq!(store.last_seq(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open<P: AsRef<Path>>(path: P) -> Result<Self> {
+        MiniStoreOptions::new().open(path).await
+    }
+
+    pub(crate) async fn open_with_options(path: &Path, opts: MiniStoreOptions) -> Result<Self> {
+        opts.validate()?;
+        let base = path.to_path_buf();
+        let writer = blocking(move || Writer::open(base, opts)).await?;
+        let (durable, _) = watch::channel(writer.durable());
+        Ok(MiniStore {
+            path: path.to_path_buf(),
+            writer: Some(Box::new(writer)),
+            durable,
+        })
+    }
+
+    /// Appends a serializable record to the journal and ensures it is durably stored.
+    ///
+    /// The record is serialized as a single JSON line and immediately fsynced to disk.
+    /// This operation is atomic: either the entire record is written, or nothing is (a
+    /// failed write is truncated away, and the store stays usable).
+    ///
+    /// If the active segment exceeds `max_bytes_per_segment`, it is rotated before return.
+    /// The record's sequence number is then [`last_seq`](Self::last_seq).
+    ///
+    /// # Guarantees
+    ///
+    /// After this method returns `Ok(())`:
+    /// - The record is visible in subsequent [`replay`](Self::replay) calls.
+    /// - The record will survive process termination or system crash.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error if:
+    /// - Serialization fails (e.g., unsupported type).
+    /// - Disk write fails (e.g., full disk).
+    /// - `fsync` fails (e.g., I/O error). After a failed fsync the store refuses further
+    ///   writes ([`MiniStoreError::Poisoned`]) until it is reopened: the kernel may have
+    ///   dropped the unwritten data, so retrying could report success over a lost record.
+    ///
+    /// # Performance
+    ///
+    /// This is a slow operation due to the fsync. Use it for critical metadata, not
+    /// high-frequency data, or batch with [`append_batch`](Self::append_batch).
+    pub async fn append<R>(&mut self, record: &R) -> Result<()>
+    where
+        R: Serialize,
+    {
+        self.append_batch(std::slice::from_ref(record))
+            .await
+            .map(|_| ())
+    }
+
+    /// Appends many records with one write and one fsync, atomically: after `Ok` all are
+    /// durable; after `Err` none is visible (a crash during the call may leave a prefix of
+    /// them on disk, which the next open keeps; see the crate docs).
+    ///
+    /// Returns the sequence numbers given to the records, in order (empty for no records).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut store = ministore::MiniStore::open(dir.path().join("j.jsonl")).await?;
+    /// assert_eq!(store.append_batch(&["a", "b", "c"]).await?, 1..4);
+    /// assert_eq!(store.append_batch::<&str>(&[]).await?, 4..4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_batch<R>(&mut self, records: &[R]) -> Result<Range<u64>>
+    where
+        R: Serialize,
+    {
+        let mut buf = Vec::with_capacity(records.len() * 64);
+        for record in records {
+            serde_json::to_writer(&mut buf, record).map_err(MiniStoreError::Serialize)?;
+            buf.push(b'\n');
+        }
+        self.commit(buf, records.len() as u64).await
+    }
+
+    /// Appends records given as JSON text (validated and compacted by [`JsonLine`]) with
+    /// one write and one fsync, atomically, like [`append_batch`](Self::append_batch).
+    ///
+    /// ```
+    /// use ministore::{JsonLine, MiniStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut store = MiniStore::open(dir.path().join("j.jsonl")).await?;
+    /// let line = JsonLine::from_slice(br#"{ "user": "alice" }"#)?;
+    /// assert_eq!(store.append_json(&[line]).await?, 1..2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_json(&mut self, lines: &[JsonLine]) -> Result<Range<u64>> {
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.as_bytes().len() + 1).sum());
+        for line in lines {
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+        self.commit(buf, lines.len() as u64).await
+    }
+
+    /// The sequence number of the last appended record (0 if the journal has none).
+    pub fn last_seq(&self) -> u64 {
+        self.durable.borrow().last_seq
+    }
+
+    /// The journal's durable position now.
+    pub fn durable(&self) -> Durable {
+        *self.durable.borrow()
+    }
+
+    /// A receiver that sees every change of the durable position: wait on it with
+    /// `changed()` to learn of new records. It reports the writer closed once the store is
+    /// dropped.
+    pub fn watch_durable(&self) -> watch::Receiver<Durable> {
+        self.durable.subscribe()
+    }
+
+    /// The path of the journal's active file, as given to `open`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reader from sequence number `from_seq` across all retained segments that returns
+    /// only durable records and can [`wait`](JournalReader::wait) for new ones.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut store = ministore::MiniStore::open(dir.path().join("j.jsonl")).await?;
+    /// store.append_batch(&[10, 20, 30]).await?;
+    /// let mut reader = store.reader(2);
+    /// let records = reader.next_batch(100).await?;
+    /// assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+    /// assert_eq!(records[0].json, "20");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reader(&self, from_seq: u64) -> JournalReader {
+        JournalReader::with_durable(&self.path, from_seq, self.watch_durable())
+    }
+
+    /// Replays all records from a journal (including rotated segments) as a `Vec` of
+    /// strongly-typed values.
+    ///
+    /// This is a static method: it does not require an open `MiniStore` instance.
+    ///
+    /// # Behavior
+    ///
+    /// - Scans the directory for files matching `base.001`, `base.002`, etc. (any number
+    ///   of digits, ordered numerically: `.999` before `.1000`).
+    /// - Reads segments in ascending order (`.001` → `.002` → … → active file).
+    /// - Validates magic header in each file.
+    /// - If the journal does not exist or is empty, returns an empty `Vec`.
+    /// - An incomplete last line (a write cut short by a crash, never acknowledged) is not
+    ///   a record and is skipped.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error if:
+    /// - Any segment has a missing or invalid magic header ([`MiniStoreError::BadHeader`]).
+    /// - Any line fails to deserialize as type `R` ([`MiniStoreError::Corrupt`], naming
+    ///   the file and line).
+    /// - File I/O fails (e.g., permission denied).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # use ministore::MiniStore;
+    /// # #[derive(serde::Deserialize)] struct Event { id: u32 }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let events: Vec<Event> = MiniStore::replay("/tmp/events.log").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn replay<R, P: AsRef<Path>>(path: P) -> Result<Vec<R>>
+    where
+        R: serde::de::DeserializeOwned,
+    {
+        let mut reader = JournalReader::new(path.as_ref(), 1);
+        let mut out = Vec::new();
+        loop {
+            let batch = reader.next_batch(4096).await?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            for record in batch {
+                out.push(reader.parse(&record)?);
+            }
+        }
+    }
+
+    /// Returns a stream (line iterator) over the records in a single journal file.
+    ///
+    /// Each line is parsed on-demand as `Result<T, MiniStoreError>`.
+    /// This avoids loading the entire journal into memory.
+    ///
+    /// Note: this function reads only one file, not rotated segments.
+    /// Use [`replay`](Self::replay) to read the full journal history, or
+    /// [`read_from`](Self::read_from) to read it from any sequence number.
+    ///
+    /// [`JournalStream`] implements `tokio_stream::Stream`:
+    ///
+    /// ```
+    /// use tokio_stream::StreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("j.jsonl");
+    /// let mut store = ministore::MiniStore::open(&path).await?;
+    /// store.append_batch(&[1, 2, 3]).await?;
+    ///
+    /// let stream = ministore::MiniStore::stream::<u32>(&path).await?;
+    /// let values: Vec<u32> = stream.map(|r| r.unwrap()).collect().await;
+    /// assert_eq!(values, vec![1, 2, 3]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn stream<T>(path: impl AsRef<Path>) -> Result<JournalStream<T>>
+    where
+        T: for<'de> serde::Deserialize<'de>,
+    {
+        JournalStream::open(path.as_ref()).await
+    }
+
+    /// A reader of the journal at `path` from sequence number `from_seq` across all
+    /// retained segments, as it is on disk (without a `MiniStore`, e.g. in another process).
+    /// It finds its start from the segments' headers without reading earlier segments, and
+    /// its memory stays flat however large the journal. Starting before the oldest retained
+    /// record starts at the oldest.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("j.jsonl");
+    /// # let mut store = ministore::MiniStore::open(&path).await?;
+    /// # store.append_batch(&["a", "b", "c"]).await?;
+    /// let mut reader = ministore::MiniStore::read_from(&path, 3);
+    /// let batch = reader.next_batch(10).await?;
+    /// assert_eq!((batch[0].seq, batch[0].parse::<String>().unwrap()), (3, "c".to_string()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_from(path: impl AsRef<Path>, from_seq: u64) -> JournalReader {
+        JournalReader::new(path.as_ref(), from_seq)
+    }
+
+    async fn commit(&mut self, buf: Vec<u8>, count: u64) -> Result<Range<u64>> {
+        let mut writer = self.writer.take().ok_or_else(|| MiniStoreError::Poisoned {
+            path: self.path.clone(),
+            reason: "an earlier append was cancelled before it finished".into(),
+        })?;
+        let (writer, result) = blocking(move || {
+            let result = writer.commit(&buf, count);
+            Ok((writer, result))
+        })
+        .await?;
+        self.durable.send_replace(writer.durable());
+        self.writer = Some(writer);
+        result
+    }
+}
+
+/// Runs blocking file I/O on tokio's blocking pool, keeping the async workers free.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The synchronous writer behind a `MiniStore`: the active file and what is known of the
+/// rotated ones. Every method documents what a crash at each step leaves behind.
+#[derive(Debug)]
+struct Writer {
+    base: PathBuf,
+    opts: MiniStoreOptions,
+    /// The active segment, opened read-write (not O_APPEND: a failed write is truncated).
+    file: File,
+    /// Bytes of the active segment that hold complete, durable records (and the header).
+    len: u64,
+    active_first_seq: u64,
+    next_seq: u64,
+    /// Rotated segments, oldest first: (number, first_seq, path).
+    rotated: VecDeque<(u64, u64, PathBuf)>,
+    /// Set when a failure leaves the file in a state we cannot vouch for.
+    poisoned: Option<String>,
+    /// Held for the writer's lifetime: one writer per journal, across processes.
+    _lock: File,
+}
+
+impl Writer {
+    fn open(base: PathBuf, opts: MiniStoreOptions) -> Result<Writer> {
+        let dir = segment::dir_of(&base).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| MiniStoreError::io("creating directory", &dir, e))?;
+        if base.is_dir() {
+            return Err(MiniStoreError::InvalidArgument(format!(
+                "{} is a directory; give the path of the journal file, e.g. {}",
+                base.display(),
+                base.join("journal.jsonl").display()
+            )));
+        }
+        let lock = lock_journal(&base)?;
+        clear_torn_header(&base)?;
+
+        let mut segments = segment::catalog(&base)?;
+        let active = match segments.last() {
+            Some(s) if s.number.is_none() => segments.pop(),
+            _ => None,
+        };
+        let mut active = match active {
+            Some(active) => active,
+            None => create_active(&base, &segments)?,
+        };
+        // Record the derived sequence numbers in segments of the published crate, so they
+        // stay stable when retention deletes the segments they were counted from.
+        for seg in segments.iter_mut().chain(std::iter::once(&mut active)) {
+            if seg.legacy {
+                upgrade_legacy(seg)?;
+            }
+        }
+
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active.path)
+            .map_err(|e| MiniStoreError::io("opening", &active.path, e))?;
+        let body = segment::scan_body(&file, &active.path, active.header_len, true)?;
+        if body.end < body.file_len {
+            cut_torn_tail(&file, &active.path, body)?;
+        }
+        Ok(Writer {
+            rotated: segments
+                .into_iter()
+                .map(|s| (s.number.unwrap_or_default(), s.first_seq, s.path))
+                .collect(),
+            base,
+            opts,
+            file,
+            len: body.end,
+            active_first_seq: active.first_seq,
+            next_seq: active.first_seq + body.records,
+            poisoned: None,
+            _lock: lock,
+        })
+    }
+
+    fn durable(&self) -> Durable {
+        Durable {
+            last_seq: self.next_seq - 1,
+            first_seq: self.rotated.front().map_or(self.active_first_seq, |r| r.1),
+            segments: self.rotated.len() + 1,
+            active_first_seq: self.active_first_seq,
+            active_len: self.len,
+        }
+    }
+
+    /// Writes `count` encoded records (`buf`, one `\n`-terminated line each) and fsyncs.
+    fn commit(&mut self, buf: &[u8], count: u64) -> Result<Range<u64>> {
+        if let Some(reason) = &self.poisoned {
+            return Err(MiniStoreError::Poisoned {
+                path: self.base.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let first = self.next_seq;
+        if count == 0 {
+            return Ok(first..first);
+        }
+        // 1. Write at the end of the durable data. If the write fails part-way (ENOSPC,
+        //    EFBIG), cut the file back so no partial record stays behind and the store can
+        //    go on once the condition clears. Should even the cut fail, a reopen repairs.
+        if let Err(e) = self.file.write_all_at(buf, self.len) {
+            if let Err(cut) = self.file.set_len(self.len) {
+                self.poisoned = Some(format!("a failed write could not be truncated: {cut}"));
+            }
+            return Err(MiniStoreError::io("writing to", &self.base, e));
+        }
+        // 2. fdatasync: the records and the file size are on stable storage. On failure the
+        //    kernel may have dropped the pages; a retried fsync could then "succeed" over
+        //    lost data (fsyncgate), so refuse all further writes until a reopen re-reads
+        //    the file.
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = Some(format!("fsync failed: {e}"));
+            return Err(MiniStoreError::io("fsyncing", &self.base, e));
+        }
+        // 3. Only now do the records count: readers may see them, callers are told.
+        self.len += buf.len() as u64;
+        self.next_seq += count;
+        if self.len >= self.opts.max_bytes_per_segment {
+            // The records are durable whatever happens here; a failed rotation stops
+            // further writes, and a reopen finishes it (see `create_active`).
+            if let Err(e) = self.rotate() {
+                tracing::error!(journal = %self.base.display(), error = %e, "segment rotation failed");
+                self.poisoned = Some(format!("segment rotation failed: {e}"));
+            }
+        }
+        Ok(first..self.next_seq)
+    }
+
+    /// Seals the active segment under the next number and starts a new one.
+    fn rotate(&mut self) -> Result<()> {
+        let dir = segment::dir_of(&self.base).to_path_buf();
+        let number = self.rotated.back().map_or(1, |r| r.0 + 1);
+        let sealed = segment::rotated_path(&self.base, number);
+        // 1. The active file's records were fsynced by every commit; nothing to flush.
+        // 2. Rename it to its segment name. Crash here: either name exists, both complete.
+        std::fs::rename(&self.base, &sealed)
+            .map_err(|e| MiniStoreError::io("renaming segment to", &sealed, e))?;
+        // 3. Make the rename durable. Crash before this: after reboot the file may be back
+        //    under the active name, still a valid active segment.
+        segment::sync_dir(&dir)?;
+        self.rotated
+            .push_back((number, self.active_first_seq, sealed));
+        // 4. Create the new active segment: header with its first seq, fsync the file and
+        //    the directory. Crash here: no active file, or one with a partial header; open
+        //    then creates it from the end of the newest rotated segment.
+        let header = segment::header_line(self.next_seq);
+        self.file = segment::write_new_file(&self.base, header.as_bytes())?;
+        self.len = header.len() as u64;
+        self.active_first_seq = self.next_seq;
+        // 5. Retention: delete the oldest segments beyond max_segments (the active one
+        //    counts), then fsync the directory. Crash here: extra old segments remain
+        //    until the next rotation deletes them. Sequence numbers do not move: each
+        //    segment's header holds its own first seq.
+        let keep = self.opts.max_segments - 1;
+        let mut deleted = false;
+        while self.rotated.len() > keep {
+            let (_, first_seq, path) = self.rotated.pop_front().expect("len > keep >= 0");
+            std::fs::remove_file(&path).map_err(|e| MiniStoreError::io("deleting", &path, e))?;
+            tracing::info!(
+                segment = %path.display(),
+                first_seq,
+                last_seq = self.rotated.front().map_or(self.active_first_seq, |r| r.1) - 1,
+                max_segments = self.opts.max_segments,
+                "retention deleted segment"
+            );
+            deleted = true;
+        }
+        if deleted {
+            segment::sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes the journal's lock file, so that two writers never interleave in one file.
+fn lock_journal(base: &Path) -> Result<File> {
+    let mut lock = base.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| MiniStoreError::io("opening lock file", &lock, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(MiniStoreError::Locked {
+            path: base.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(MiniStoreError::io("locking", &lock, e)),
+    }
+}
+
+/// Creates the active file when there is none, or finishes one a crash left without a
+/// complete header (during creation or rotation). Its first seq continues the newest
+/// rotated segment.
+fn create_active(base: &Path, rotated: &[Segment]) -> Result<Segment> {
+    let first_seq = match rotated.last() {
+        Some(last) => last.first_seq + segment::count_records(last)?,
+        None => 1,
+    };
+    let header = segment::header_line(first_seq);
+    match std::fs::metadata(base) {
+        // An empty file holds no records (the catalog skipped it): write the header in place.
+        Ok(_) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(base)
+                .map_err(|e| MiniStoreError::io("opening", base, e))?;
+            file.set_len(0)
+                .and_then(|_| file.write_all_at(header.as_bytes(), 0))
+                .and_then(|_| file.sync_all())
+                .map_err(|e| MiniStoreError::io("writing header to", base, e))?;
+            segment::sync_dir(segment::dir_of(base))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            segment::write_new_file(base, header.as_bytes())?;
+        }
+        Err(e) => return Err(MiniStoreError::io("reading metadata of", base, e)),
+    }
+    Ok(Segment {
+        path: base.to_path_buf(),
+        number: None,
+        first_seq,
+        header_len: header.len() as u64,
+        legacy: false,
+    })
+}
+
+/// Empties an active file whose header a crash cut short (no line break, and its bytes are
+/// the start of a header): it holds no records, and `create_active` writes a full header.
+/// Any other file without a header is left alone, for the catalog to refuse.
+fn clear_torn_header(base: &Path) -> Result<()> {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(base) else {
+        return Ok(()); // missing (created later) or unreadable (the catalog reports it)
+    };
+    let head = segment::read_head(&file, base)?;
+    let magic = segment::MAGIC_PREFIX.as_bytes();
+    let torn = !head.is_empty()
+        && !head.contains(&b'\n')
+        && head.len() < 4096
+        && (magic.starts_with(&head) || head.starts_with(magic));
+    if torn {
+        tracing::warn!(file = %base.display(), bytes = head.len(), "replacing a header cut short by a crash");
+        file.set_len(0)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| MiniStoreError::io("truncating", base, e))?;
+    }
+    Ok(())
+}
+
+/// Rewrites a segment of the published crate with a header that records its first seq.
+/// Write the copy, fsync it, rename it over the original, fsync the directory: a crash
+/// leaves either the original or the complete copy (plus at worst a stray `.upgrade` file).
+fn upgrade_legacy(seg: &mut Segment) -> Result<()> {
+    let mut tmp = seg.path.as_os_str().to_owned();
+    tmp.push(".upgrade");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let src = File::open(&seg.path).map_err(|e| MiniStoreError::io("opening", &seg.path, e))?;
+    let header = segment::header_line(seg.first_seq);
+    let mut out = segment::write_new_file(&tmp, header.as_bytes())?;
+    let mut body = std::io::BufReader::new(src);
+    std::io::Seek::seek(&mut body, std::io::SeekFrom::Start(seg.header_len))
+        .and_then(|_| std::io::copy(&mut body, &mut out))
+        .and_then(|_| out.sync_all())
+        .map_err(|e| MiniStoreError::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, &seg.path).map_err(|e| MiniStoreError::io("renaming", &tmp, e))?;
+    segment::sync_dir(segment::dir_of(&seg.path))?;
+    tracing::info!(segment = %seg.path.display(), first_seq = seg.first_seq, "recorded first_seq in a segment written by the published crate");
+    seg.header_len = header.len() as u64;
+    seg.legacy = false;
+    Ok(())
+}
+
+/// Cuts the bytes after the last complete record, which no caller was ever told about.
+/// More than a partial line is kept aside as evidence (`<journal>.broken-<offset>`).
+fn cut_torn_tail(file: &File, path: &Path, body: segment::Body) -> Result<()> {
+    let cut = body.file_len - body.end;
+    let mut tail = vec![0u8; cut as usize];
+    file.read_exact_at(&mut tail, body.end)
+        .map_err(|e| MiniStoreError::io("reading", path, e))?;
+    let mut evidence = None;
+    if tail.contains(&b'\n') {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".broken-{}", body.end));
+        let name = PathBuf::from(name);
+        let _ = std::fs::remove_file(&name);
+        segment::write_new_file(&name, &tail)?;
+        evidence = Some(name);
+    }
+    tracing::warn!(
+        file = %path.display(),
+        offset = body.end,
+        bytes = cut,
+        saved_to = ?evidence,
+        "cut an incomplete tail left by an interrupted write"
+    );
+    // Truncate and fsync before any new record goes after it.
+    file.set_len(body.end)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| MiniStoreError::io("truncating", path, e))
+}
