@@ -1,1 +1,135 @@
-pub mod x {}
+//! ministore-server: the ministore journal behind gRPC.
+//!
+//! The binary is a thin `main.rs` over [`serve`]; tests and embedders call [`serve`] with
+//! their own listener (bind `127.0.0.1:0`) and shutdown signal.
+//!
+//! Data flows one way: [`service`] (the `ministore.v1.Journal` RPCs) -> [`journals`]
+//! (validated names, one group-committing writer per journal) -> the `ministore` store ->
+//! disk. Errors meet gRPC in one place: `From<ServerError> for tonic::Status` in [`error`].
+
+pub mod config;
+pub mod error;
+pub mod journals;
+pub mod service;
+mod value;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use ministore::proto::journal_server::JournalServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{Config, LogFormat};
+pub use error::ServerError;
+pub use journals::Journals;
+pub use service::JournalService;
+
+/// Serves the journals of `config.data_dir` on `listener` until `shutdown` resolves.
+///
+/// Shutdown is visible and orderly: health turns NOT_SERVING, open streams end with
+/// UNAVAILABLE, the server stops accepting and lets in-flight RPCs finish, then every
+/// journal writer commits what is queued and closes. Returns once all of that is done.
+///
+/// # Errors
+/// The data directory cannot be created or is held by another server, or the transport
+/// fails.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), ministore_server::ServerError> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let config = ministore_server::Config::with_data_dir("./data");
+/// ministore_server::serve(config, listener, async {
+///     let _ = tokio::signal::ctrl_c().await;
+/// })
+/// .await
+/// # }
+/// ```
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let journals = Arc::new(Journals::new(&config.data_dir, config.store_options()));
+    let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
+    let service = JournalService::new(journals.clone(), config.max_payload_bytes, streams_stop);
+    let max_message = (config.max_payload_bytes + (1 << 20)).max(16 << 20);
+    let journal_server = JournalServer::new(service)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JournalServer<JournalService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ministore::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ministore::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor set is valid");
+
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
+
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(
+            "shutting down: health NOT_SERVING, ending streams, finishing in-flight RPCs"
+        );
+        health
+            .set_not_serving::<JournalServer<JournalService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop_streams.send(true);
+    };
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(journal_server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    journals.shut_down().await;
+    tracing::info!("stopped");
+    served.map_err(|e| ServerError::Startup {
+        op: "serving on",
+        path: format!("{local:?}"),
+        source: Arc::new(std::io::Error::other(e)),
+    })
+}
+
+/// Takes `data_dir/.ministore.lock`: two servers on one directory would interleave their
+/// writes. Held until the returned file is dropped.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
+    let startup = |op, path: &Path, e| ServerError::Startup {
+        op,
+        path: path.display().to_string(),
+        source: Arc::new(e),
+    };
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| startup("creating data directory", data_dir, e))?;
+    let lock = data_dir.join(".ministore.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| startup("opening", &lock, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirLocked {
+            path: data_dir.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(startup("locking", &lock, e)),
+    }
+}

@@ -1,0 +1,101 @@
+//! Command-line flags: one clap struct, every flag also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Default address: loopback only, so a fresh server is never exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// ministore-server: durable JSON journals over gRPC.
+///
+/// Every append is fsynced before it is acknowledged. Journal NAME lives in
+/// DATA_DIR/NAME/journal.jsonl plus rotated segments journal.jsonl.000001, ...
+///
+/// RETENTION: per journal, at most MAX_SEGMENTS files of MAX_BYTES_PER_SEGMENT
+/// are kept (by default 16 x 64 MiB = 1 GiB). When a journal grows past that, its
+/// oldest segment is DELETED (and the deletion logged). Use --max-segments 0 to
+/// keep everything.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ministore-server", version, about, long_about)]
+pub struct Config {
+    /// Address to listen on (host:port). Use port 0 to pick a free port; the chosen
+    /// address is printed on startup as "listening on ADDR".
+    #[arg(long, env = "MINISTORE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory holding one subdirectory per journal. Created if missing; only one
+    /// server may use it at a time.
+    #[arg(long, env = "MINISTORE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Size in bytes at which a journal's active segment is rotated.
+    #[arg(long, env = "MINISTORE_MAX_BYTES_PER_SEGMENT", default_value_t = 64 * 1024 * 1024)]
+    pub max_bytes_per_segment: u64,
+
+    /// Segment files kept per journal, the active one included; older ones are deleted.
+    /// 0 keeps every segment (no retention).
+    #[arg(long, env = "MINISTORE_MAX_SEGMENTS", default_value_t = 16)]
+    pub max_segments: usize,
+
+    /// Largest record accepted, in bytes of JSON. Larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MINISTORE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Log format: human-readable lines or one JSON object per line.
+    #[arg(long, env = "MINISTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "ministore_server=debug" (RUST_LOG syntax). Per-RPC
+    /// spans and timings are logged at debug.
+    #[arg(long, env = "MINISTORE_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Config {
+    /// The configuration with every default and `data_dir` as given: what tests and
+    /// embedders start from.
+    ///
+    /// ```
+    /// let config = ministore_server::Config::with_data_dir("/tmp/ministore-example");
+    /// assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    /// assert_eq!(config.max_segments, 16);
+    /// ```
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["ministore-server"]);
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    /// The store options for each journal (0 segments meaning "keep all").
+    pub fn store_options(&self) -> ministore::MiniStoreOptions {
+        ministore::MiniStoreOptions::new()
+            .max_bytes_per_segment(self.max_bytes_per_segment)
+            .max_segments(match self.max_segments {
+                0 => usize::MAX,
+                n => n,
+            })
+    }
+
+    /// One line saying how much each journal keeps, for the startup log.
+    pub fn retention_summary(&self) -> String {
+        let mib = self.max_bytes_per_segment as f64 / (1024.0 * 1024.0);
+        match self.max_segments {
+            0 => format!("every segment is kept (segments rotate at {mib:.1} MiB)"),
+            n => format!(
+                "each journal keeps at most {n} segments of {mib:.1} MiB (~{:.1} MiB); older records are deleted",
+                mib * n as f64
+            ),
+        }
+    }
+}

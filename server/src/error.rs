@@ -1,0 +1,207 @@
+//! [`ServerError`] and its one mapping to `tonic::Status`.
+
+use std::sync::Arc;
+
+use ministore::MiniStoreError;
+use tonic::{Code, Status};
+
+/// Everything an RPC can fail with. Converted to a gRPC status in exactly one place
+/// (`From<ServerError> for Status`), with a message a person can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The journal name is not 1 to 64 characters of `[A-Za-z0-9._-]` not starting with '.'.
+    #[error(
+        "invalid journal name {name:?}: {reason}; use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with '.'"
+    )]
+    InvalidJournalName {
+        /// The name as given (truncated for the message).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// Replay or Stream of a journal that has never been written.
+    #[error("journal {0:?} does not exist; it is created by its first Append")]
+    JournalNotFound(String),
+
+    /// A request field is missing or out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A record larger than `--max-payload-bytes`.
+    #[error(
+        "record is {size} bytes of JSON, more than this server's limit of {max} bytes (--max-payload-bytes)"
+    )]
+    PayloadTooLarge {
+        /// The record's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// `from_seq` beyond the end of the journal.
+    #[error(
+        "from_seq {from_seq} is past the end of journal {journal:?}: its last record is {last_seq}, so from_seq may be at most {}",
+        last_seq + 1
+    )]
+    PastEnd {
+        /// The journal.
+        journal: String,
+        /// What was asked for.
+        from_seq: u64,
+        /// The last durable record.
+        last_seq: u64,
+    },
+
+    /// The server is stopping: new work is refused, streams end.
+    #[error("the server is shutting down; retry against a running server")]
+    ShuttingDown,
+
+    /// Another server holds the data directory.
+    #[error(
+        "data directory {path} is in use by another ministore-server (its lock file {lock} is held)"
+    )]
+    DataDirLocked {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// The lock file.
+        lock: std::path::PathBuf,
+    },
+
+    /// The server could not start: bind, create the data directory, ...
+    #[error("{op} {path}: {source}")]
+    Startup {
+        /// What was being done.
+        op: &'static str,
+        /// The file or address involved.
+        path: String,
+        /// The operating system's error.
+        source: Arc<std::io::Error>,
+    },
+
+    /// The journal store refused or failed.
+    #[error("journal {journal:?}: {source}")]
+    Store {
+        /// The journal.
+        journal: String,
+        /// What the store said.
+        source: Arc<MiniStoreError>,
+    },
+}
+
+impl ServerError {
+    pub(crate) fn store(journal: &str, source: MiniStoreError) -> Self {
+        ServerError::Store {
+            journal: journal.to_owned(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(err: ServerError) -> Status {
+        let code = match &err {
+            ServerError::InvalidJournalName { .. } | ServerError::InvalidArgument(_) => {
+                Code::InvalidArgument
+            }
+            ServerError::JournalNotFound(_) => Code::NotFound,
+            ServerError::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            ServerError::PastEnd { .. } => Code::OutOfRange,
+            ServerError::ShuttingDown => Code::Unavailable,
+            ServerError::DataDirLocked { .. } | ServerError::Startup { .. } => Code::Internal,
+            ServerError::Store { source, .. } => store_code(source),
+        };
+        Status::new(code, with_hint(&err))
+    }
+}
+
+fn store_code(err: &MiniStoreError) -> Code {
+    match err {
+        MiniStoreError::InvalidJson(_) | MiniStoreError::Serialize(_) => Code::InvalidArgument,
+        MiniStoreError::InvalidArgument(_) => Code::InvalidArgument,
+        MiniStoreError::Truncated { .. } => Code::OutOfRange,
+        MiniStoreError::Corrupt { .. } => Code::DataLoss,
+        MiniStoreError::BadHeader { .. } | MiniStoreError::Locked { .. } => {
+            Code::FailedPrecondition
+        }
+        MiniStoreError::Io { source, .. } if is_full(source) => Code::ResourceExhausted,
+        // Other I/O failures (read-only or unwritable directory, EIO) and a writer waiting
+        // to be reopened are conditions of this server that an operator can clear:
+        // retrying later may succeed.
+        MiniStoreError::Io { .. } | MiniStoreError::Poisoned { .. } => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// ENOSPC, EDQUOT or EFBIG: no room for the record.
+fn is_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(28 | 122 | 27))
+        || err.kind() == std::io::ErrorKind::StorageFull
+        || err.kind() == std::io::ErrorKind::FileTooLarge
+}
+
+/// The message, with what to do about it where the error alone does not say.
+fn with_hint(err: &ServerError) -> String {
+    let hint = match err {
+        ServerError::Store { source, .. } => match source.as_ref() {
+            MiniStoreError::Io { source, .. } if is_full(source) => {
+                " (no space for the record: free disk space or raise the file-size limit; nothing was written)"
+            }
+            MiniStoreError::Io { .. } => " (nothing was written; check the data directory)",
+            MiniStoreError::Truncated { .. } => {
+                " (restart from the oldest retained seq, or raise --max-segments)"
+            }
+            MiniStoreError::Corrupt { .. } | MiniStoreError::BadHeader { .. } => {
+                " (move the damaged file out of the data directory to serve the rest)"
+            }
+            _ => "",
+        },
+        _ => "",
+    };
+    format!("{err}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(code: i32) -> ServerError {
+        ServerError::store(
+            "j",
+            MiniStoreError::Io {
+                op: "writing to",
+                path: "/data/j/journal.jsonl".into(),
+                source: std::io::Error::from_raw_os_error(code),
+            },
+        )
+    }
+
+    #[test]
+    fn full_disk_and_file_size_limit_are_resource_exhausted() {
+        for code in [28, 27] {
+            let status = Status::from(io(code));
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert!(
+                status.message().contains("nothing was written"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_file_system_is_unavailable_not_internal() {
+        assert_eq!(Status::from(io(30)).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn bad_json_is_invalid_argument_with_the_parse_error() {
+        let status = Status::from(ServerError::store(
+            "j",
+            MiniStoreError::InvalidJson("expected value at line 1 column 1".into()),
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("line 1 column 1"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The open journals: name validation, one writer task per journal that commits every
+//! waiting append with one write and one fsync (group commit), and the durable watermark
+//! that readers follow.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ministore::{Durable, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use crate::error::ServerError;
+
+/// The name used when a request leaves `journal` empty.
+pub const DEFAULT_JOURNAL: &str = "default";
+/// Longest journal name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+/// Appends waiting for a journal's writer; beyond this, callers wait (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+/// Most bytes committed by one group commit: bounds the writer's memory and latency.
+const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+/// Checks a journal name and resolves the empty name to [`DEFAULT_JOURNAL`].
+///
+/// Names are 1 to 64 characters of `[A-Za-z0-9._-]`, not starting with '.'; so a name
+/// can never be a path (`..`, `/`), hidden, or a different name after Unicode
+/// normalization. Checked before anything touches the file system.
+///
+/// ```
+/// use ministore_server::journals::validate_name;
+/// assert_eq!(validate_name("").unwrap(), "default");
+/// assert_eq!(validate_name("orders-2024.v1").unwrap(), "orders-2024.v1");
+/// assert!(validate_name("../etc").is_err());
+/// assert!(validate_name("a/b").is_err());
+/// assert!(validate_name(".hidden").is_err());
+/// ```
+pub fn validate_name(name: &str) -> Result<&str, ServerError> {
+    let invalid = |reason| ServerError::InvalidJournalName {
+        name: name.chars().take(80).collect(),
+        reason,
+    };
+    if name.is_empty() {
+        return Ok(DEFAULT_JOURNAL);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid("longer than 64 characters"));
+    }
+    if name.starts_with('.') {
+        return Err(invalid("starts with '.'"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid("contains a character outside the allowed set"));
+    }
+    Ok(name)
+}
+
+/// All journals of a data directory that this server has opened.
+#[derive(Debug)]
+pub struct Journals {
+    data_dir: PathBuf,
+    options: MiniStoreOptions,
+    open: Mutex<HashMap<String, Arc<Journal>>>,
+    shutting_down: AtomicBool,
+}
+
+/// One open journal: where it lives, its writer's queue, and how far it is durable.
+#[derive(Debug)]
+pub struct Journal {
+    name: String,
+    path: PathBuf,
+    appends: mpsc::Sender<AppendJob>,
+    durable: watch::Receiver<Durable>,
+}
+
+/// Records waiting to be committed, and where to send their sequence numbers.
+struct AppendJob {
+    lines: Vec<JsonLine>,
+    reply: oneshot::Sender<Result<Range<u64>, ServerError>>,
+}
+
+impl Journals {
+    /// Journals under `data_dir`, each opened with `options` on first use.
+    pub fn new(data_dir: impl Into<PathBuf>, options: MiniStoreOptions) -> Self {
+        Journals {
+            data_dir: data_dir.into(),
+            options,
+            open: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The journal called `name` (already validated), opening it if needed. With `create`
+    /// false, a journal that does not exist on disk is [`ServerError::JournalNotFound`].
+    pub async fn get(&self, name: &str, create: bool) -> Result<Arc<Journal>, ServerError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServerError::ShuttingDown);
+        }
+        let mut open = self.open.lock().await;
+        if let Some(journal) = open.get(name) {
+            return Ok(journal.clone());
+        }
+        let dir = self.data_dir.join(name);
+        if !create && !dir.is_dir() {
+            return Err(ServerError::JournalNotFound(name.to_owned()));
+        }
+        let path = dir.join("journal.jsonl");
+        let store = self
+            .options
+            .clone()
+            .open(&path)
+            .await
+            .map_err(|e| ServerError::store(name, e))?;
+        let (appends, queue) = mpsc::channel(QUEUE_DEPTH);
+        // The server's own watch, fed by the writer task: it outlives a reopened store.
+        let (durable_tx, durable) = watch::channel(store.durable());
+        let journal = Arc::new(Journal {
+            name: name.to_owned(),
+            path: path.clone(),
+            appends,
+            durable,
+        });
+        tokio::spawn(run_writer(
+            name.to_owned(),
+            store,
+            self.options.clone(),
+            queue,
+            durable_tx,
+        ));
+        tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
+        open.insert(name.to_owned(), journal.clone());
+        Ok(journal)
+    }
+
+    /// Refuses new work and closes every writer once its queued appends are committed.
+    /// Returns when all writers have finished (their journals are closed and unlocked).
+    pub async fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let journals: Vec<Arc<Journal>> = self.open.lock().await.drain().map(|(_, j)| j).collect();
+        for journal in journals {
+            let appends = journal.appends.clone();
+            drop(journal);
+            // Resolves once the writer task has dropped its queue, i.e. has exited.
+            appends.closed().await;
+        }
+    }
+
+    /// Whether [`shut_down`](Self::shut_down) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+impl Journal {
+    /// The journal's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The journal's active file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How far the journal is durable now.
+    pub fn durable(&self) -> Durable {
+        *self.durable.borrow()
+    }
+
+    /// A receiver of the durable position, for readers that follow the journal.
+    pub fn watch_durable(&self) -> watch::Receiver<Durable> {
+        self.durable.clone()
+    }
+
+    /// Appends `lines` atomically; resolves with their sequence numbers once they are
+    /// fsynced, possibly in one commit with other callers' records.
+    pub async fn append(&self, lines: Vec<JsonLine>) -> Result<Range<u64>, ServerError> {
+        let (reply, result) = oneshot::channel();
+        self.appends
+            .send(AppendJob { lines, reply })
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        result.await.map_err(|_| ServerError::ShuttingDown)?
+    }
+}
+
+/// The one writer of a journal. Takes every job waiting in the queue, commits them with
+/// one write and one fsync, publishes the new durable position, then tells each caller its
+/// range. Exits when every sender is gone (the journal was closed), after committing what
+/// was queued; dropping `durable` then tells followers that no more records will come.
+async fn run_writer(
+    name: String,
+    store: MiniStore,
+    options: MiniStoreOptions,
+    mut queue: mpsc::Receiver<AppendJob>,
+    durable: watch::Sender<Durable>,
+) {
+    let path = store.path().to_path_buf();
+    let mut store = Some(store);
+    let mut jobs: Vec<AppendJob> = Vec::new();
+    let mut lines: Vec<JsonLine> = Vec::new();
+    while let Some(job) = queue.recv().await {
+        jobs.push(job);
+        let mut bytes: usize = jobs[0].lines.iter().map(|l| l.as_bytes().len()).sum();
+        while bytes < MAX_GROUP_BYTES {
+            let Ok(job) = queue.try_recv() else { break };
+            bytes += job.lines.iter().map(|l| l.as_bytes().len()).sum::<usize>();
+            jobs.push(job);
+        }
+        let counts: Vec<usize> = jobs.iter().map(|j| j.lines.len()).collect();
+        for job in &mut jobs {
+            lines.append(&mut job.lines);
+        }
+        let result = commit(&name, &path, &options, &mut store, &lines).await;
+        lines.clear();
+        // Publish before replying: a caller told "seq N" can read N back at once.
+        if let Some(store) = &store {
+            durable.send_if_modified(|d| std::mem::replace(d, store.durable()) != *d);
+        }
+        let mut next = result.as_ref().map_or(0, |r| r.start);
+        for (job, count) in jobs.drain(..).zip(counts) {
+            let reply = result.clone().map(|_| {
+                let range = next..next + count as u64;
+                next += count as u64;
+                range
+            });
+            // A caller that went away still had its records committed; nothing to undo.
+            let _ = job.reply.send(reply);
+        }
+    }
+    tracing::debug!(journal = %name, "writer closed");
+}
+
+/// Commits `lines` in one write and one fsync. A store poisoned by an earlier failure
+/// (failed fsync or rotation) is reopened first, which re-reads and repairs its tail, so
+/// the server recovers once the fault is gone. The poisoned attempt wrote nothing, so
+/// retrying it once on the reopened store is safe.
+async fn commit(
+    name: &str,
+    path: &Path,
+    options: &MiniStoreOptions,
+    store: &mut Option<MiniStore>,
+    lines: &[JsonLine],
+) -> Result<Range<u64>, ServerError> {
+    for attempt in 0..2 {
+        if store.is_none() {
+            match options.clone().open(path).await {
+                Ok(reopened) => {
+                    tracing::warn!(
+                        journal = name,
+                        last_seq = reopened.last_seq(),
+                        "reopened journal after a failure"
+                    );
+                    *store = Some(reopened);
+                }
+                Err(e) => return Err(ServerError::store(name, e)),
+            }
+        }
+        let writer = store.as_mut().expect("opened above");
+        match writer.append_json(lines).await {
+            Err(MiniStoreError::Poisoned { reason, .. }) if attempt == 0 => {
+                tracing::warn!(journal = name, %reason, "journal writer poisoned; reopening");
+                *store = None;
+            }
+            Err(e) => {
+                tracing::warn!(journal = name, error = %e, records = lines.len(), "append failed");
+                return Err(ServerError::store(name, e));
+            }
+            Ok(range) => return Ok(range),
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        let long = "a".repeat(65);
+        for name in [
+            "..",
+            ".",
+            "a/b",
+            "/abs",
+            "a\\b",
+            "a\0b",
+            "caf\u{e9}",
+            "a b",
+            long.as_str(),
+            "\u{2215}etc",
+            "\u{ff0e}\u{ff0e}",
+        ] {
+            assert!(validate_name(name).is_err(), "{name:?} was accepted");
+        }
+        assert_eq!(validate_name(&"a".repeat(64)).unwrap().len(), 64);
+    }
+}
