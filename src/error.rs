@@ -80,7 +80,9 @@ pub enum MiniStoreError {
     InvalidArgument(String),
 
     /// The journal is held by another open `MiniStore` (in this or another process).
-    #[error("journal {path} is already open for writing by another MiniStore (lock file {lock} is held)")]
+    #[error(
+        "journal {path} is already open for writing by another MiniStore (lock file {lock} is held)"
+    )]
     Locked {
         /// The journal's active file.
         path: PathBuf,

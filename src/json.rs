@@ -75,7 +75,10 @@ impl std::fmt::Display for JsonLine {
 /// it is insignificant (raw control characters are not allowed inside JSON strings).
 fn compact(valid: &str) -> String {
     let bytes = valid.as_bytes();
-    if !bytes.iter().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return valid.to_owned();
     }
     let mut out = Vec::with_capacity(bytes.len());
@@ -105,7 +108,8 @@ mod tests {
 
     #[test]
     fn whitespace_inside_strings_is_kept() {
-        let line = JsonLine::from_slice(b" { \"a b\" : \"x \\\" y\\n\" , \"c\" : [ 1 , 2 ] } ").unwrap();
+        let line =
+            JsonLine::from_slice(b" { \"a b\" : \"x \\\" y\\n\" , \"c\" : [ 1 , 2 ] } ").unwrap();
         assert_eq!(line.as_str(), r#"{"a b":"x \" y\n","c":[1,2]}"#);
     }
 
@@ -117,9 +121,20 @@ mod tests {
 
     #[test]
     fn invalid_input_is_refused_with_a_position() {
-        for bad in [&b""[..], b"   ", b"{", b"{\"a\":1}x", b"\"\xff\"", b"nul", b"\"a\nb\""] {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"{",
+            b"{\"a\":1}x",
+            b"\"\xff\"",
+            b"nul",
+            b"\"a\nb\"",
+        ] {
             let err = JsonLine::from_slice(bad).unwrap_err();
-            assert!(matches!(err, MiniStoreError::InvalidJson(_)), "{bad:?}: {err}");
+            assert!(
+                matches!(err, MiniStoreError::InvalidJson(_)),
+                "{bad:?}: {err}"
+            );
         }
         let err = JsonLine::from_slice(b"{\"a\": }").unwrap_err().to_string();
         assert!(err.contains("line 1 column"), "{err}");

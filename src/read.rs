@@ -328,7 +328,8 @@ impl OpenSegment {
     }
 }
 
-type LineFuture = Pin<Box<dyn Future<Output = (LineReader, std::io::Result<Option<Vec<u8>>>)> + Send>>;
+type LineFuture =
+    Pin<Box<dyn Future<Output = (LineReader, std::io::Result<Option<Vec<u8>>>)> + Send>>;
 
 /// A stream over the records of a single journal file, parsed on demand.
 ///
@@ -416,15 +417,20 @@ where
             };
             self.pending = Some(Box::pin(reader.next_line()));
         }
-        let (reader, result) = std::task::ready!(self.pending.as_mut().expect("set").as_mut().poll(cx));
+        let (reader, result) =
+            std::task::ready!(self.pending.as_mut().expect("set").as_mut().poll(cx));
         self.pending = None;
         let item = match result {
             Ok(None) => None,
-            Ok(Some(line)) => Some(serde_json::from_slice(&line).map_err(|e| MiniStoreError::Corrupt {
-                path: reader.path.clone(),
-                line: reader.line,
-                reason: format!("record does not deserialize: {e}"),
-            })),
+            Ok(Some(line)) => {
+                Some(
+                    serde_json::from_slice(&line).map_err(|e| MiniStoreError::Corrupt {
+                        path: reader.path.clone(),
+                        line: reader.line,
+                        reason: format!("record does not deserialize: {e}"),
+                    }),
+                )
+            }
             Err(e) => Some(Err(MiniStoreError::io("reading", &reader.path, e))),
         };
         self.reader = Some(reader);

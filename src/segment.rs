@@ -361,7 +361,12 @@ mod tests {
 
     #[test]
     fn foreign_first_lines_are_refused() {
-        for head in [&b""[..], b"hello\n", b"// MINISTORE JOURNAL", b"{\"a\":1}\n"] {
+        for head in [
+            &b""[..],
+            b"hello\n",
+            b"// MINISTORE JOURNAL",
+            b"{\"a\":1}\n",
+        ] {
             let err = parse_header(Path::new("f"), head).unwrap_err();
             assert!(matches!(err, MiniStoreError::BadHeader { .. }), "{err}");
         }
@@ -371,12 +376,26 @@ mod tests {
     fn rotated_names_sort_numerically_whatever_their_width() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("j.jsonl");
-        for name in ["j.jsonl.999", "j.jsonl.1000", "j.jsonl.000002", "j.jsonl.x1", "j.jsonl.lock", "k.jsonl.1"] {
+        for name in [
+            "j.jsonl.999",
+            "j.jsonl.1000",
+            "j.jsonl.000002",
+            "j.jsonl.x1",
+            "j.jsonl.lock",
+            "k.jsonl.1",
+        ] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
-        let numbers: Vec<u64> = list_rotated(&base).unwrap().into_iter().map(|(n, _)| n).collect();
+        let numbers: Vec<u64> = list_rotated(&base)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(numbers, vec![2, 999, 1000]);
         assert_eq!(rotated_path(&base, 7), dir.path().join("j.jsonl.000007"));
-        assert_eq!(rotated_path(&base, 1234567), dir.path().join("j.jsonl.1234567"));
+        assert_eq!(
+            rotated_path(&base, 1234567),
+            dir.path().join("j.jsonl.1234567")
+        );
     }
 }

@@ -435,7 +435,8 @@ struct Writer {
 impl Writer {
     fn open(base: PathBuf, opts: MiniStoreOptions) -> Result<Writer> {
         let dir = segment::dir_of(&base).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| MiniStoreError::io("creating directory", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| MiniStoreError::io("creating directory", &dir, e))?;
         if base.is_dir() {
             return Err(MiniStoreError::InvalidArgument(format!(
                 "{} is a directory; give the path of the journal file, e.g. {}",
@@ -649,7 +650,11 @@ fn create_active(base: &Path, rotated: &[Segment]) -> Result<Segment> {
 /// the start of a header): it holds no records, and `create_active` writes a full header.
 /// Any other file without a header is left alone, for the catalog to refuse.
 fn clear_torn_header(base: &Path) -> Result<()> {
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(base) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(base)
+    else {
         return Ok(()); // missing (created later) or unreadable (the catalog reports it)
     };
     let head = segment::read_head(&file, base)?;
