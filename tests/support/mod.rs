@@ -1,1 +1,5 @@
+//! Helpers shared by the end-to-end tests. Keep them small and generic: anything that only
+//! one test file needs lives in that file.
 
+pub mod files;
+pub mod records;

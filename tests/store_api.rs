@@ -1,0 +1,773 @@
+//! The store's public API on real files: every behaviour its reference documentation
+//! promises (the published crate's page, `/work/shared/spec/ministore-api.txt`, and the
+//! additions documented in `ministore`'s own docs).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::{Pin, pin};
+use std::task::Poll;
+
+use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore_tests::files::{PUBLISHED_HEADER, file_names, header};
+use ministore_tests::records::{read_all, seqs};
+use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Counter {
+    Set { value: u32 },
+    Inc { delta: u32 },
+}
+
+fn journal(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("journal.jsonl")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// A 20-character record: 23 bytes as a journal line (quotes and newline included).
+fn rec(i: u64) -> String {
+    format!("r{i:019}")
+}
+
+/// The journal's files without the lock file.
+fn segment_names(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect()
+}
+
+/// Polls `fut` once, with the task's real waker, and returns what it says.
+async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+}
+
+#[tokio::test]
+async fn open_creates_parent_directories_and_writes_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/journal.jsonl");
+
+    let store = MiniStore::open(&path).await.unwrap();
+
+    assert_eq!(store.last_seq(), 0);
+    assert_eq!(store.path(), path);
+    assert_eq!(read(&path), "// MINISTORE JOURNAL v0.1.4 first_seq=1\n");
+}
+
+#[tokio::test]
+async fn open_writes_the_header_into_an_existing_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    std::fs::write(&path, "").unwrap();
+
+    let mut store = MiniStore::open(&path).await.unwrap();
+    assert_eq!(read(&path), header(1));
+    store.append(&1).await.unwrap();
+
+    assert_eq!(read(&path), format!("{}1\n", header(1)));
+}
+
+#[tokio::test]
+async fn reopening_a_journal_keeps_its_records_and_continues_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append(&Counter::Set { value: 1 }).await.unwrap();
+    drop(store);
+
+    let mut store = MiniStore::open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), 1);
+    store.append(&Counter::Inc { delta: 2 }).await.unwrap();
+    assert_eq!(store.last_seq(), 2);
+
+    let records: Vec<Counter> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(
+        records,
+        vec![Counter::Set { value: 1 }, Counter::Inc { delta: 2 }]
+    );
+}
+
+#[tokio::test]
+async fn appended_records_replay_in_order_while_the_store_is_open_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let written = vec![
+        Counter::Set { value: 100 },
+        Counter::Inc { delta: 25 },
+        Counter::Inc { delta: 7 },
+    ];
+
+    let mut store = MiniStore::open(&path).await.unwrap();
+    for (i, record) in written.iter().enumerate() {
+        store.append(record).await.unwrap();
+        assert_eq!(store.last_seq(), i as u64 + 1);
+        // "The record is visible in subsequent replay calls": no close needed.
+        let replayed: Vec<Counter> = MiniStore::replay(&path).await.unwrap();
+        assert_eq!(replayed, written[..=i]);
+    }
+    drop(store);
+
+    let replayed: Vec<Counter> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, written);
+    assert_eq!(
+        read(&path),
+        format!(
+            "{}{}\n{}\n{}\n",
+            header(1),
+            r#"{"Set":{"value":100}}"#,
+            r#"{"Inc":{"delta":25}}"#,
+            r#"{"Inc":{"delta":7}}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn replay_of_a_journal_that_does_not_exist_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing_file: Vec<Counter> = MiniStore::replay(journal(&dir)).await.unwrap();
+    let missing_dir: Vec<Counter> = MiniStore::replay(dir.path().join("no/such/dir/journal.jsonl"))
+        .await
+        .unwrap();
+
+    assert!(missing_file.is_empty());
+    assert!(missing_dir.is_empty());
+    assert!(
+        file_names(dir.path()).is_empty(),
+        "replay must not create anything"
+    );
+}
+
+#[tokio::test]
+async fn replay_of_an_empty_journal_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    std::fs::write(&path, "").unwrap();
+    let zero_bytes: Vec<Counter> = MiniStore::replay(&path).await.unwrap();
+
+    drop(MiniStore::open(&path).await.unwrap());
+    let header_only: Vec<Counter> = MiniStore::replay(&path).await.unwrap();
+
+    assert!(zero_bytes.is_empty());
+    assert!(header_only.is_empty());
+}
+
+#[tokio::test]
+async fn replay_reads_rotated_segments_in_numeric_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    // Written by hand with the published crate's header (no sequence numbers), so only the
+    // file names can give the order. As text, ".10" < ".1000" < ".2" < ".999".
+    for (name, body) in [
+        ("journal.jsonl.2", "1\n"),
+        ("journal.jsonl.10", "2\n3\n"),
+        ("journal.jsonl.999", "4\n"),
+        ("journal.jsonl.1000", "5\n"),
+        ("journal.jsonl", "6\n"),
+    ] {
+        std::fs::write(dir.path().join(name), format!("{PUBLISHED_HEADER}{body}")).unwrap();
+    }
+
+    let records: Vec<u64> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(records, vec![1, 2, 3, 4, 5, 6]);
+
+    let read = read_all(&mut MiniStore::read_from(&path, 1), 100).await;
+    assert_eq!(seqs(&read), vec![1, 2, 3, 4, 5, 6]);
+    assert!(read.iter().all(|r| r.json == r.seq.to_string()));
+}
+
+#[tokio::test]
+async fn replay_validates_the_header_of_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let bad = dir.path().join("journal.jsonl.000002");
+    std::fs::write(
+        dir.path().join("journal.jsonl.000001"),
+        format!("{}1\n", header(1)),
+    )
+    .unwrap();
+    std::fs::write(&bad, "2\n3\n").unwrap();
+    std::fs::write(&path, format!("{}4\n", header(4))).unwrap();
+
+    match MiniStore::replay::<u32, _>(&path).await {
+        Err(MiniStoreError::BadHeader { path: p, .. }) => assert_eq!(p, bad),
+        other => panic!("expected BadHeader naming {}, got {other:?}", bad.display()),
+    }
+
+    // The active file's header is checked too, and by `stream`.
+    std::fs::write(&bad, format!("{}2\n3\n", header(2))).unwrap();
+    std::fs::write(&path, "4\n").unwrap();
+    match MiniStore::replay::<u32, _>(&path).await {
+        Err(MiniStoreError::BadHeader { path: p, .. }) => assert_eq!(p, path),
+        other => panic!(
+            "expected BadHeader naming {}, got {other:?}",
+            path.display()
+        ),
+    }
+    match MiniStore::stream::<u32>(&path).await {
+        Err(err @ MiniStoreError::BadHeader { .. }) => {
+            assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}")
+        }
+        other => panic!("expected BadHeader, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_record_of_the_wrong_type_is_corrupt_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let rotated = dir.path().join("journal.jsonl.000001");
+    std::fs::write(&rotated, format!("{}1\n2\n", header(1))).unwrap();
+    std::fs::write(&path, format!("{}3\n\"three\"\n4\n", header(3))).unwrap();
+
+    // Line 1 is the header, so the third record of the journal is line 3 of the active file.
+    match MiniStore::replay::<u32, _>(&path).await {
+        Err(MiniStoreError::Corrupt { path: p, line, .. }) => {
+            assert_eq!((p, line), (path.clone(), 3))
+        }
+        other => panic!("expected Corrupt at {}:3, got {other:?}", path.display()),
+    }
+    // As JSON the lines are fine.
+    let values: Vec<serde_json::Value> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(values.len(), 5);
+
+    // The same in a rotated segment: the line number counts within that file.
+    std::fs::write(&rotated, format!("{}1\n[2]\n", header(1))).unwrap();
+    let err = MiniStore::replay::<u32, _>(&path).await.unwrap_err();
+    assert!(
+        matches!(&err, MiniStoreError::Corrupt { path: p, line: 3, .. } if *p == rotated),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:3: ", rotated.display())),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn stream_yields_each_record_as_it_is_read_and_goes_on_after_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    std::fs::write(&path, format!("{}1\n\"two\"\n3\n", header(1))).unwrap();
+
+    let mut stream = MiniStore::stream::<u32>(&path).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+    match stream.next().await {
+        Some(Err(MiniStoreError::Corrupt { path: p, line, .. })) => {
+            assert_eq!((p, line), (path.clone(), 3))
+        }
+        other => panic!("expected Corrupt at line 3, got {other:?}"),
+    }
+    assert_eq!(stream.next().await.unwrap().unwrap(), 3);
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
+async fn stream_reads_lazily_and_sees_records_appended_after_it_was_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append_batch(&[1u32, 2]).await.unwrap();
+
+    let mut stream = MiniStore::stream::<u32>(&path).await.unwrap();
+    // Through the `tokio_stream::Stream` implementation.
+    assert_eq!(StreamExt::next(&mut stream).await.unwrap().unwrap(), 1);
+    store.append(&3u32).await.unwrap();
+    let rest: Vec<u32> = stream.map(|r| r.unwrap()).collect().await;
+
+    assert_eq!(rest, vec![2, 3]);
+}
+
+#[tokio::test]
+async fn stream_reads_only_the_file_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(100)
+        .open(&path)
+        .await
+        .unwrap();
+    for i in 1..=8 {
+        store.append(&rec(i)).await.unwrap();
+    }
+    // 40-byte header + 3 records of 23 bytes reaches 100: segments of 3 records each.
+    assert_eq!(
+        segment_names(dir.path()),
+        [
+            "journal.jsonl",
+            "journal.jsonl.000001",
+            "journal.jsonl.000002"
+        ]
+    );
+
+    let active: Vec<String> = MiniStore::stream(&path)
+        .await
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    let first: Vec<String> = MiniStore::stream(dir.path().join("journal.jsonl.000001"))
+        .await
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+
+    assert_eq!(active, vec![rec(7), rec(8)]);
+    assert_eq!(first, vec![rec(1), rec(2), rec(3)]);
+}
+
+#[tokio::test]
+async fn stream_of_a_missing_file_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = MiniStore::stream::<u32>(journal(&dir)).await.unwrap_err();
+    assert_eq!(err.io_kind(), Some(std::io::ErrorKind::NotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn rotation_renames_the_full_segment_and_starts_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let max = 100;
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(max)
+        .max_segments(100)
+        .open(&path)
+        .await
+        .unwrap();
+
+    // What the active file should hold, and the rotated segments so far.
+    let mut active = header(1);
+    let mut rotated: Vec<String> = Vec::new();
+    for i in 1..=10 {
+        store.append(&rec(i)).await.unwrap();
+        active.push_str(&format!("\"{}\"\n", rec(i)));
+        if active.len() as u64 >= max {
+            // Rotated before `append` returned: the full segment under the next number,
+            // and a new active file that starts at the next sequence number.
+            rotated.push(std::mem::replace(&mut active, header(i + 1)));
+        }
+        let mut names = vec!["journal.jsonl".to_string()];
+        names.extend((1..=rotated.len()).map(|n| format!("journal.jsonl.{n:06}")));
+        assert_eq!(segment_names(dir.path()), names, "after record {i}");
+        assert_eq!(read(&path), active, "active file after record {i}");
+        for (n, content) in rotated.iter().enumerate() {
+            assert_eq!(
+                read(&dir.path().join(format!("journal.jsonl.{:06}", n + 1))),
+                *content
+            );
+        }
+    }
+    assert_eq!(rotated.len(), 3);
+    assert_eq!(store.durable().segments, 4);
+}
+
+#[tokio::test]
+async fn retention_keeps_max_segments_files_and_sequence_numbers_stay_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let opts = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(3);
+    let mut store = opts.clone().open(&path).await.unwrap();
+    for i in 1..=30 {
+        store.append(&rec(i)).await.unwrap();
+        assert!(
+            segment_names(dir.path()).len() <= 3,
+            "after record {i}: {:?}",
+            file_names(dir.path())
+        );
+    }
+    assert_eq!(
+        segment_names(dir.path()),
+        [
+            "journal.jsonl",
+            "journal.jsonl.000009",
+            "journal.jsonl.000010"
+        ]
+    );
+    let durable = store.durable();
+    assert_eq!(
+        (durable.first_seq, durable.last_seq, durable.segments),
+        (25, 30, 3)
+    );
+
+    // Each record keeps the sequence number it was given, though the files holding
+    // records 1..=24 are gone.
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, (25..=30).map(rec).collect::<Vec<_>>());
+    let read = read_all(&mut MiniStore::read_from(&path, 27), 100).await;
+    assert_eq!(seqs(&read), vec![27, 28, 29, 30]);
+    assert!(
+        read.iter()
+            .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
+    );
+
+    // And after reopening, and more rotations and deletions.
+    drop(store);
+    let mut store = opts.open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), 30);
+    for i in 31..=40 {
+        assert_eq!(store.append_batch(&[rec(i)]).await.unwrap(), i..i + 1);
+    }
+    let read = read_all(&mut store.reader(1), 100).await;
+    assert_eq!(read.first().map(|r| r.seq), Some(store.durable().first_seq));
+    assert_eq!(read.last().map(|r| r.seq), Some(40));
+    assert!(
+        read.iter()
+            .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
+    );
+    assert_eq!(segment_names(dir.path()).len(), 3);
+}
+
+#[tokio::test]
+async fn max_segments_one_keeps_only_the_active_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(1)
+        .open(&path)
+        .await
+        .unwrap();
+    for i in 1..=7 {
+        store.append(&rec(i)).await.unwrap();
+    }
+
+    assert_eq!(segment_names(dir.path()), ["journal.jsonl"]);
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, vec![rec(7)]);
+    assert_eq!(
+        seqs(&read_all(&mut MiniStore::read_from(&path, 1), 10).await),
+        vec![7]
+    );
+}
+
+#[tokio::test]
+async fn zero_max_segments_or_segment_size_is_an_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+
+    let zero_segments = MiniStoreOptions::new().max_segments(0).open(&path).await;
+    let zero_bytes = MiniStoreOptions::new()
+        .max_bytes_per_segment(0)
+        .open(&path)
+        .await;
+
+    assert!(
+        matches!(zero_segments, Err(MiniStoreError::InvalidArgument(_))),
+        "{zero_segments:?}"
+    );
+    assert!(
+        matches!(zero_bytes, Err(MiniStoreError::InvalidArgument(_))),
+        "{zero_bytes:?}"
+    );
+    assert!(
+        file_names(dir.path()).is_empty(),
+        "nothing is created for invalid options"
+    );
+}
+
+#[tokio::test]
+async fn append_batch_returns_the_sequence_numbers_of_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+
+    assert_eq!(store.append_batch(&["a", "b", "c"]).await.unwrap(), 1..4);
+    store.append(&"d").await.unwrap();
+    assert_eq!(store.append_batch(&["e", "f"]).await.unwrap(), 5..7);
+    assert_eq!(store.last_seq(), 6);
+
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, ["a", "b", "c", "d", "e", "f"]);
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_serialized_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store
+        .append(&BTreeMap::from([("k".to_string(), 1)]))
+        .await
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    // The first record is fine, the second has a key JSON cannot have.
+    let batch = [BTreeMap::new(), BTreeMap::from([(vec![1u8], 2)])];
+    let err = store.append_batch(&batch).await.unwrap_err();
+
+    assert!(matches!(err, MiniStoreError::Serialize(_)), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(store.last_seq(), 1);
+    assert_eq!(
+        store
+            .append_batch(&[BTreeMap::<String, u32>::new()])
+            .await
+            .unwrap(),
+        2..3
+    );
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    // A segment size the header alone reaches: any write would rotate.
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(1)
+        .open(&path)
+        .await
+        .unwrap();
+    store.append(&1).await.unwrap();
+    let files = file_names(dir.path());
+    let before = std::fs::read(&path).unwrap();
+
+    assert_eq!(store.append_batch::<u32>(&[]).await.unwrap(), 2..2);
+    assert_eq!(store.append_json(&[]).await.unwrap(), 2..2);
+
+    assert_eq!(store.last_seq(), 1);
+    assert_eq!(file_names(dir.path()), files);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(store.append_batch(&[2]).await.unwrap(), 2..3);
+}
+
+#[tokio::test]
+async fn append_json_stores_the_json_compacted_to_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    let pretty = b"{\n  \"user\": \"alice smith\",\n  \"tags\": [ \"a\", \"b c\" ],\n  \"amount\": 1.50\n}\n";
+    let lines = [
+        JsonLine::from_slice(pretty).unwrap(),
+        JsonLine::from_value(&Counter::Set { value: 3 }).unwrap(),
+    ];
+
+    assert_eq!(store.append_json(&lines).await.unwrap(), 1..3);
+
+    let compact = r#"{"user":"alice smith","tags":["a","b c"],"amount":1.50}"#;
+    assert_eq!(
+        read(&path),
+        format!("{}{compact}\n{}\n", header(1), r#"{"Set":{"value":3}}"#)
+    );
+    let read = read_all(&mut MiniStore::read_from(&path, 1), 10).await;
+    assert_eq!(read[0].json, compact);
+    assert_eq!(
+        read[1].parse::<Counter>().unwrap(),
+        Counter::Set { value: 3 }
+    );
+}
+
+#[tokio::test]
+async fn sequence_numbers_are_contiguous_across_rotation_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let opts = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(1000);
+    let mut next = 1;
+    for _round in 0..4 {
+        let mut store = opts.clone().open(&path).await.unwrap();
+        assert_eq!(store.last_seq(), next - 1);
+        store.append(&rec(next)).await.unwrap();
+        assert_eq!(store.last_seq(), next);
+        next += 1;
+        let batch: Vec<String> = (next..next + 4).map(rec).collect();
+        assert_eq!(store.append_batch(&batch).await.unwrap(), next..next + 4);
+        next += 4;
+        let json: Vec<JsonLine> = (next..next + 2)
+            .map(|i| JsonLine::from_value(&rec(i)).unwrap())
+            .collect();
+        assert_eq!(store.append_json(&json).await.unwrap(), next..next + 2);
+        next += 2;
+    }
+    assert!(
+        segment_names(dir.path()).len() > 5,
+        "the test should rotate several times"
+    );
+
+    let read = read_all(&mut MiniStore::read_from(&path, 1), 7).await;
+    assert_eq!(seqs(&read), (1..next).collect::<Vec<_>>());
+    assert!(
+        read.iter()
+            .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
+    );
+}
+
+#[tokio::test]
+async fn read_from_starts_at_any_sequence_number_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(100)
+        .open(&path)
+        .await
+        .unwrap();
+    let n = 20;
+    for i in 1..=n {
+        store.append(&rec(i)).await.unwrap();
+    }
+    drop(store);
+
+    for from in 0..=n + 2 {
+        for batch in [1, 2, 100] {
+            let mut reader = MiniStore::read_from(&path, from);
+            let read = read_all(&mut reader, batch).await;
+            let expected: Vec<u64> = (from.max(1)..=n).collect();
+            assert_eq!(seqs(&read), expected, "from {from} in batches of {batch}");
+            assert!(
+                read.iter()
+                    .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
+            );
+            assert!(
+                !reader.wait().await,
+                "a reader without a writer has nothing to wait for"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn read_from_before_the_oldest_retained_record_starts_at_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(2)
+        .open(&path)
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        store.append(&rec(i)).await.unwrap();
+    }
+    let oldest = store.durable().first_seq;
+    assert!(oldest > 1);
+
+    for from in [0, 1, oldest - 1, oldest] {
+        let on_disk = read_all(&mut MiniStore::read_from(&path, from), 100).await;
+        let durable = read_all(&mut store.reader(from), 100).await;
+        assert_eq!(
+            seqs(&on_disk),
+            (oldest..=20).collect::<Vec<_>>(),
+            "from {from}"
+        );
+        assert_eq!(on_disk, durable);
+    }
+}
+
+#[tokio::test]
+async fn a_reader_returns_only_durable_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append_batch(&[1, 2]).await.unwrap();
+    // Bytes past what the store has fsynced: as if a write were in progress.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"3\n"))
+        .unwrap();
+
+    let durable = read_all(&mut store.reader(1), 100).await;
+    let on_disk = read_all(&mut MiniStore::read_from(&path, 1), 100).await;
+
+    assert_eq!(seqs(&durable), vec![1, 2]);
+    assert_eq!(seqs(&on_disk), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn reader_wait_wakes_after_an_append_and_returns_false_once_the_store_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    let mut reader = store.reader(1);
+    assert!(reader.next_batch(10).await.unwrap().is_empty());
+
+    {
+        let mut wait = pin!(reader.wait());
+        assert!(poll_once(&mut wait).await.is_pending(), "nothing new yet");
+        store.append(&"first").await.unwrap();
+        assert!(wait.await);
+    }
+    let read = reader.next_batch(10).await.unwrap();
+    assert_eq!((read[0].seq, read[0].json.as_str()), (1, "\"first\""));
+
+    // Records already durable but not yet read: no waiting at all.
+    store.append_batch(&["second", "third"]).await.unwrap();
+    assert!(reader.wait().await);
+    assert_eq!(seqs(&reader.next_batch(10).await.unwrap()), vec![2, 3]);
+
+    let mut wait = pin!(reader.wait());
+    assert!(poll_once(&mut wait).await.is_pending());
+    drop(store);
+    assert!(!wait.await, "no record will come once the writer is gone");
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_journal_fails_with_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append(&1).await.unwrap();
+
+    let err = MiniStore::open(&path).await.unwrap_err();
+    match &err {
+        MiniStoreError::Locked { path: p, lock } => {
+            assert_eq!(p, &path);
+            assert_eq!(lock, &dir.path().join("journal.jsonl.lock"));
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    // Readers need no lock.
+    assert_eq!(MiniStore::replay::<u32, _>(&path).await.unwrap(), vec![1]);
+
+    drop(store);
+    let store = MiniStore::open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), 1);
+}
+
+#[tokio::test]
+async fn opening_a_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let err = MiniStore::open(dir.path()).await.unwrap_err();
+
+    assert!(matches!(err, MiniStoreError::InvalidArgument(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&*dir.path().to_string_lossy()),
+        "{message}"
+    );
+    assert!(message.contains("is a directory"), "{message}");
+}
+
+#[tokio::test]
+async fn an_unwritable_path_is_an_io_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tests run as root, which ignores permission bits: a regular file in the middle of
+    // the path makes it unwritable for anyone (ENOTDIR).
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let path = file.join("sub/journal.jsonl");
+
+    let err = MiniStore::open(&path).await.unwrap_err();
+
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR), "{err:?}");
+    match &err {
+        MiniStoreError::Io { path: p, .. } => {
+            assert!(path.starts_with(p) && p.starts_with(&file), "{p:?}")
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+}
