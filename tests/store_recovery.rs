@@ -1,0 +1,432 @@
+//! Crash safety: the files a crash can leave, made by hand, and what `open` makes of them.
+//!
+//! A crash during an append leaves any prefix of the bytes being written; a crash during
+//! rotation leaves one of the intermediate states listed in `rotate`; a power loss can
+//! leave a tail of zeros. Every such state must open with exactly the complete records and
+//! the right next sequence number. Damage a crash cannot cause is refused, untouched.
+
+use std::path::{Path, PathBuf};
+
+use ministore::{MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore_tests::files::{copy_dir, file_names, header};
+use ministore_tests::records::{read_all, seqs};
+
+/// Records with escapes and multi-byte UTF-8, so that cuts land inside both.
+fn rec(i: u64) -> String {
+    format!("rec {i}: \"quoted\" \\ é€😀")
+}
+
+fn recs(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    range.map(rec).collect()
+}
+
+fn small_segments() -> MiniStoreOptions {
+    MiniStoreOptions::new()
+        .max_bytes_per_segment(150)
+        .max_segments(1000)
+}
+
+fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap();
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .unwrap();
+}
+
+fn broken_files(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| n.contains(".broken-"))
+        .collect()
+}
+
+/// Writes records `1..=n` with small segments (so the journal has rotated segments and the
+/// active file starts past seq 1). Returns the active file's path.
+async fn journal_with(dir: &Path, n: u64) -> PathBuf {
+    let path = dir.join("journal.jsonl");
+    let mut store = small_segments().open(&path).await.unwrap();
+    for i in 1..=n {
+        store.append(&rec(i)).await.unwrap();
+    }
+    path
+}
+
+/// Opens the journal at `path` and checks it holds exactly records `1..=n` and goes on at
+/// `n + 1`, then that this append survives a reopen.
+async fn assert_reopens_with(path: &Path, n: u64, opts: MiniStoreOptions) {
+    let mut store = opts.clone().open(path).await.unwrap();
+    assert_eq!(store.last_seq(), n);
+    let replayed: Vec<String> = MiniStore::replay(path).await.unwrap();
+    assert_eq!(replayed, recs(1..=n));
+
+    assert_eq!(
+        store.append_batch(&[rec(n + 1)]).await.unwrap(),
+        n + 1..n + 2
+    );
+    drop(store);
+    let store = opts.open(path).await.unwrap();
+    assert_eq!(store.last_seq(), n + 1);
+    let read = read_all(&mut store.reader(1), 1000).await;
+    assert_eq!(seqs(&read), (1..=n + 1).collect::<Vec<_>>());
+    assert!(
+        read.iter()
+            .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
+    );
+}
+
+/// Writes records `1..=n` in rotated segments, then the records of `last` with one
+/// `append_batch`, which must land in the active file. For every length the active file can
+/// have had while that write was cut short, checks a copy of the journal cut there.
+async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
+    let src = tempfile::tempdir().unwrap();
+    let path = journal_with(src.path(), n).await;
+    let mut store = small_segments()
+        .max_bytes_per_segment(1 << 20)
+        .open(&path)
+        .await
+        .unwrap();
+    let start = len(&path);
+    store.append_batch(last).await.unwrap();
+    drop(store);
+    let end = len(&path);
+    assert!(
+        file_names(src.path()).len() > 2,
+        "the journal should have rotated segments"
+    );
+    // Where each record of the last write ends in the active file.
+    let mut ends = Vec::new();
+    let mut at = start;
+    for r in last {
+        at += serde_json::to_string(r).unwrap().len() as u64 + 1;
+        ends.push(at);
+    }
+    assert_eq!(at, end);
+
+    let mut expected = recs(1..=n);
+    expected.extend_from_slice(last);
+    for cut in start..end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = dir.path().join("journal.jsonl");
+        truncate(&path, cut);
+        let complete = ends.iter().filter(|&&e| e <= cut).count();
+        let kept = n as usize + complete;
+        let durable_end = ends[..complete].last().copied().unwrap_or(start);
+
+        // Before any repair, readers already skip the incomplete line.
+        let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+        assert_eq!(
+            replayed,
+            expected[..kept],
+            "replay of the journal cut at {cut}"
+        );
+
+        let mut store = MiniStore::open(&path).await.unwrap();
+        assert_eq!(store.last_seq(), kept as u64, "cut at {cut}");
+        assert_eq!(
+            len(&path),
+            durable_end,
+            "open cuts the incomplete line (cut at {cut})"
+        );
+        assert!(
+            broken_files(dir.path()).is_empty(),
+            "a partial line is not kept aside"
+        );
+        let next = kept as u64 + 1;
+        assert_eq!(
+            store.append_batch(&["after"]).await.unwrap(),
+            next..next + 1
+        );
+        drop(store);
+
+        let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+        assert_eq!(replayed[..kept], expected[..kept], "cut at {cut}");
+        assert_eq!(replayed[kept..], ["after"], "cut at {cut}");
+    }
+}
+
+#[tokio::test]
+async fn a_record_cut_at_any_byte_is_dropped_and_appends_go_on() {
+    check_every_cut_of_the_last_write(10, &[rec(11)]).await;
+}
+
+#[tokio::test]
+async fn a_batch_cut_at_any_byte_keeps_its_complete_records_and_appends_go_on() {
+    // Complete lines of the unacknowledged batch are valid records and are kept.
+    check_every_cut_of_the_last_write(10, &recs(11..=15)).await;
+}
+
+#[tokio::test]
+async fn a_tail_of_zeros_left_by_a_power_loss_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 10).await;
+    let good = len(&path);
+    // The file grew but the data never reached the disk.
+    append_bytes(&path, &[0; 4096]);
+
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, recs(1..=10));
+    let store = small_segments().open(&path).await.unwrap();
+    assert_eq!(len(&path), good);
+    assert!(broken_files(dir.path()).is_empty());
+    drop(store);
+    assert_reopens_with(&path, 10, small_segments()).await;
+}
+
+#[tokio::test]
+async fn a_last_record_whose_bytes_are_zeros_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 10).await;
+    let good = len(&path);
+    append_bytes(&path, &vec![0; rec(11).len() + 3]);
+
+    let store = small_segments().open(&path).await.unwrap();
+    assert_eq!(len(&path), good);
+    drop(store);
+    assert_reopens_with(&path, 10, small_segments()).await;
+}
+
+#[tokio::test]
+async fn invalid_lines_at_the_end_are_cut_and_kept_aside_as_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 10).await;
+    let good = len(&path);
+    let tail = b"garbage\n\0\0\0\n{\"partial";
+    append_bytes(&path, tail);
+
+    let store = small_segments().open(&path).await.unwrap();
+
+    assert_eq!(store.last_seq(), 10);
+    assert_eq!(len(&path), good);
+    let evidence = format!("journal.jsonl.broken-{good}");
+    assert_eq!(broken_files(dir.path()), [evidence.clone()]);
+    assert_eq!(std::fs::read(dir.path().join(&evidence)).unwrap(), tail);
+    drop(store);
+    assert_reopens_with(&path, 10, small_segments()).await;
+}
+
+#[tokio::test]
+async fn a_garbage_line_followed_by_a_valid_one_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let content = format!("{}\"a\"\n\"b\"\ngarbage\n\"c\"\n", header(1));
+    std::fs::write(&path, &content).unwrap();
+
+    let err = MiniStore::open(&path).await.unwrap_err();
+
+    match &err {
+        MiniStoreError::Corrupt { path: p, line, .. } => assert_eq!((p, *line), (&path, 4)),
+        other => panic!("expected Corrupt at line 4, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+    assert!(broken_files(dir.path()).is_empty());
+    // Nor does a failed open leave the journal locked.
+    let err = MiniStore::open(&path).await.unwrap_err();
+    assert!(matches!(err, MiniStoreError::Corrupt { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_journal_is_refused_and_left_untouched() {
+    let foreign: [&[u8]; 5] = [
+        b"shopping list\nmilk\n",
+        b"{\"a\":1}\n{\"b\":2}\n",
+        b"// a comment, not our header\n",
+        b"hello",
+        &[0; 100],
+    ];
+    for content in foreign {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        std::fs::write(&path, content).unwrap();
+
+        let err = MiniStore::open(&path).await.unwrap_err();
+
+        assert!(
+            matches!(&err, MiniStoreError::BadHeader { path: p, .. } if *p == path),
+            "{content:?}: {err:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_segment_that_is_not_a_journal_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 10).await;
+    let segment = dir.path().join("journal.jsonl.000002");
+    std::fs::write(&segment, "not a journal\n").unwrap();
+    let active = std::fs::read(&path).unwrap();
+
+    let err = MiniStore::open(&path).await.unwrap_err();
+
+    assert!(
+        matches!(&err, MiniStoreError::BadHeader { path: p, .. } if *p == segment),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&segment).unwrap(),
+        "not a journal\n"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), active);
+}
+
+/// A journal whose last append (record `n`) just rotated: records `1..=n` are in rotated
+/// segments and the active file holds only its header. Returns the active file's path and `n`.
+async fn just_rotated(dir: &Path) -> (PathBuf, u64) {
+    let path = dir.join("journal.jsonl");
+    let mut store = small_segments().open(&path).await.unwrap();
+    for n in 1u64.. {
+        store.append(&rec(n)).await.unwrap();
+        if n >= 12 && std::fs::read(&path).unwrap() == header(n + 1).as_bytes() {
+            return (path, n);
+        }
+    }
+    unreachable!("the journal rotates every few records")
+}
+
+#[tokio::test]
+async fn a_crash_after_renaming_the_active_segment_reopens_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, n) = just_rotated(dir.path()).await;
+    // Step 2 of rotation done, step 4 not started: there is no active file.
+    std::fs::remove_file(&path).unwrap();
+
+    assert_reopens_with(&path, n, small_segments()).await;
+}
+
+#[tokio::test]
+async fn a_crash_after_creating_the_new_active_file_reopens_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, n) = just_rotated(dir.path()).await;
+    truncate(&path, 0);
+
+    let store = small_segments().open(&path).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), header(n + 1));
+    drop(store);
+    assert_reopens_with(&path, n, small_segments()).await;
+}
+
+#[tokio::test]
+async fn a_crash_while_writing_the_new_header_reopens_with_every_record() {
+    let src = tempfile::tempdir().unwrap();
+    let (_, n) = just_rotated(src.path()).await;
+    let full = header(n + 1);
+    assert!(full.starts_with("// MINISTORE JOU"));
+    // Every prefix of the new active file's header, "// MINISTORE JOU" among them.
+    for cut in 1..full.len() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = dir.path().join("journal.jsonl");
+        std::fs::write(&path, &full[..cut]).unwrap();
+
+        let store = small_segments().open(&path).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            full,
+            "cut at {cut}"
+        );
+        assert_eq!(store.last_seq(), n);
+        drop(store);
+        assert_reopens_with(&path, n, small_segments()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_journal_whose_header_was_cut_short_opens_empty() {
+    let full = header(1);
+    for cut in 0..full.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        std::fs::write(&path, &full[..cut]).unwrap();
+
+        let store = MiniStore::open(&path).await.unwrap();
+        assert_eq!(store.last_seq(), 0, "cut at {cut}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            full,
+            "cut at {cut}"
+        );
+        drop(store);
+        assert_reopens_with(&path, 0, small_segments()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_journal_of_the_published_crate_cut_at_any_byte_of_its_last_record_opens() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("journal.jsonl");
+    let mut store = ministore_published::MiniStoreOptions::new()
+        .max_bytes_per_segment(150)
+        .max_segments(1000)
+        .open(&path)
+        .await
+        .unwrap();
+    let mut n = 0;
+    // Stop on a record that stays in the active file.
+    while n < 10 || len(&path) <= 27 {
+        n += 1;
+        store.append(&rec(n)).await.unwrap();
+    }
+    drop(store);
+    let end = len(&path);
+    let start = end - serde_json::to_string(&rec(n)).unwrap().len() as u64 - 1;
+
+    for cut in start..end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = dir.path().join("journal.jsonl");
+        truncate(&path, cut);
+        assert_reopens_with(&path, n - 1, small_segments()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_before_retention_deleted_old_segments_reopens_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, n) = just_rotated(dir.path()).await;
+    let segments = |dir: &Path| {
+        file_names(dir)
+            .into_iter()
+            .filter(|f| !f.ends_with(".lock"))
+            .count()
+    };
+    assert!(segments(dir.path()) > 3);
+    // As if the last rotation had created the new active file, then crashed before
+    // deleting what max_segments(3) no longer keeps.
+    let keep_three = small_segments().max_segments(3);
+
+    let mut store = keep_three.clone().open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), n);
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, recs(1..=n), "open deletes nothing");
+
+    // The next rotation deletes them; sequence numbers do not move.
+    let mut next = n + 1;
+    while segments(dir.path()) > 3 {
+        assert_eq!(
+            store.append_batch(&[rec(next)]).await.unwrap(),
+            next..next + 1
+        );
+        next += 1;
+    }
+    let read = read_all(&mut store.reader(1), 1000).await;
+    assert_eq!(read.last().unwrap().seq, next - 1);
+    assert!(
+        read.iter()
+            .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
+    );
+}
