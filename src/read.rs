@@ -143,6 +143,10 @@ struct Cursor {
     open: Option<OpenSegment>,
     /// The segments read so far in the current batch, for error messages: (first_seq, path).
     recent: Vec<(u64, PathBuf)>,
+    /// The journal's segments as last listed. A rotated segment never changes (it can only
+    /// be deleted, which opening it notices), so moving on to one needs no new listing:
+    /// reading `n` segments lists the directory a few times, not `n` times.
+    listed: Vec<Segment>,
 }
 
 #[derive(Debug)]
@@ -150,6 +154,8 @@ struct OpenSegment {
     file: File,
     path: PathBuf,
     first_seq: u64,
+    /// A rotated segment: complete, it will never grow.
+    rotated: bool,
     /// File offset of the first byte not yet in `buf`.
     pos: u64,
     buf: Vec<u8>,
@@ -165,6 +171,7 @@ impl Cursor {
             started: false,
             open: None,
             recent: Vec::new(),
+            listed: Vec::new(),
         }
     }
 
@@ -207,9 +214,12 @@ impl Cursor {
                     // and complete: go on to the next. Otherwise we are at the end.
                     let sealed = match durable {
                         Some(d) => d.active_first_seq > open.first_seq,
-                        None => segment::catalog(&self.base)?
-                            .iter()
-                            .any(|s| s.first_seq > open.first_seq),
+                        None => {
+                            open.rotated
+                                || segment::catalog(&self.base)?
+                                    .iter()
+                                    .any(|s| s.first_seq > open.first_seq)
+                        }
                     };
                     if !sealed {
                         break;
@@ -221,13 +231,25 @@ impl Cursor {
         Ok(out)
     }
 
+    /// Whether the last listing shows `seq` in a rotated segment (one with a newer segment
+    /// after it), which can be opened without listing again.
+    fn listed_in_rotated(&self, seq: u64) -> bool {
+        match self.listed.iter().rposition(|s| s.first_seq <= seq) {
+            Some(i) => self.listed[i].number.is_some() && i + 1 < self.listed.len(),
+            None => false,
+        }
+    }
+
     /// Opens the segment holding `next_seq` and skips to it. `false`: the journal has no
     /// files yet.
     fn position(&mut self, durable: Option<Durable>) -> Result<bool> {
         // A rotation between listing and opening can hand us a different file under the
         // active name; the header tells, and a second look finds the right one.
-        for _ in 0..8 {
-            let segments = segment::catalog(&self.base)?;
+        for attempt in 0..8 {
+            if attempt > 0 || !self.listed_in_rotated(self.next_seq) {
+                self.listed = segment::catalog(&self.base)?;
+            }
+            let segments = &self.listed;
             let Some(oldest) = segments.first() else {
                 return Ok(false);
             };
@@ -286,6 +308,7 @@ impl OpenSegment {
             file,
             path: seg.path.clone(),
             first_seq: seg.first_seq,
+            rotated: seg.number.is_some(),
             pos: header.len,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
