@@ -85,6 +85,8 @@ impl JournalReader {
     }
 
     /// Reads up to `max` records. An empty batch means there is nothing more to read now.
+    /// Records read before a failure are returned first; the failure comes with the next
+    /// call (and every call after it, until its cause is gone).
     ///
     /// # Errors
     /// I/O errors, a bad segment header, a line that is not UTF-8, and
@@ -156,6 +158,8 @@ struct OpenSegment {
     first_seq: u64,
     /// A rotated segment: complete, it will never grow.
     rotated: bool,
+    /// The number of the last line read (the header is line 1).
+    line: u64,
     /// File offset of the first byte not yet in `buf`.
     pos: u64,
     buf: Vec<u8>,
@@ -185,12 +189,27 @@ impl Cursor {
     }
 
     fn read_batch(&mut self, max: usize, durable: Option<Durable>) -> Result<Vec<Record>> {
-        let last = durable.map_or(u64::MAX, |d| d.last_seq);
         let mut out = Vec::new();
         self.recent.clear();
         if let Some(open) = &self.open {
             self.recent.push((open.first_seq, open.path.clone()));
         }
+        match self.read_into(&mut out, max, durable) {
+            // Records read before a failure go to the caller first: dropping them with the
+            // error would lose them for good, as the cursor has moved past them. It stays
+            // on what failed, so the next call reports the failure.
+            Err(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    fn read_into(
+        &mut self,
+        out: &mut Vec<Record>,
+        max: usize,
+        durable: Option<Durable>,
+    ) -> Result<()> {
+        let last = durable.map_or(u64::MAX, |d| d.last_seq);
         while out.len() < max && self.next_seq <= last {
             if self.open.is_none() && !self.position(durable)? {
                 break;
@@ -228,7 +247,7 @@ impl Cursor {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Whether the last listing shows `seq` in a rotated segment (one with a newer segment
@@ -309,6 +328,7 @@ impl OpenSegment {
             path: seg.path.clone(),
             first_seq: seg.first_seq,
             rotated: seg.number.is_some(),
+            line: 1,
             pos: header.len,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
@@ -320,14 +340,18 @@ impl OpenSegment {
     fn next_line(&mut self, cap: Option<u64>) -> Result<Option<String>> {
         loop {
             if let Some(i) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
-                let line = &self.buf[self.start..self.start + i];
+                let line = std::str::from_utf8(&self.buf[self.start..self.start + i])
+                    .map_err(|e| MiniStoreError::Corrupt {
+                        path: self.path.clone(),
+                        line: self.line + 1,
+                        reason: format!("a line is not UTF-8: {e}"),
+                    })?
+                    .to_owned();
+                // Consumed only once valid: asked again, the reader refuses the same line
+                // again instead of giving the next record its sequence number.
                 self.start += i + 1;
-                let line = std::str::from_utf8(line).map_err(|e| MiniStoreError::Corrupt {
-                    path: self.path.clone(),
-                    line: 0,
-                    reason: format!("a line is not UTF-8: {e}"),
-                })?;
-                return Ok(Some(line.to_owned()));
+                self.line += 1;
+                return Ok(Some(line));
             }
             let end = cap.unwrap_or(u64::MAX);
             if self.pos >= end {
@@ -338,10 +362,14 @@ impl OpenSegment {
             let have = self.buf.len();
             let want = READ_CHUNK.min((end - self.pos).min(usize::MAX as u64) as usize);
             self.buf.resize(have + want, 0);
-            let n = self
-                .file
-                .read_at(&mut self.buf[have..], self.pos)
-                .map_err(|e| MiniStoreError::io("reading", &self.path, e))?;
+            let n = match self.file.read_at(&mut self.buf[have..], self.pos) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Drop the zeros we made room with, or a retry would read them as data.
+                    self.buf.truncate(have);
+                    return Err(MiniStoreError::io("reading", &self.path, e));
+                }
+            };
             self.buf.truncate(have + n);
             if n == 0 {
                 return Ok(None);

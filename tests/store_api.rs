@@ -664,6 +664,64 @@ async fn read_from_before_the_oldest_retained_record_starts_at_the_oldest() {
 }
 
 #[tokio::test]
+async fn a_reader_overtaken_by_retention_gets_truncated_never_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let opts = MiniStoreOptions::new().max_bytes_per_segment(100);
+    // Segments of 3 records: 1-3, 4-6, 7-9, 10-12, and an empty active file.
+    let mut store = opts.clone().max_segments(100).open(&path).await.unwrap();
+    for i in 1..=12 {
+        store.append(&rec(i)).await.unwrap();
+    }
+    drop(store);
+    let mut on_disk = MiniStore::read_from(&path, 1);
+    assert_eq!(seqs(&on_disk.next_batch(1).await.unwrap()), vec![1]);
+
+    // Retention deletes the segments the reader needs next.
+    let mut store = opts.max_segments(2).open(&path).await.unwrap();
+    let mut durable = store.reader(1);
+    assert_eq!(seqs(&durable.next_batch(1).await.unwrap()), vec![1]);
+    for i in 13..=15 {
+        store.append(&rec(i)).await.unwrap();
+    }
+    let oldest = store.durable().first_seq;
+    assert_eq!(oldest, 13);
+
+    for reader in [&mut on_disk, &mut durable] {
+        // The rest of the open segment, then an error: no record is skipped silently.
+        assert_eq!(seqs(&reader.next_batch(100).await.unwrap()), vec![2, 3]);
+        match reader.next_batch(100).await {
+            Err(MiniStoreError::Truncated {
+                requested,
+                oldest: o,
+                ..
+            }) => assert_eq!((requested, o), (4, oldest)),
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reader_stops_at_a_damaged_line_and_returns_the_records_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut content = format!("{}1\n2\n", header(1)).into_bytes();
+    content.extend_from_slice(b"\"\xff\"\n4\n");
+    std::fs::write(&path, content).unwrap();
+
+    let mut reader = MiniStore::read_from(&path, 1);
+    assert_eq!(seqs(&reader.next_batch(100).await.unwrap()), vec![1, 2]);
+    // The damaged line is refused every time; the record after it never takes its number.
+    for _ in 0..2 {
+        let err = reader.next_batch(100).await.unwrap_err();
+        assert!(
+            matches!(&err, MiniStoreError::Corrupt { path: p, line: 4, .. } if *p == path),
+            "{err:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_reader_returns_only_durable_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
