@@ -1,0 +1,173 @@
+//! A Python gRPC client against the real `ministore-server` binary, with stubs generated
+//! from `proto/` the way a Python user would (`python -m grpc_tools.protoc`). The script,
+//! `tests/python/client.py`, checks what it gets back itself; this test then checks that
+//! the records it wrote are the ones the Rust stubs and the journal file hold.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ministore::proto::ReplayRequest;
+use ministore::proto::journal_client::JournalClient;
+use ministore::proto::record::Body;
+use ministore_tests::server::ServerProcess;
+use ministore_tests::tools;
+use serde_json::Value;
+
+fn printed(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Generates the Python messages and stubs of `proto/` into `out`, as the docs tell users.
+fn generate_stubs(out: &Path) {
+    let root = tools::workspace_root();
+    let protoc = Command::new(tools::python())
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg("--python_out")
+        .arg(out)
+        .arg("--grpc_python_out")
+        .arg(out)
+        .arg(root.join("proto/ministore/v1/journal.proto"))
+        .output()
+        .expect("running python -m grpc_tools.protoc");
+    assert!(
+        protoc.status.success(),
+        "generating the Python stubs failed: {}",
+        printed(&protoc)
+    );
+    for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
+        let path = out.join("ministore/v1").join(file);
+        assert!(path.is_file(), "protoc did not write {}", path.display());
+    }
+}
+
+#[test]
+fn python_client_appends_replays_follows_and_gets_error_codes() {
+    let stubs = tempfile::tempdir().expect("tempdir");
+    generate_stubs(stubs.path());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
+
+    let script = tools::workspace_root().join("tests/python/client.py");
+    let out = Command::new(tools::python())
+        .arg(&script)
+        .arg(server.addr.to_string())
+        .arg("py-orders")
+        .env("PYTHONPATH", stubs.path())
+        .output()
+        .expect("running client.py");
+    assert!(
+        out.status.success(),
+        "client.py failed: {}\nserver log:\n{}",
+        printed(&out),
+        server.logs()
+    );
+
+    // What the script says it wrote: seqs from 1, each with its stored JSON text.
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| {
+            panic!("client.py's last line is not its JSON summary ({e}):\n{stdout}")
+        });
+    assert_eq!(summary["journal"], "py-orders");
+    let expected: Vec<(u64, String)> = summary["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            let seq = r["seq"].as_u64().expect("seq");
+            (seq, r["json"].as_str().expect("json").to_owned())
+        })
+        .collect();
+    assert!(expected.len() >= 10, "the script reports only {expected:?}");
+    assert!(
+        expected
+            .iter()
+            .map(|(seq, _)| *seq)
+            .eq(1..=expected.len() as u64),
+        "seqs are not 1..=N: {expected:?}"
+    );
+
+    // The same records through the Rust stubs: Python and Rust see one journal.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let replayed: Vec<(u64, String)> = runtime.block_on(async {
+        let mut stub = JournalClient::connect(server.url()).await.expect("connect");
+        let page = stub
+            .replay(ReplayRequest {
+                journal: "py-orders".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("Replay")
+            .into_inner();
+        assert_eq!(page.last_seq, expected.len() as u64);
+        page.records
+            .into_iter()
+            .map(|r| match r.body {
+                Some(Body::Payload(json)) => (r.seq, String::from_utf8(json).expect("UTF-8")),
+                other => panic!("record {} came back as {other:?}", r.seq),
+            })
+            .collect()
+    });
+    assert_eq!(replayed, expected);
+
+    // And on disk, line for line.
+    let file = server.data_dir.join("py-orders/journal.jsonl");
+    let text = std::fs::read_to_string(&file).expect("reading the journal file");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("//")).collect();
+    let texts: Vec<&str> = expected.iter().map(|(_, json)| json.as_str()).collect();
+    assert_eq!(lines, texts, "{}", file.display());
+}
+
+/// The body of the first fenced block of `markdown` opened with exactly `fence`, at or
+/// after byte `from`; and where that block ends.
+fn fenced_block(markdown: &str, fence: &str, from: usize) -> (String, usize) {
+    let open = format!("\n{fence}\n");
+    let start = markdown[from..]
+        .find(&open)
+        .map(|i| from + i + open.len())
+        .unwrap_or_else(|| panic!("no {fence} block"));
+    let len = markdown[start..].find("```").expect("the block's end");
+    (markdown[start..start + len].to_owned(), start + len)
+}
+
+#[test]
+fn the_minimal_client_in_docs_python_md_prints_what_it_shows() {
+    let doc = tools::workspace_root().join("docs/python.md");
+    let markdown = std::fs::read_to_string(&doc).expect("reading docs/python.md");
+    let (client, end) = fenced_block(&markdown, "```python", 0);
+    let (session, _) = fenced_block(&markdown, "```console", end);
+    let shown = session
+        .strip_prefix("$ PYTHONPATH=gen python client.py\n")
+        .unwrap_or_else(|| panic!("the console block after the client runs it: {session}"));
+
+    let stubs = tempfile::tempdir().expect("tempdir");
+    generate_stubs(stubs.path());
+    std::fs::write(stubs.path().join("client.py"), client).expect("writing client.py");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
+    let out = Command::new(tools::python())
+        .arg(stubs.path().join("client.py"))
+        .arg(server.addr.to_string())
+        .env("PYTHONPATH", stubs.path())
+        .output()
+        .expect("running the docs' client.py");
+    assert!(
+        out.status.success(),
+        "the docs' client failed: {}",
+        printed(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        shown,
+        "docs/python.md shows other output than its client prints"
+    );
+}
