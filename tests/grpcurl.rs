@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ministore_tests::server::ServerProcess;
-use ministore_tests::tools;
+use ministore_tests::tools::{self, printed};
 use serde_json::{Value, json};
 
 /// The address the docs use: the server's default `--listen`.
@@ -35,16 +35,6 @@ fn grpcurl(server: &ServerProcess, flags: &[&str], args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("running grpcurl")
-}
-
-/// What grpcurl printed, for failure messages.
-fn printed(out: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The stdout of a grpcurl run that must succeed.

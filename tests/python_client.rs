@@ -4,72 +4,86 @@
 //! the records it wrote are the ones the Rust stubs and the journal file hold.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ministore::proto::ReplayRequest;
 use ministore::proto::journal_client::JournalClient;
 use ministore::proto::record::Body;
 use ministore_tests::server::ServerProcess;
-use ministore_tests::tools;
+use ministore_tests::tools::{self, printed};
 use serde_json::Value;
 
-fn printed(out: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// A server on a fresh data directory, and the Python stubs of `proto/` generated into a
+/// temporary directory the way the docs tell users (`python -m grpc_tools.protoc`).
+struct PythonSetup {
+    stubs: tempfile::TempDir,
+    server: ServerProcess,
+    _data: tempfile::TempDir,
 }
 
-/// Generates the Python messages and stubs of `proto/` into `out`, as the docs tell users.
-fn generate_stubs(out: &Path) {
-    let root = tools::workspace_root();
-    let protoc = Command::new(tools::python())
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(root.join("proto"))
-        .arg("--python_out")
-        .arg(out)
-        .arg("--grpc_python_out")
-        .arg(out)
-        .arg(root.join("proto/ministore/v1/journal.proto"))
-        .output()
-        .expect("running python -m grpc_tools.protoc");
-    assert!(
-        protoc.status.success(),
-        "generating the Python stubs failed: {}",
-        printed(&protoc)
-    );
-    for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
-        let path = out.join("ministore/v1").join(file);
-        assert!(path.is_file(), "protoc did not write {}", path.display());
+impl PythonSetup {
+    fn new() -> PythonSetup {
+        let stubs = tempfile::tempdir().expect("tempdir");
+        let root = tools::workspace_root();
+        let protoc = Command::new(tools::python())
+            .args(["-m", "grpc_tools.protoc", "-I"])
+            .arg(root.join("proto"))
+            .arg("--python_out")
+            .arg(stubs.path())
+            .arg("--grpc_python_out")
+            .arg(stubs.path())
+            .arg(root.join("proto/ministore/v1/journal.proto"))
+            .output()
+            .expect("running python -m grpc_tools.protoc");
+        assert!(
+            protoc.status.success(),
+            "generating the Python stubs failed: {}",
+            printed(&protoc)
+        );
+        for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
+            let path = stubs.path().join("ministore/v1").join(file);
+            assert!(path.is_file(), "protoc did not write {}", path.display());
+        }
+        let data = tempfile::tempdir().expect("tempdir");
+        let server = ServerProcess::start(&data.path().join("data"), &[]);
+        PythonSetup {
+            stubs,
+            server,
+            _data: data,
+        }
+    }
+
+    /// Runs `python script ADDR args...` with the stubs importable; what it printed on
+    /// stdout, once it has exited 0.
+    fn run(&self, script: &Path, args: &[&str]) -> String {
+        let out = Command::new(tools::python())
+            .arg(script)
+            .arg(self.server.addr.to_string())
+            .args(args)
+            .env("PYTHONPATH", self.stubs.path())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}\nserver log:\n{}",
+            script.display(),
+            printed(&out),
+            self.server.logs()
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
     }
 }
 
 #[test]
 fn python_client_appends_replays_follows_and_gets_error_codes() {
-    let stubs = tempfile::tempdir().expect("tempdir");
-    generate_stubs(stubs.path());
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
-
-    let script = tools::workspace_root().join("tests/python/client.py");
-    let out = Command::new(tools::python())
-        .arg(&script)
-        .arg(server.addr.to_string())
-        .arg("py-orders")
-        .env("PYTHONPATH", stubs.path())
-        .output()
-        .expect("running client.py");
-    assert!(
-        out.status.success(),
-        "client.py failed: {}\nserver log:\n{}",
-        printed(&out),
-        server.logs()
+    let setup = PythonSetup::new();
+    let stdout = setup.run(
+        &tools::workspace_root().join("tests/python/client.py"),
+        &["py-orders"],
     );
+    let server = &setup.server;
 
     // What the script says it wrote: seqs from 1, each with its stored JSON text.
-    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| {
             panic!("client.py's last line is not its JSON summary ({e}):\n{stdout}")
@@ -149,25 +163,12 @@ fn the_minimal_client_in_docs_python_md_prints_what_it_shows() {
         .strip_prefix("$ PYTHONPATH=gen python client.py\n")
         .unwrap_or_else(|| panic!("the console block after the client runs it: {session}"));
 
-    let stubs = tempfile::tempdir().expect("tempdir");
-    generate_stubs(stubs.path());
-    std::fs::write(stubs.path().join("client.py"), client).expect("writing client.py");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
-    let out = Command::new(tools::python())
-        .arg(stubs.path().join("client.py"))
-        .arg(server.addr.to_string())
-        .env("PYTHONPATH", stubs.path())
-        .output()
-        .expect("running the docs' client.py");
-    assert!(
-        out.status.success(),
-        "the docs' client failed: {}",
-        printed(&out)
-    );
+    let setup = PythonSetup::new();
+    let script = setup.stubs.path().join("client.py");
+    std::fs::write(&script, client).expect("writing client.py");
+    let output = setup.run(&script, &[]);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        shown,
+        output, shown,
         "docs/python.md shows other output than its client prints"
     );
 }

@@ -120,13 +120,21 @@ fn install() -> PathBuf {
     venv
 }
 
+/// How a tool run ended and everything it printed, for failure messages.
+pub fn printed(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Panics with `what`, the command and its output unless it succeeded.
 fn check(what: &str, cmd: &Command, out: &Output) {
     assert!(
         out.status.success(),
-        "{what} failed ({}): {cmd:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        "{what} failed: {cmd:?}\n{}",
+        printed(out)
     );
 }
