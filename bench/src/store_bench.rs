@@ -1,0 +1,127 @@
+//! The store benchmark: what one thread gets from the disk with `write` + `fdatasync` of
+//! 200-byte records in a plain file, beside `MiniStore::append` and
+//! `MiniStore::append_batch` of the same records, each run for the same time in the same
+//! directory, one after the other.
+
+use std::error::Error;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ministore::MiniStore;
+
+/// Bytes per record on disk: a JSON string of 197 characters, its two quotes, a newline.
+pub const RECORD_BYTES: usize = 200;
+/// Records per `append_batch` call.
+pub const BATCH: usize = 100;
+
+/// One measurement: how many records were committed in how many calls, in how long.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// What was measured.
+    pub name: String,
+    /// Records made durable.
+    pub records: u64,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// Median time of one call.
+    pub p50: Duration,
+}
+
+impl Measurement {
+    /// Durable records per second.
+    pub fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn new(
+        name: &str,
+        records_per_call: u64,
+        elapsed: Duration,
+        mut latencies: Vec<Duration>,
+    ) -> Self {
+        latencies.sort_unstable();
+        Measurement {
+            name: name.to_string(),
+            records: latencies.len() as u64 * records_per_call,
+            elapsed,
+            p50: latencies
+                .get(latencies.len() / 2)
+                .copied()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs the three measurements in `dir`, `duration` each: raw, `append`, `append_batch`.
+pub async fn run(dir: &Path, duration: Duration) -> Result<Vec<Measurement>, Box<dyn Error>> {
+    let raw_path = dir.join("raw.bin");
+    let raw =
+        tokio::task::spawn_blocking(move || raw_write_fdatasync(&raw_path, duration)).await??;
+    let append = store_appends(dir.join("append/journal.jsonl"), duration, 1).await?;
+    let batch = store_appends(dir.join("batch/journal.jsonl"), duration, BATCH).await?;
+    Ok(vec![raw, append, batch])
+}
+
+/// The record every measurement writes, as the store serializes it (without the newline).
+fn record() -> String {
+    "x".repeat(RECORD_BYTES - 3)
+}
+
+/// The floor: append one line to a plain file and `fdatasync` it, in a loop, on one thread.
+fn raw_write_fdatasync(path: &Path, duration: Duration) -> std::io::Result<Measurement> {
+    let line = format!("\"{}\"\n", record());
+    assert_eq!(line.len(), RECORD_BYTES);
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(path)?;
+    let mut latencies = Vec::with_capacity(1 << 16);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        file.write_all(line.as_bytes())?;
+        file.sync_data()?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Measurement::new(
+        "raw write+fdatasync",
+        1,
+        start.elapsed(),
+        latencies,
+    ))
+}
+
+/// `append` (`per_call == 1`) or `append_batch` of `per_call` records, in a loop.
+async fn store_appends(
+    path: PathBuf,
+    duration: Duration,
+    per_call: usize,
+) -> Result<Measurement, ministore::MiniStoreError> {
+    let batch = vec![record(); per_call];
+    let mut store = MiniStore::open(&path).await?;
+    let mut latencies = Vec::with_capacity(1 << 16);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        if per_call == 1 {
+            store.append(&batch[0]).await?;
+        } else {
+            store.append_batch(&batch).await?;
+        }
+        latencies.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    let name = if per_call == 1 {
+        "MiniStore::append".to_string()
+    } else {
+        format!("MiniStore::append_batch ({per_call}/call)")
+    };
+    let measured = Measurement::new(&name, per_call as u64, elapsed, latencies);
+    assert_eq!(
+        store.last_seq(),
+        measured.records,
+        "every call must have committed"
+    );
+    Ok(measured)
+}
