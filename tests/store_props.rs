@@ -3,11 +3,13 @@
 //! Random sequences of appends, batch appends (empty ones included) and reopens run on a
 //! real journal with segments small enough to rotate every few records; after each step the
 //! journal must agree with the model: `last_seq` is its length, `replay` is the model, and
-//! reading from any sequence number `k` gives `model[k-1..]` numbered from `k`.
+//! reading from any sequence number `k` gives `model[k-1..]` numbered from `k`. Two readers
+//! that live through the whole run (one of the writer's, one reading the files) tail the
+//! journal while it grows and rotates, and must see the model in order, without gaps.
 
 use std::path::Path;
 
-use ministore::{MiniStore, MiniStoreOptions};
+use ministore::{JournalReader, MiniStore, MiniStoreOptions};
 use ministore_tests::records::read_all;
 use proptest::prelude::*;
 
@@ -16,6 +18,8 @@ enum Op {
     Append(String),
     AppendBatch(Vec<String>),
     Reopen,
+    /// Read up to this many records with each of the tailing readers.
+    Read(usize),
 }
 
 /// Short strings with the characters JSON escapes and multi-byte UTF-8.
@@ -28,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => value().prop_map(Op::Append),
         3 => prop::collection::vec(value(), 0..6).prop_map(Op::AppendBatch),
         1 => Just(Op::Reopen),
+        2 => (1usize..8).prop_map(Op::Read),
     ]
 }
 
@@ -54,6 +59,27 @@ async fn check_on_disk(path: &Path, model: &[String]) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// Reads up to `max` records with `reader` and checks they continue the model from `next`.
+async fn tail(
+    reader: &mut JournalReader,
+    next: &mut u64,
+    max: usize,
+    model: &[String],
+) -> Result<(), TestCaseError> {
+    let batch = reader.next_batch(max).await.unwrap();
+    let available = model.len() as u64 + 1 - *next;
+    prop_assert_eq!(batch.len() as u64, available.min(max as u64));
+    for record in batch {
+        prop_assert_eq!(record.seq, *next);
+        prop_assert_eq!(
+            &record.parse::<String>().unwrap(),
+            &model[*next as usize - 1]
+        );
+        *next += 1;
+    }
+    Ok(())
+}
+
 async fn run(max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.jsonl");
@@ -63,6 +89,9 @@ async fn run(max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .max_segments(100_000);
     let mut store = opts.clone().open(&path).await.unwrap();
     let mut model: Vec<String> = Vec::new();
+    let (mut durable_next, mut on_disk_next) = (1, 1);
+    let mut durable = store.reader(durable_next);
+    let mut on_disk = MiniStore::read_from(&path, on_disk_next);
 
     for op in ops {
         let first = model.len() as u64 + 1;
@@ -80,6 +109,12 @@ async fn run(max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 drop(store);
                 check_on_disk(&path, &model).await?;
                 store = opts.clone().open(&path).await.unwrap();
+                // The old writer's reader is done; a new one goes on from where it was.
+                durable = store.reader(durable_next);
+            }
+            Op::Read(max) => {
+                tail(&mut durable, &mut durable_next, max, &model).await?;
+                tail(&mut on_disk, &mut on_disk_next, max, &model).await?;
             }
         }
         prop_assert_eq!(store.last_seq(), model.len() as u64);
@@ -96,7 +131,12 @@ async fn run(max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // Few cases, so the suite stays fast; a bounded shrink, so a failure reports soon.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 512,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_journal_agrees_with_a_vec_of_its_records(

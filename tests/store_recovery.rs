@@ -88,6 +88,16 @@ async fn assert_reopens_with(path: &Path, n: u64, opts: MiniStoreOptions) {
     );
 }
 
+/// Every record of one file, through `MiniStore::stream`.
+async fn stream_all(file: &Path) -> Vec<String> {
+    let mut stream = MiniStore::stream::<String>(file).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(record) = stream.next().await {
+        out.push(record.unwrap());
+    }
+    out
+}
+
 /// Writes records `1..=n` in rotated segments, then the records of `last` with one
 /// `append_batch`, which must land in the active file. For every length the active file can
 /// have had while that write was cut short, checks a copy of the journal cut there.
@@ -100,6 +110,7 @@ async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
         .await
         .unwrap();
     let start = len(&path);
+    let in_active_before = stream_all(&path).await.len();
     store.append_batch(last).await.unwrap();
     drop(store);
     let end = len(&path);
@@ -128,6 +139,13 @@ async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
         let durable_end = ends[..complete].last().copied().unwrap_or(start);
 
         // Before any repair, readers already skip the incomplete line.
+        let streamed = stream_all(&path).await;
+        assert_eq!(
+            streamed.len(),
+            in_active_before + complete,
+            "stream of the journal cut at {cut}"
+        );
+        assert_eq!(streamed[..], expected[kept - streamed.len()..kept]);
         let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
         assert_eq!(
             replayed,
