@@ -770,6 +770,45 @@ async fn reader_wait_wakes_after_an_append_and_returns_false_once_the_store_is_d
 }
 
 #[tokio::test]
+async fn a_cancelled_append_poisons_the_store_until_it_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append(&"before").await.unwrap();
+
+    // Drop an append while its write runs (it may finish first: then try again).
+    let mut cancelled = false;
+    for _ in 0..100 {
+        let mut append = pin!(store.append(&"cancelled"));
+        if poll_once(&mut append).await.is_pending() {
+            cancelled = true;
+            break;
+        }
+    }
+    assert!(cancelled, "every append finished within one poll");
+
+    let err = store.append(&"after").await.unwrap_err();
+    assert!(matches!(err, MiniStoreError::Poisoned { .. }), "{err:?}");
+    drop(store);
+
+    // The cancelled write finishes on its own thread, which holds the journal until then.
+    let store = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match MiniStore::open(&path).await {
+                Err(MiniStoreError::Locked { .. }) => tokio::task::yield_now().await,
+                other => return other.unwrap(),
+            }
+        }
+    })
+    .await
+    .expect("the journal stays locked after its store was dropped");
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed[0], "before");
+    assert!(replayed[1..].iter().all(|r| r == "cancelled"));
+    assert_eq!(store.last_seq(), replayed.len() as u64);
+}
+
+#[tokio::test]
 async fn a_second_open_of_the_same_journal_fails_with_locked() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
