@@ -18,10 +18,9 @@ enum Counter {
 }
 
 fn record(i: u32) -> Counter {
-    if i % 3 == 0 {
-        Counter::Set { value: i }
-    } else {
-        Counter::Inc { delta: i }
+    match i % 3 {
+        0 => Counter::Set { value: i },
+        _ => Counter::Inc { delta: i },
     }
 }
 

@@ -231,8 +231,8 @@ async fn invalid_lines_at_the_end_are_cut_and_kept_aside_as_broken() {
     assert_eq!(store.last_seq(), 10);
     assert_eq!(len(&path), good);
     let evidence = format!("journal.jsonl.broken-{good}");
-    assert_eq!(broken_files(dir.path()), [evidence.clone()]);
-    assert_eq!(std::fs::read(dir.path().join(&evidence)).unwrap(), tail);
+    assert_eq!(broken_files(dir.path()), vec![evidence.clone()]);
+    assert_eq!(std::fs::read(dir.path().join(evidence)).unwrap(), tail);
     drop(store);
     assert_reopens_with(&path, 10, small_segments()).await;
 }
