@@ -142,10 +142,11 @@ pub(crate) fn list_rotated(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
         else {
             continue;
         };
-        if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(number) = suffix.parse::<u64>() {
-                found.push((number, entry.path()));
-            }
+        if !suffix.is_empty()
+            && suffix.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(number) = suffix.parse::<u64>()
+        {
+            found.push((number, entry.path()));
         }
     }
     found.sort_by_key(|(n, _)| *n);
@@ -293,18 +294,18 @@ pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
                 None => 1,
             },
         };
-        if let Some(prev) = segments.last() {
-            if first_seq < prev.first_seq {
-                return Err(MiniStoreError::Corrupt {
-                    path: path.clone(),
-                    line: 1,
-                    reason: format!(
-                        "segment starts at seq {first_seq}, before the segment {} which starts at {}",
-                        prev.path.display(),
-                        prev.first_seq
-                    ),
-                });
-            }
+        if let Some(prev) = segments.last()
+            && first_seq < prev.first_seq
+        {
+            return Err(MiniStoreError::Corrupt {
+                path: path.clone(),
+                line: 1,
+                reason: format!(
+                    "segment starts at seq {first_seq}, before the segment {} which starts at {}",
+                    prev.path.display(),
+                    prev.first_seq
+                ),
+            });
         }
         segments.push(Segment {
             path,

@@ -1,1 +1,340 @@
+//! ministore-client: a typed Rust client for ministore-server.
+//!
+//! Records are any `T: Serialize` going in and any `T: DeserializeOwned` coming out; the
+//! wire carries them as JSON text. The generated stubs are re-exported as [`proto`] for
+//! raw use.
+//!
+//! ```no_run
+//! use ministore_client::Client;
+//! use serde::{Deserialize, Serialize};
+//! use tokio_stream::StreamExt;
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct Order { id: u64, item: String }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), ministore_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! let seq = client.append("orders", &Order { id: 1, item: "tea".into() }).await?;
+//!
+//! // Everything so far, paged for you:
+//! let orders: Vec<(u64, Order)> = client.replay("orders", 1).await?;
+//!
+//! // A live tail that survives server restarts, with no gap and no duplicate:
+//! let mut tail = client.stream::<Order>("orders", seq, true);
+//! while let Some(item) = tail.next().await {
+//!     let (seq, order) = item?;
+//!     println!("{seq}: {order:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+mod error;
+mod stream;
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use ministore::proto::journal_client::JournalClient;
+use ministore::proto::{
+    AppendBatchRequest, AppendRequest, InfoRequest, RecordFormat, ReplayRequest, append_request,
+    record,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+pub use error::ClientError;
+/// The generated gRPC messages and stubs (`ministore.v1`), for raw use.
+pub use ministore::proto;
+pub use stream::RecordStream;
+
+/// A connection to a ministore-server. Cheap to clone: clones share one HTTP/2 connection,
+/// which carries any number of concurrent calls and reconnects by itself after a failure.
+#[derive(Debug, Clone)]
+pub struct Client {
+    rpc: JournalClient<Channel>,
+    reconnect: Backoff,
+}
+
+/// How a following stream retries after the connection drops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+/// What a journal holds: see [`Client::info`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalInfo {
+    /// The oldest retained sequence number (`last_seq + 1` when the journal is empty).
+    pub first_seq: u64,
+    /// The last durable sequence number (0 when empty).
+    pub last_seq: u64,
+    /// Segment files on disk.
+    pub segments: u32,
+}
+
+/// One page of [`Client::replay_page`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The records, in order.
+    pub records: Vec<(u64, T)>,
+    /// Where the next page starts.
+    pub next_seq: u64,
+    /// The journal's last durable sequence number when the page was read.
+    pub last_seq: u64,
+}
+
+/// Options for [`Client`]: timeouts and reconnection.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), ministore_client::ClientError> {
+/// let client = ministore_client::ClientBuilder::new("127.0.0.1:50051")
+///     .connect_timeout(Duration::from_secs(2))
+///     .timeout(Duration::from_secs(10))
+///     .connect()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addr: String,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    reconnect: Backoff,
+}
+
+impl ClientBuilder {
+    /// Options for the server at `addr`: `host:port` or an `http://` URI.
+    pub fn new(addr: impl Into<String>) -> Self {
+        ClientBuilder {
+            addr: addr.into(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: None,
+            reconnect: Backoff {
+                first: Duration::from_millis(50),
+                max: Duration::from_secs(2),
+            },
+        }
+    }
+
+    /// How long to wait for the TCP connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Deadline for each unary call (default: none). Streams are not limited by it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The backoff of a following stream that lost its connection: first delay, doubling
+    /// up to `max` (defaults 50 ms and 2 s).
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect = Backoff { first, max };
+        self
+    }
+
+    /// Connects now, failing if the server cannot be reached.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let endpoint = self.endpoint()?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        Ok(self.client(channel))
+    }
+
+    /// A client that connects on first use (and reconnects as needed): for services that
+    /// start before their journal server.
+    pub fn connect_lazy(self) -> Result<Client, ClientError> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.client(channel))
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        let uri = if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("http://{}", self.addr)
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::InvalidAddress(format!("{}: {e}", self.addr)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if let Some(timeout) = self.timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        Ok(endpoint)
+    }
+
+    fn client(&self, channel: Channel) -> Client {
+        Client {
+            rpc: JournalClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            reconnect: self.reconnect,
+        }
+    }
+}
+
+impl Client {
+    /// Connects to the server at `addr` (`host:port` or `http://host:port`) with default
+    /// options; see [`ClientBuilder`] for others.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client, ClientError> {
+        ClientBuilder::new(addr).connect().await
+    }
+
+    /// The generated stub over this client's connection, for calls the typed layer does not
+    /// cover.
+    pub fn raw(&self) -> JournalClient<Channel> {
+        self.rpc.clone()
+    }
+
+    /// Appends `record` to `journal` (created on first append; `""` is `default`) and
+    /// returns its sequence number once it is durable.
+    ///
+    /// # Errors
+    /// [`ClientError::Encode`] if `record` does not serialize; [`ClientError::Rpc`] with the
+    /// server's status otherwise (e.g. `INVALID_ARGUMENT` for a bad journal name,
+    /// `RESOURCE_EXHAUSTED` for an oversize record or a full disk).
+    pub async fn append<T: Serialize + ?Sized>(
+        &self,
+        journal: &str,
+        record: &T,
+    ) -> Result<u64, ClientError> {
+        let payload = serde_json::to_vec(record).map_err(ClientError::Encode)?;
+        let request = AppendRequest {
+            journal: journal.to_owned(),
+            record: Some(append_request::Record::Payload(payload)),
+        };
+        Ok(self.rpc.clone().append(request).await?.into_inner().seq)
+    }
+
+    /// Appends `records` atomically (one fsync, all or none) and returns their sequence
+    /// numbers.
+    pub async fn append_batch<T: Serialize>(
+        &self,
+        journal: &str,
+        records: &[T],
+    ) -> Result<RangeInclusive<u64>, ClientError> {
+        let payloads = records
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ClientError::Encode)?;
+        let request = AppendBatchRequest {
+            journal: journal.to_owned(),
+            payloads,
+            values: Vec::new(),
+        };
+        let reply = self.rpc.clone().append_batch(request).await?.into_inner();
+        Ok(reply.first_seq..=reply.last_seq)
+    }
+
+    /// One page of records from `from_seq` (at most `limit`; 0 means the server's default).
+    pub async fn replay_page<T: DeserializeOwned>(
+        &self,
+        journal: &str,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Page<T>, ClientError> {
+        let request = ReplayRequest {
+            journal: journal.to_owned(),
+            from_seq,
+            limit,
+            format: RecordFormat::Payload as i32,
+        };
+        let reply = self.rpc.clone().replay(request).await?.into_inner();
+        let records = reply
+            .records
+            .into_iter()
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            records,
+            next_seq: reply.next_seq,
+            last_seq: reply.last_seq,
+        })
+    }
+
+    /// Every record of `journal` from `from_seq` (0 or 1: from the oldest retained) up to
+    /// the end as it was when the call started, fetching as many pages as needed.
+    pub async fn replay<T: DeserializeOwned>(
+        &self,
+        journal: &str,
+        from_seq: u64,
+    ) -> Result<Vec<(u64, T)>, ClientError> {
+        let mut out = Vec::new();
+        let mut next = from_seq;
+        let mut end = None;
+        loop {
+            let page = self.replay_page::<T>(journal, next, 0).await?;
+            let end = *end.get_or_insert(page.last_seq);
+            let done = page.records.is_empty();
+            out.extend(page.records.into_iter().take_while(|(seq, _)| *seq <= end));
+            next = page.next_seq;
+            if done || next > end {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Records of `journal` from `from_seq` as a stream. With `follow`, it stays open and
+    /// yields records as they become durable; if the connection drops it reconnects with
+    /// backoff and resumes after the last record it yielded, with no gap and no duplicate.
+    /// Without `follow` it ends at the end of the journal.
+    ///
+    /// Dropping the stream cancels it.
+    pub fn stream<T: DeserializeOwned>(
+        &self,
+        journal: &str,
+        from_seq: u64,
+        follow: bool,
+    ) -> RecordStream<T> {
+        stream::open(self.clone(), journal.to_owned(), from_seq, follow)
+    }
+
+    /// The retained range of `journal`.
+    pub async fn info(&self, journal: &str) -> Result<JournalInfo, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .info(InfoRequest {
+                journal: journal.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(JournalInfo {
+            first_seq: reply.first_seq,
+            last_seq: reply.last_seq,
+            segments: reply.segments,
+        })
+    }
+}
+
+/// A wire record as `(seq, T)`.
+pub(crate) fn decode<T: DeserializeOwned>(record: proto::Record) -> Result<(u64, T), ClientError> {
+    let seq = record.seq;
+    let value = match record.body {
+        Some(record::Body::Payload(bytes)) => serde_json::from_slice(&bytes),
+        Some(record::Body::Value(_)) | None => {
+            return Err(ClientError::Protocol(format!(
+                "record {seq} arrived without a payload"
+            )));
+        }
+    };
+    value
+        .map(|v| (seq, v))
+        .map_err(|source| ClientError::Decode { seq, source })
+}

@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
 
+    /// After SIGTERM/SIGINT, how long in-flight RPCs may take to finish before their
+    /// connections are closed. Queued appends are committed either way.
+    #[arg(long, env = "MINISTORE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
     /// Log format: human-readable lines or one JSON object per line.
     #[arg(long, env = "MINISTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,

@@ -66,6 +66,9 @@ pub struct Journals {
     options: MiniStoreOptions,
     open: Mutex<HashMap<String, Arc<Journal>>>,
     shutting_down: AtomicBool,
+    /// Tells every writer to stop taking new appends, commit what is queued, and exit.
+    stop_writers: watch::Sender<bool>,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// One open journal: where it lives, its writer's queue, and how far it is durable.
@@ -91,6 +94,8 @@ impl Journals {
             options,
             open: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            stop_writers: watch::channel(false).0,
+            writers: Mutex::new(Vec::new()),
         }
     }
 
@@ -124,13 +129,15 @@ impl Journals {
             appends,
             durable,
         });
-        tokio::spawn(run_writer(
+        let writer = tokio::spawn(run_writer(
             name.to_owned(),
             store,
             self.options.clone(),
             queue,
             durable_tx,
+            self.stop_writers.subscribe(),
         ));
+        self.writers.lock().await.push(writer);
         tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
         open.insert(name.to_owned(), journal.clone());
         Ok(journal)
@@ -140,13 +147,15 @@ impl Journals {
     /// Returns when all writers have finished (their journals are closed and unlocked).
     pub async fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        let journals: Vec<Arc<Journal>> = self.open.lock().await.drain().map(|(_, j)| j).collect();
-        for journal in journals {
-            let appends = journal.appends.clone();
-            drop(journal);
-            // Resolves once the writer task has dropped its queue, i.e. has exited.
-            appends.closed().await;
+        // Holding the map's lock keeps `get` from opening a journal behind our back.
+        let mut open = self.open.lock().await;
+        self.stop_writers.send_replace(true);
+        for writer in self.writers.lock().await.drain(..) {
+            if let Err(e) = writer.await {
+                tracing::error!(error = %e, "journal writer task failed");
+            }
         }
+        open.clear();
     }
 
     /// Whether [`shut_down`](Self::shut_down) has begun.
@@ -190,20 +199,31 @@ impl Journal {
 
 /// The one writer of a journal. Takes every job waiting in the queue, commits them with
 /// one write and one fsync, publishes the new durable position, then tells each caller its
-/// range. Exits when every sender is gone (the journal was closed), after committing what
-/// was queued; dropping `durable` then tells followers that no more records will come.
+/// range. Exits at shutdown (`stop`) after committing what was queued; dropping `durable`
+/// then tells followers that no more records will come.
 async fn run_writer(
     name: String,
     store: MiniStore,
     options: MiniStoreOptions,
     mut queue: mpsc::Receiver<AppendJob>,
     durable: watch::Sender<Durable>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let path = store.path().to_path_buf();
     let mut store = Some(store);
     let mut jobs: Vec<AppendJob> = Vec::new();
     let mut lines: Vec<JsonLine> = Vec::new();
-    while let Some(job) = queue.recv().await {
+    loop {
+        let job = tokio::select! {
+            job = queue.recv() => job,
+            _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                // Refuse new appends (their senders see the queue closed), then commit
+                // what is already queued: in-flight appends finish.
+                queue.close();
+                queue.recv().await
+            }
+        };
+        let Some(job) = job else { break };
         jobs.push(job);
         let mut bytes: usize = jobs[0].lines.iter().map(|l| l.as_bytes().len()).sum();
         while bytes < MAX_GROUP_BYTES {

@@ -26,15 +26,8 @@ pub use error::ServerError;
 pub use journals::Journals;
 pub use service::JournalService;
 
-/// Serves the journals of `config.data_dir` on `listener` until `shutdown` resolves.
-///
-/// Shutdown is visible and orderly: health turns NOT_SERVING, open streams end with
-/// UNAVAILABLE, the server stops accepting and lets in-flight RPCs finish, then every
-/// journal writer commits what is queued and closes. Returns once all of that is done.
-///
-/// # Errors
-/// The data directory cannot be created or is held by another server, or the transport
-/// fails.
+/// Serves the journals of `config.data_dir` on `listener` until `shutdown` resolves:
+/// [`Server::from_listener`] then [`Server::run`].
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -52,59 +45,139 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let journals = Arc::new(Journals::new(&config.data_dir, config.store_options()));
-    let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
-    let service = JournalService::new(journals.clone(), config.max_payload_bytes, streams_stop);
-    let max_message = (config.max_payload_bytes + (1 << 20)).max(16 << 20);
-    let journal_server = JournalServer::new(service)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    Server::from_listener(config, listener)?.run(shutdown).await
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JournalServer<JournalService>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ministore::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ministore::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the embedded descriptor set is valid");
+/// A server that holds its data directory and its listening socket, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    _data_dir_lock: std::fs::File,
+}
 
-    let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
+impl Server {
+    /// Takes the data directory (refusing one another server holds), then binds
+    /// `config.listen`.
+    ///
+    /// # Errors
+    /// [`ServerError::DataDirLocked`], or [`ServerError::Startup`] naming the directory or
+    /// address that failed.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| ServerError::Startup {
+                    op: "listening on",
+                    path: config.listen.to_string(),
+                    source: Arc::new(e),
+                })?;
+        Ok(Server {
+            config,
+            listener,
+            _data_dir_lock: lock,
+        })
+    }
 
-    let signal = async move {
-        shutdown.await;
-        tracing::info!(
-            "shutting down: health NOT_SERVING, ending streams, finishing in-flight RPCs"
-        );
-        health
-            .set_not_serving::<JournalServer<JournalService>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        let _ = stop_streams.send(true);
-    };
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(journal_server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await;
-    journals.shut_down().await;
-    tracing::info!("stopped");
-    served.map_err(|e| ServerError::Startup {
-        op: "serving on",
-        path: format!("{local:?}"),
-        source: Arc::new(std::io::Error::other(e)),
-    })
+    /// Takes the data directory and serves on an already bound `listener` (tests bind
+    /// `127.0.0.1:0`).
+    pub fn from_listener(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
+        Ok(Server {
+            _data_dir_lock: lock_data_dir(&config.data_dir)?,
+            config,
+            listener,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    ///
+    /// Shutdown is visible and orderly: health turns NOT_SERVING, open streams end with
+    /// UNAVAILABLE, the server stops accepting and lets in-flight RPCs finish (for at most
+    /// `--shutdown-grace-seconds`, after which remaining connections are closed), then every
+    /// journal writer commits what is queued and closes. Returns once all of that is done.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            config, listener, ..
+        } = self;
+        let journals = Arc::new(Journals::new(&config.data_dir, config.store_options()));
+        let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
+        let service = JournalService::new(journals.clone(), config.max_payload_bytes, streams_stop);
+        let max_message = (config.max_payload_bytes + (1 << 20)).max(16 << 20);
+        let journal_server = JournalServer::new(service)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<JournalServer<JournalService>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ministore::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor set is valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ministore::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the embedded descriptor set is valid");
+
+        let local = listener.local_addr().ok();
+        tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
+
+        let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                "shutting down: health NOT_SERVING, ending streams, finishing in-flight RPCs"
+            );
+            health
+                .set_not_serving::<JournalServer<JournalService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = stop_streams.send(true);
+            let _ = signalled.send(());
+        };
+        let serving = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(journal_server)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        let grace = std::time::Duration::from_secs(config.shutdown_grace_seconds);
+        // A client that never lets its connection close (frozen, or hostile) must not keep
+        // the server from stopping: after the grace period, its connection is dropped.
+        let served = tokio::select! {
+            served = serving => served,
+            _ = async {
+                if grace_starts.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(?grace, "connections still open after the grace period; closing them");
+                Ok(())
+            }
+        };
+        journals.shut_down().await;
+        tracing::info!("stopped");
+        served.map_err(|e| ServerError::Startup {
+            op: "serving on",
+            path: format!("{local:?}"),
+            source: Arc::new(std::io::Error::other(e)),
+        })
+    }
 }
 
 /// Takes `data_dir/.ministore.lock`: two servers on one directory would interleave their

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Parser;
-use ministore_server::{Config, LogFormat, ServerError};
+use ministore_server::{Config, LogFormat, Server, ServerError};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -21,19 +21,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), ServerError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServerError::Startup {
-            op: "listening on",
-            path: config.listen.to_string(),
-            source: e.into(),
-        })?;
-    if let Ok(addr) = listener.local_addr() {
-        // On stdout, one line, so scripts (and tests using port 0) can find the port.
+    let server = Server::bind(config).await?;
+    if let Ok(addr) = server.local_addr() {
+        // On stdout, one line, once the server holds its data directory and port, so
+        // scripts (and tests using port 0) know where it is.
         println!("listening on {addr}");
         let _ = std::io::stdout().flush();
     }
-    ministore_server::serve(config, listener, shutdown_signal()).await
+    server.run(shutdown_signal()).await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

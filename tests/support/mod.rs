@@ -3,4 +3,5 @@
 
 pub mod files;
 pub mod records;
+pub mod server;
 pub mod tools;

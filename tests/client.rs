@@ -1,0 +1,154 @@
+//! ministore-client against a real in-process server: typed round trips, paging, a live
+//! tail that survives a server restart, and errors with the right variant.
+
+use std::time::Duration;
+
+use ministore_client::{Client, ClientBuilder, ClientError};
+use ministore_server::Config;
+use ministore_tests::server::TestServer;
+use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    item: String,
+    price: f64,
+}
+
+fn order(id: u64) -> Order {
+    Order {
+        id,
+        item: format!("item {id}"),
+        price: id as f64 / 4.0,
+    }
+}
+
+#[tokio::test]
+async fn typed_records_round_trip() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    assert_eq!(client.append("orders", &order(1)).await.unwrap(), 1);
+    assert_eq!(
+        client
+            .append_batch("orders", &[order(2), order(3)])
+            .await
+            .unwrap(),
+        2..=3
+    );
+    let all: Vec<(u64, Order)> = client.replay("orders", 0).await.unwrap();
+    assert_eq!(all, vec![(1, order(1)), (2, order(2)), (3, order(3))]);
+    let info = client.info("orders").await.unwrap();
+    assert_eq!((info.first_seq, info.last_seq, info.segments), (1, 3, 1));
+    let from_two: Vec<(u64, Order)> = client
+        .stream("orders", 2, false)
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(from_two, vec![(2, order(2)), (3, order(3))]);
+}
+
+#[tokio::test]
+async fn replay_pages_past_the_server_page_size() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let values: Vec<u64> = (1..=2345).collect();
+    client.append_batch("many", &values).await.unwrap();
+    let page = client.replay_page::<u64>("many", 1, 0).await.unwrap();
+    assert_eq!(page.records.len(), 1000, "the server's default page");
+    let all: Vec<(u64, u64)> = client.replay("many", 1).await.unwrap();
+    assert_eq!(all, values.iter().map(|v| (*v, *v)).collect::<Vec<_>>());
+    let tail: Vec<(u64, u64)> = client.replay("many", 2000).await.unwrap();
+    assert_eq!(tail.len(), 346);
+}
+
+#[tokio::test]
+async fn a_following_stream_resumes_across_a_server_restart_without_gap_or_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config::with_data_dir(tmp.path());
+    let server = TestServer::start_with(config.clone()).await;
+    let addr = server.addr;
+    let client = ClientBuilder::new(server.url())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        client.append("live", &order(i)).await.unwrap();
+    }
+    let mut tail = client.stream::<Order>("live", 1, true);
+    for i in 1..=10 {
+        assert_eq!(tail.next().await.unwrap().unwrap(), (i, order(i)));
+    }
+
+    server.stop().await.unwrap();
+    let server = TestServer::start_on(addr, config).await;
+    let writer = server.client().await;
+    for i in 11..=25 {
+        assert_eq!(writer.append("live", &order(i)).await.unwrap(), i);
+    }
+    for i in 11..=25 {
+        let (seq, got) = tokio::time::timeout(Duration::from_secs(20), tail.next())
+            .await
+            .expect("the stream resumes")
+            .unwrap()
+            .unwrap();
+        assert_eq!((seq, got), (i, order(i)));
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_keeps_its_code_and_message() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let err = client.append("../etc", &1).await.unwrap_err();
+    assert!(matches!(err, ClientError::Rpc(_)), "{err:?}");
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+    assert!(err.to_string().contains("invalid journal name"), "{err}");
+    assert!(!err.is_retryable());
+
+    let err = client.replay::<u64>("missing", 0).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+
+    let mut stream = client.stream::<u64>("missing", 0, true);
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    assert!(
+        stream.next().await.is_none(),
+        "a stream ends after an error"
+    );
+}
+
+#[tokio::test]
+async fn a_record_of_another_type_is_a_decode_error_not_an_outage() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.append("mixed", &order(1)).await.unwrap();
+    client.append("mixed", &"not an order").await.unwrap();
+    let err = client.replay::<Order>("mixed", 1).await.unwrap_err();
+    match &err {
+        ClientError::Decode { seq, .. } => assert_eq!(*seq, 2),
+        other => panic!("expected Decode, got {other:?}"),
+    }
+    assert_eq!(err.code(), None);
+    let items: Vec<_> = client.stream::<Order>("mixed", 1, false).collect().await;
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].as_ref().unwrap(), &(1, order(1)));
+    assert!(matches!(items[1], Err(ClientError::Decode { seq: 2, .. })));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_retryable_connect_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = ClientBuilder::new(port.to_string())
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(Client::connect("not a uri").await.is_err());
+}

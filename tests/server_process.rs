@@ -1,0 +1,223 @@
+//! The real `ministore-server` binary as a process: flags, environment, signals, logs,
+//! and the data-directory lock.
+
+use ministore_client::Client;
+use ministore_tests::server::{ServerProcess, server_binary};
+use tokio_stream::StreamExt;
+
+async fn append_numbers(client: &Client, journal: &str, range: std::ops::RangeInclusive<u64>) {
+    for i in range {
+        let seq = client.append(journal, &i).await.unwrap();
+        assert_eq!(seq, i);
+    }
+}
+
+async fn shuts_down_cleanly_on(signal: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &[]);
+    let client = Client::connect(server.url()).await.unwrap();
+    append_numbers(&client, "sig", 1..=20).await;
+
+    // A following stream is open and caught up when the signal arrives.
+    let mut tail = client.raw();
+    let mut stream = tail
+        .stream(ministore::proto::StreamRequest {
+            journal: "sig".into(),
+            from_seq: 20,
+            follow: true,
+            format: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().seq, 20);
+
+    server.signal(signal);
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let (code, logs) = server.wait();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains(&format!("received SIG{signal}")), "{logs}");
+    assert!(logs.contains("stopped"), "{logs}");
+
+    // Everything acknowledged is there after a restart, and the lock was released.
+    let server = ServerProcess::start(tmp.path(), &[]);
+    let client = Client::connect(server.url()).await.unwrap();
+    let all: Vec<(u64, u64)> = client.replay("sig", 1).await.unwrap();
+    assert_eq!(all, (1..=20).map(|i| (i, i)).collect::<Vec<_>>());
+    assert_eq!(client.append("sig", &21).await.unwrap(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_and_exits_zero_keeping_every_record() {
+    shuts_down_cleanly_on("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_ends_streams_and_exits_zero_keeping_every_record() {
+    shuts_down_cleanly_on("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_in_flight_at_sigterm_are_acknowledged_or_refused_never_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &[]);
+    let client = Client::connect(server.url()).await.unwrap();
+    client.append("busy", &0u64).await.unwrap();
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let client = client.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10_000u64 {
+                match client.append("busy", &(w * 100_000 + i)).await {
+                    Ok(seq) => acked.push((seq, w * 100_000 + i)),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Wait until the writers are demonstrably running before the signal.
+    let mut stream = client.stream::<u64>("busy", 1, true);
+    for _ in 0..200 {
+        stream.next().await.unwrap().unwrap();
+    }
+    drop(stream);
+    server.signal("TERM");
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    let (code, logs) = server.wait();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(acked.len() >= 199);
+
+    let server = ServerProcess::start(tmp.path(), &[]);
+    let client = Client::connect(server.url()).await.unwrap();
+    let stored: std::collections::HashMap<u64, u64> = client
+        .replay("busy", 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (seq, value) in acked {
+        assert_eq!(
+            stored.get(&seq),
+            Some(&value),
+            "acknowledged seq {seq} lost"
+        );
+    }
+}
+
+#[test]
+fn help_explains_every_flag_and_how_much_is_kept() {
+    let out = std::process::Command::new(server_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--max-bytes-per-segment",
+        "--max-segments",
+        "--max-payload-bytes",
+        "--log-format",
+        "--log-level",
+        "MINISTORE_LISTEN",
+        "MINISTORE_DATA_DIR",
+        "[default: 127.0.0.1:50051]",
+        "[default: ./data]",
+        "16 x 64 MiB = 1 GiB",
+        "DELETED",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag:?}:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_logs_say_how_much_each_journal_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        tmp.path(),
+        &["--max-segments", "4", "--max-bytes-per-segment", "1048576"],
+    );
+    Client::connect(server.url())
+        .await
+        .unwrap()
+        .append("x", &1)
+        .await
+        .unwrap();
+    server.signal("TERM");
+    let (_, logs) = server.wait();
+    assert!(
+        logs.contains(
+            "each journal keeps at most 4 segments of 1.0 MiB (~4.0 MiB); older records are deleted"
+        ),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_data_directory_exits_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = ServerProcess::start(tmp.path(), &[]);
+    let err = ServerProcess::try_start(tmp.path(), &[])
+        .err()
+        .expect("second server must not start");
+    assert!(err.contains("exit Some(1)"), "{err}");
+    assert!(err.contains("in use by another ministore-server"), "{err}");
+}
+
+#[test]
+fn an_unusable_listen_address_exits_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = ServerProcess::try_start(tmp.path(), &["--listen", &addr])
+        .err()
+        .expect("must fail");
+    assert!(
+        err.contains(&format!("listening on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_can_come_from_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server =
+        ServerProcess::try_start_env(tmp.path(), &[], &[("MINISTORE_MAX_PAYLOAD_BYTES", "10")])
+            .unwrap();
+    let client = Client::connect(server.url()).await.unwrap();
+    client.append("env", &"short").await.unwrap();
+    let err = client
+        .append("env", &"much longer than ten")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::ResourceExhausted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_json_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &["--log-format", "json"]);
+    Client::connect(server.url())
+        .await
+        .unwrap()
+        .append("j", &1)
+        .await
+        .unwrap();
+    server.signal("TERM");
+    let (code, logs) = server.wait();
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() >= 3, "{logs}");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value["fields"]["message"].is_string(), "{line}");
+    }
+}
