@@ -15,6 +15,10 @@ pub enum ClientError {
     #[error("invalid server address {0}")]
     InvalidAddress(String),
 
+    /// A client option is unusable: an unreadable CA file, a token that is not ASCII.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+
     /// The server could not be reached.
     #[error("cannot connect to {addr}: {source}")]
     Connect {

@@ -43,7 +43,9 @@ use ministore::proto::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use error::ClientError;
 /// The generated gRPC messages and stubs (`ministore.v1`), for raw use.
@@ -54,8 +56,36 @@ pub use stream::RecordStream;
 /// which carries any number of concurrent calls and reconnects by itself after a failure.
 #[derive(Debug, Clone)]
 pub struct Client {
-    rpc: JournalClient<Channel>,
+    rpc: JournalClient<InterceptedService<Channel, BearerToken>>,
     reconnect: Backoff,
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when a token is set.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(***)"
+        } else {
+            "BearerToken(none)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// How a following stream retries after the connection drops.
@@ -107,6 +137,8 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     timeout: Option<Duration>,
     reconnect: Backoff,
+    tls: Option<ClientTlsConfig>,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -120,7 +152,49 @@ impl ClientBuilder {
                 first: Duration::from_millis(50),
                 max: Duration::from_secs(2),
             },
+            tls: None,
+            token: None,
         }
+    }
+
+    /// Connects over TLS, trusting the CA certificate(s) in `ca_pem` (PEM). The server's
+    /// certificate must name the host of the address, or the name given to
+    /// [`tls_domain`](Self::tls_domain).
+    pub fn tls_ca_pem(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.ca_certificate(Certificate::from_pem(ca_pem)));
+        self
+    }
+
+    /// Like [`tls_ca_pem`](Self::tls_ca_pem), reading the CA from a file.
+    pub fn tls_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, ClientError> {
+        let pem = std::fs::read(path.as_ref()).map_err(|e| {
+            ClientError::Config(format!(
+                "cannot read CA file {}: {e}",
+                path.as_ref().display()
+            ))
+        })?;
+        Ok(self.tls_ca_pem(pem))
+    }
+
+    /// The name to expect in the server's certificate, when it differs from the host.
+    pub fn tls_domain(mut self, name: impl Into<String>) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.domain_name(name));
+        self
+    }
+
+    /// A client certificate and key (PEM), for servers that require mutual TLS.
+    pub fn tls_identity(mut self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.identity(Identity::from_pem(cert_pem, key_pem)));
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// How long to wait for the TCP connection (default 5 s).
@@ -152,19 +226,21 @@ impl ClientBuilder {
                 addr: self.addr.clone(),
                 source,
             })?;
-        Ok(self.client(channel))
+        self.client(channel)
     }
 
     /// A client that connects on first use (and reconnects as needed): for services that
     /// start before their journal server.
     pub fn connect_lazy(self) -> Result<Client, ClientError> {
         let channel = self.endpoint()?.connect_lazy();
-        Ok(self.client(channel))
+        self.client(channel)
     }
 
     fn endpoint(&self) -> Result<Endpoint, ClientError> {
         let uri = if self.addr.contains("://") {
             self.addr.clone()
+        } else if self.tls.is_some() {
+            format!("https://{}", self.addr)
         } else {
             format!("http://{}", self.addr)
         };
@@ -175,16 +251,29 @@ impl ClientBuilder {
         if let Some(timeout) = self.timeout {
             endpoint = endpoint.timeout(timeout);
         }
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| ClientError::Config(format!("{}: TLS: {e}", self.addr)))?;
+        }
         Ok(endpoint)
     }
 
-    fn client(&self, channel: Channel) -> Client {
-        Client {
-            rpc: JournalClient::new(channel)
+    fn client(&self, channel: Channel) -> Result<Client, ClientError> {
+        let token = match &self.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ClientError::Config("the token is not printable ASCII".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Client {
+            rpc: JournalClient::with_interceptor(channel, BearerToken(token))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             reconnect: self.reconnect,
-        }
+        })
     }
 }
 
@@ -197,7 +286,7 @@ impl Client {
 
     /// The generated stub over this client's connection, for calls the typed layer does not
     /// cover.
-    pub fn raw(&self) -> JournalClient<Channel> {
+    pub fn raw(&self) -> JournalClient<InterceptedService<Channel, BearerToken>> {
         self.rpc.clone()
     }
 

@@ -43,6 +43,56 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
 
+    /// Largest gRPC message accepted, in bytes (a batch of records is one message).
+    /// Larger messages are refused with RESOURCE_EXHAUSTED before they are read.
+    #[arg(long, env = "MINISTORE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Stream RPCs open at once, across all clients; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MINISTORE_MAX_STREAMS", default_value_t = 1024)]
+    pub max_streams: usize,
+
+    /// Stream RPCs open at once on one connection; more get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "MINISTORE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 128
+    )]
+    pub max_streams_per_connection: usize,
+
+    /// Journals open at once (each holds a file and a writer task); appending to one more
+    /// gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MINISTORE_MAX_JOURNALS", default_value_t = 1024)]
+    pub max_journals: usize,
+
+    /// Deadline for each unary RPC, in seconds (a client's shorter grpc-timeout wins).
+    /// Streams are not limited by it.
+    #[arg(long, env = "MINISTORE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+
+    /// PEM certificate chain: serve TLS (with --tls-key). Plaintext is then refused.
+    #[arg(long, env = "MINISTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MINISTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): require client certificates signed by them (mutual TLS).
+    #[arg(long, env = "MINISTORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Token file: require `authorization: Bearer <token>` on every Journal RPC. One token
+    /// per line, optionally followed by rights=read|append|read,append and
+    /// journals=a,b|*. Tokens are never logged.
+    #[arg(long, env = "MINISTORE_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// With --auth-tokens, require a token for health and reflection too (by default they
+    /// stay open, for load balancers and grpcurl).
+    #[arg(long, env = "MINISTORE_AUTH_ALL_SERVICES", requires = "auth_tokens")]
+    pub auth_all_services: bool,
+
     /// After SIGTERM/SIGINT, how long in-flight RPCs may take to finish before their
     /// connections are closed. Queued appends are committed either way.
     #[arg(long, env = "MINISTORE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]

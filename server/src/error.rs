@@ -54,6 +54,28 @@ pub enum ServerError {
         last_seq: u64,
     },
 
+    /// No valid token was presented.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+
+    /// The token does not allow this operation on this journal.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// A server limit (streams, journals) is reached.
+    #[error("{0}")]
+    LimitReached(String),
+
+    /// A journal's directory or one of its files is a symlink leading out of the data
+    /// directory; ministore does not follow it.
+    #[error(
+        "{path} leads out of the data directory through a symlink; ministore does not follow symlinks out of its data directory"
+    )]
+    OutsideDataDir {
+        /// The offending path.
+        path: String,
+    },
+
     /// The server is stopping: new work is refused, streams end.
     #[error("the server is shutting down; retry against a running server")]
     ShuttingDown,
@@ -106,6 +128,10 @@ impl From<ServerError> for Status {
                 Code::InvalidArgument
             }
             ServerError::JournalNotFound(_) => Code::NotFound,
+            ServerError::Unauthenticated(_) => Code::Unauthenticated,
+            ServerError::PermissionDenied(_) => Code::PermissionDenied,
+            ServerError::LimitReached(_) => Code::ResourceExhausted,
+            ServerError::OutsideDataDir { .. } => Code::FailedPrecondition,
             ServerError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ServerError::PastEnd { .. } => Code::OutOfRange,
             ServerError::ShuttingDown => Code::Unavailable,

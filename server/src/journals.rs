@@ -63,6 +63,7 @@ pub fn validate_name(name: &str) -> Result<&str, ServerError> {
 #[derive(Debug)]
 pub struct Journals {
     data_dir: PathBuf,
+    max_open: usize,
     options: MiniStoreOptions,
     open: Mutex<HashMap<String, Arc<Journal>>>,
     shutting_down: AtomicBool,
@@ -91,12 +92,19 @@ impl Journals {
     pub fn new(data_dir: impl Into<PathBuf>, options: MiniStoreOptions) -> Self {
         Journals {
             data_dir: data_dir.into(),
+            max_open: usize::MAX,
             options,
             open: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             stop_writers: watch::channel(false).0,
             writers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// At most `max` journals open at once; opening one more is RESOURCE_EXHAUSTED.
+    pub fn with_max_open(mut self, max: usize) -> Self {
+        self.max_open = max;
+        self
     }
 
     /// The journal called `name` (already validated), opening it if needed. With `create`
@@ -113,6 +121,13 @@ impl Journals {
         if !create && !dir.is_dir() {
             return Err(ServerError::JournalNotFound(name.to_owned()));
         }
+        if open.len() >= self.max_open {
+            return Err(ServerError::LimitReached(format!(
+                "{} journals are open, the most this server allows (--max-journals)",
+                self.max_open
+            )));
+        }
+        self.refuse_symlinks_out(&dir)?;
         let path = dir.join("journal.jsonl");
         let store = self
             .options
@@ -141,6 +156,35 @@ impl Journals {
         tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
         open.insert(name.to_owned(), journal.clone());
         Ok(journal)
+    }
+
+    /// Refuses a journal directory, or a file in it, that resolves outside the data
+    /// directory: a symlink planted there must not make the server write elsewhere.
+    fn refuse_symlinks_out(&self, dir: &Path) -> Result<(), ServerError> {
+        let Ok(root) = self.data_dir.canonicalize() else {
+            return Ok(()); // the store reports a missing or unreadable data directory
+        };
+        let outside = |path: &Path| {
+            path.canonicalize()
+                .map(|real| !real.starts_with(&root))
+                .unwrap_or(false)
+        };
+        if outside(dir) {
+            return Err(ServerError::OutsideDataDir {
+                path: dir.display().to_string(),
+            });
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+                if is_link && (outside(&entry.path()) || entry.path().canonicalize().is_err()) {
+                    return Err(ServerError::OutsideDataDir {
+                        path: entry.path().display().to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuses new work and closes every writer once its queued appends are committed.

@@ -7,9 +7,11 @@
 //! (validated names, one group-committing writer per journal) -> the `ministore` store ->
 //! disk. Errors meet gRPC in one place: `From<ServerError> for tonic::Status` in [`error`].
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod journals;
+pub mod limits;
 pub mod service;
 mod value;
 
@@ -20,6 +22,11 @@ use std::sync::Arc;
 use ministore::proto::journal_server::JournalServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::auth::Authenticator;
+use crate::limits::StreamLimits;
 
 pub use config::{Config, LogFormat};
 pub use error::ServerError;
@@ -53,6 +60,8 @@ pub async fn serve(
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    auth: Option<Authenticator>,
+    tls: Option<ServerTlsConfig>,
     _data_dir_lock: std::fs::File,
 }
 
@@ -65,6 +74,7 @@ impl Server {
     /// address that failed.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let lock = lock_data_dir(&config.data_dir)?;
+        let (auth, tls) = load_security(&config)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -76,6 +86,8 @@ impl Server {
         Ok(Server {
             config,
             listener,
+            auth,
+            tls,
             _data_dir_lock: lock,
         })
     }
@@ -83,10 +95,14 @@ impl Server {
     /// Takes the data directory and serves on an already bound `listener` (tests bind
     /// `127.0.0.1:0`).
     pub fn from_listener(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let (auth, tls) = load_security(&config)?;
         Ok(Server {
-            _data_dir_lock: lock_data_dir(&config.data_dir)?,
             config,
             listener,
+            auth,
+            tls,
+            _data_dir_lock: lock,
         })
     }
 
@@ -106,15 +122,29 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server {
-            config, listener, ..
+            config,
+            listener,
+            auth,
+            tls,
+            ..
         } = self;
-        let journals = Arc::new(Journals::new(&config.data_dir, config.store_options()));
+        let journals = Arc::new(
+            Journals::new(&config.data_dir, config.store_options())
+                .with_max_open(config.max_journals),
+        );
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
-        let service = JournalService::new(journals.clone(), config.max_payload_bytes, streams_stop);
-        let max_message = (config.max_payload_bytes + (1 << 20)).max(16 << 20);
+        let streams = StreamLimits::new(config.max_streams, config.max_streams_per_connection);
+        let service = JournalService::new(
+            journals.clone(),
+            config.max_payload_bytes,
+            streams,
+            streams_stop,
+        );
         let journal_server = JournalServer::new(service)
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes.max(16 << 20));
+        let journal_auth = RequireToken(auth.clone());
+        let other_auth = RequireToken(auth.filter(|_| config.auth_all_services));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<JournalServer<JournalService>>().await;
@@ -147,12 +177,28 @@ impl Server {
             let _ = stop_streams.send(true);
             let _ = signalled.send(());
         };
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(journal_server)
+            .timeout(std::time::Duration::from_secs(
+                config.request_timeout_seconds,
+            ))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(|e| ServerError::Startup {
+                op: "configuring TLS from",
+                path: format!("{:?}", config.tls_cert),
+                source: Arc::new(std::io::Error::other(e)),
+            })?;
+        }
+        let serving = builder
+            .layer(tower::util::MapResponseLayer::new(
+                oversize_is_resource_exhausted::<tonic::body::Body>,
+            ))
+            .add_service(InterceptedService::new(health_service, other_auth.clone()))
+            .add_service(InterceptedService::new(reflection_v1, other_auth.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, other_auth))
+            .add_service(InterceptedService::new(journal_server, journal_auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
         let grace = std::time::Duration::from_secs(config.shutdown_grace_seconds);
         // A client that never lets its connection close (frozen, or hostile) must not keep
@@ -178,6 +224,70 @@ impl Server {
             source: Arc::new(std::io::Error::other(e)),
         })
     }
+}
+
+/// Checks bearer tokens when a token file is configured; lets everything through otherwise.
+#[derive(Debug, Clone)]
+struct RequireToken(Option<Authenticator>);
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match &self.0 {
+            Some(auth) => auth.intercept(request),
+            None => Ok(request),
+        }
+    }
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE; gRPC's status-code
+/// guide says RESOURCE_EXHAUSTED, and that is what clients retry or report correctly.
+fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let oversize = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if oversize {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Reads the token file and the TLS files named by `config`, at startup, so that a bad
+/// path fails before the server reports itself listening.
+fn load_security(
+    config: &Config,
+) -> Result<(Option<Authenticator>, Option<ServerTlsConfig>), ServerError> {
+    let auth = config
+        .auth_tokens
+        .as_deref()
+        .map(Authenticator::from_file)
+        .transpose()?;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| ServerError::Startup {
+            op: "reading",
+            path: path.display().to_string(),
+            source: Arc::new(e),
+        })
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut tls =
+                ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+            if let Some(ca) = &config.tls_client_ca {
+                tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+            }
+            Some(tls)
+        }
+        _ => None,
+    };
+    Ok((auth, tls))
 }
 
 /// Takes `data_dir/.ministore.lock`: two servers on one directory would interleave their

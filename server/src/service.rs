@@ -18,8 +18,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::{Right, grant_of};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals, validate_name};
+use crate::limits::{StreamLimits, StreamPermit};
 use crate::value;
 
 /// Records per Replay page when the request says 0.
@@ -40,20 +42,23 @@ const STREAM_BUFFER: usize = 64;
 pub struct JournalService {
     journals: Arc<Journals>,
     max_payload_bytes: usize,
+    streams: Arc<StreamLimits>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl JournalService {
-    /// A service over `journals` that refuses records larger than `max_payload_bytes`, and
-    /// ends its streams when `shutdown` turns true.
+    /// A service over `journals` that refuses records larger than `max_payload_bytes`,
+    /// keeps open streams within `streams`, and ends them when `shutdown` turns true.
     pub fn new(
         journals: Arc<Journals>,
         max_payload_bytes: usize,
+        streams: Arc<StreamLimits>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         JournalService {
             journals,
             max_payload_bytes,
+            streams,
             shutdown,
         }
     }
@@ -154,9 +159,11 @@ impl JournalRpc for JournalService {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
         traced("Append", &req.journal, async {
             let name = validate_name(&req.journal)?;
+            grant.check(Right::Append, name)?;
             let line = match &req.record {
                 Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
                 Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
@@ -178,9 +185,11 @@ impl JournalRpc for JournalService {
         &self,
         request: Request<AppendBatchRequest>,
     ) -> Result<Response<AppendBatchResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
         traced("AppendBatch", &req.journal, async {
             let name = validate_name(&req.journal)?;
+            grant.check(Right::Append, name)?;
             let lines = match (req.payloads.is_empty(), req.values.is_empty()) {
                 (false, false) => {
                     return Err(ServerError::InvalidArgument(
@@ -220,9 +229,11 @@ impl JournalRpc for JournalService {
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Response<ReplayResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
         traced("Replay", &req.journal, async {
             let name = validate_name(&req.journal)?;
+            grant.check(Right::Read, name)?;
             let format = format_of(req.format)?;
             let limit = match req.limit {
                 0 => DEFAULT_PAGE,
@@ -270,17 +281,22 @@ impl JournalRpc for JournalService {
         &self,
         request: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let grant = grant_of(&request);
+        let peer = request.remote_addr();
         let req = request.into_inner();
-        let journal = traced("Stream", &req.journal, async {
+        let (journal, permit) = traced("Stream", &req.journal, async {
             let name = validate_name(&req.journal)?;
+            grant.check(Right::Read, name)?;
             format_of(req.format)?;
-            self.open_for_read(name, req.from_seq).await
+            let permit = self.streams.acquire(peer)?;
+            Ok((self.open_for_read(name, req.from_seq).await?, permit))
         })
         .await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let reader =
             JournalReader::with_durable(journal.path(), req.from_seq, journal.watch_durable());
         let task = feed_stream(
+            permit,
             journal,
             reader,
             format_of(req.format)?,
@@ -295,9 +311,11 @@ impl JournalRpc for JournalService {
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
         traced("Info", &req.journal, async {
             let name = validate_name(&req.journal)?;
+            grant.check(Right::Read, name)?;
             let durable = self.journals.get(name, false).await?.durable();
             Ok(Response::new(InfoResponse {
                 first_seq: durable.first_seq,
@@ -320,6 +338,8 @@ fn at_index(i: usize, err: ServerError) -> ServerError {
 /// ones when following. Stops when the client goes away (`send` fails), at shutdown (with
 /// UNAVAILABLE), or on an error (sent as the final status).
 async fn feed_stream(
+    // Held for the stream's lifetime: its place in the stream limits.
+    _permit: StreamPermit,
     journal: Arc<Journal>,
     mut reader: JournalReader,
     format: RecordFormat,
