@@ -7,6 +7,8 @@
 //! (validated names, one group-committing writer per journal) -> the `ministore` store ->
 //! disk. Errors meet gRPC in one place: `From<ServerError> for tonic::Status` in [`error`].
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod config;
 pub mod error;
