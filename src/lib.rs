@@ -101,6 +101,8 @@
 //! stay compatible with the published format), or against another program writing to the
 //! files.
 
+#![warn(missing_docs)]
+
 mod error;
 mod json;
 mod options;
