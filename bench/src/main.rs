@@ -1,45 +1,104 @@
-//! `ministore-bench`: how fast the store makes records durable, beside what the disk does
-//! for a plain `write` + `fdatasync` in the same directory, in the same run.
+//! `ministore-bench`: the service measured against what this machine can do, in one run.
 //!
 //! ```text
-//! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N]
+//! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--quick]
+//!                                           [--only store,noop,server,stream,open] [--markdown]
 //! ```
 //!
-//! It works in a temporary directory made inside `--dir` (default: the current directory,
-//! on the disk you care about; `/tmp` is often tmpfs, where fsync costs nothing) and
-//! removes it afterwards.
+//! One table, every figure from the same run:
+//! - `store`: the disk's raw single-thread `write` + `fdatasync` of 200-byte records, beside
+//!   `MiniStore::append` and `append_batch`;
+//! - `noop`: the ceiling of gRPC itself: an in-bench tonic server whose Append answers at
+//!   once, at 1, 16 and 64 callers sharing one connection (one `ministore_client::Client`);
+//! - `server`: the real server in this process, durable Append at 1, 16, 64 callers and
+//!   AppendBatch of 100 at 64, through the same client;
+//! - `stream`: one reader of a 1,000,000-record journal, the server's RSS meanwhile (the
+//!   server in a child process), and the time to the first record from the middle;
+//! - `open`: opening a journal of ~1 GiB of segments.
+//!
+//! The targets of issue #6 are printed beside the figures they judge, each PASS or MISS.
+//! Everything happens on loopback, in a temporary directory made inside `--dir` (default:
+//! the current directory, on the disk you care about; `/tmp` is often tmpfs, where fsync
+//! costs nothing) and removed afterwards; every loop is bounded by time or count.
 
+mod fill;
+mod grpc_bench;
+mod noop;
+mod open_bench;
+mod report;
 mod store_bench;
+mod stream_bench;
 mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
-use table::Table;
+use grpc_bench::BoxError;
+use report::Results;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Benchmarks ministore's durable appends against raw write+fdatasync"
+    about = "Benchmarks ministore (store, gRPC server, stream, open) against raw write+fdatasync and a no-op gRPC server"
 )]
 struct Args {
     /// Directory to benchmark in: a temporary directory is made inside it and removed
     /// afterwards. Default: the current directory.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    /// Seconds per measurement (default 3; 0.5 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// A fast smoke run: short measurements, a 100,000-record stream journal and a
+    /// 128 MiB journal to open (the table says so).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections (comma-separated). Ratios to a section not run show n/a.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Also print the table as Markdown (for the README).
+    #[arg(long)]
+    markdown: bool,
+    /// Internal: serve DATA_DIR on 127.0.0.1:0 until stdin closes (the stream section's
+    /// server process).
+    #[arg(long, hide = true, value_name = "DATA_DIR")]
+    serve_child: Option<PathBuf>,
 }
+
+/// The parts of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Raw write+fdatasync, MiniStore::append, append_batch.
+    Store,
+    /// The no-op gRPC server.
+    Noop,
+    /// The real server: Append and AppendBatch.
+    Server,
+    /// Stream, server RSS, first record from the middle.
+    Stream,
+    /// Open time of a ~1 GiB journal.
+    Open,
+}
+
+/// Records in the stream section's journal.
+const STREAM_RECORDS: u64 = 1_000_000;
+const QUICK_STREAM_RECORDS: u64 = 100_000;
+/// Bytes of the journal the open section opens.
+const OPEN_BYTES: u64 = 1 << 30;
+const QUICK_OPEN_BYTES: u64 = 128 << 20;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let result = match args.serve_child.clone() {
+        Some(data_dir) => stream_bench::serve_child(data_dir).await,
+        None => run(args).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ministore-bench: {e}");
@@ -48,11 +107,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        return Err(format!("--seconds must be a positive number, not {}", args.seconds).into());
+async fn run(args: Args) -> Result<(), BoxError> {
+    let seconds = args.seconds.unwrap_or(if args.quick { 0.5 } else { 3.0 });
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("--seconds must be a positive number, not {seconds}").into());
     }
-    let parent = args.dir.unwrap_or_else(|| PathBuf::from("."));
+    let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let parent = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent)?;
     let dir = tempfile::Builder::new()
         .prefix("ministore-bench-")
@@ -64,27 +125,133 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             parent.display()
         );
     }
-    let duration = Duration::from_secs_f64(args.seconds);
+    let duration = Duration::from_secs_f64(seconds);
+    let warmup = Duration::from_millis(if args.quick { 100 } else { 300 });
+    let load_before = loadavg();
     println!(
-        "ministore store benchmark: {}-byte records, one thread, {} s per measurement, in {} ({fs})\n",
+        "ministore benchmark: {}-byte JSON records, {seconds} s per measurement{}, in {} ({fs})",
         store_bench::RECORD_BYTES,
-        args.seconds,
+        if args.quick {
+            " (--quick: smaller sizes)"
+        } else {
+            ""
+        },
         std::path::absolute(dir.path())?.display(),
     );
+    println!(
+        "machine: {}; load average at start: {load_before}",
+        machine()
+    );
+    println!();
 
-    let results = store_bench::run(dir.path(), duration).await?;
-    let raw = results[0].records_per_sec();
-    let mut table = Table::new(["measurement", "records/s", "p50 per call", "vs raw"]);
-    for m in &results {
-        table.row([
-            m.name.clone(),
-            table::rate(m.records_per_sec()),
-            table::duration(m.p50),
-            format!("{:.2}x", m.records_per_sec() / raw),
-        ]);
+    let mut results = Results::default();
+    if wanted(Section::Store) {
+        progress("store: raw write+fdatasync, MiniStore::append, append_batch");
+        results.store = Some(
+            store_bench::run(dir.path(), duration)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
+    if wanted(Section::Noop) {
+        progress("noop: no-op gRPC server at 1, 16, 64 callers");
+        results.noop = Some(grpc_bench::noop(duration, warmup).await?);
+    }
+    if wanted(Section::Server) {
+        progress("server: durable Append at 1, 16, 64 callers; AppendBatch at 64");
+        results.server =
+            Some(grpc_bench::server(&dir.path().join("server-data"), duration, warmup).await?);
+    }
+    if wanted(Section::Stream) {
+        let records = if args.quick {
+            QUICK_STREAM_RECORDS
+        } else {
+            STREAM_RECORDS
+        };
+        progress(&format!(
+            "stream: building a journal of {records} records, then reading it"
+        ));
+        results.stream = Some(stream_bench::run(dir.path(), records).await?);
+    }
+    if wanted(Section::Open) {
+        let bytes = if args.quick {
+            QUICK_OPEN_BYTES
+        } else {
+            OPEN_BYTES
+        };
+        progress(&format!(
+            "open: building a journal of {} MiB, then opening it",
+            bytes >> 20
+        ));
+        results.open = Some(open_bench::run(dir.path(), bytes).await?);
+    }
+    let load_after = loadavg();
+
+    let table = report::table(&results, args.quick);
+    println!();
     print!("{}", table.render());
+    println!();
+    println!("load average at end: {load_after}");
+    for note in notes(&results) {
+        println!("- {note}");
+    }
+    if args.markdown {
+        println!();
+        print!("{}", table.render_markdown());
+    }
     Ok(())
+}
+
+/// What the reader of the table needs to know about how figures were taken.
+fn notes(results: &Results) -> Vec<String> {
+    let mut notes = vec![
+        "records: a 199-byte JSON object (200 bytes on disk with its newline); raw = one thread, write + fdatasync of 200 bytes to a plain file".into(),
+        "gRPC rows: all callers share one connection (one ministore_client::Client, cloned); client and server (in this process) share its tokio runtime; each measurement follows a discarded warm-up; p50/p99 per call".into(),
+        "no-op: an in-bench Journal server with ministore_server::Server's tonic settings (TCP_NODELAY, request deadline, HTTP/2 keepalive, message limits, a pass-through interceptor) whose Append/AppendBatch answer at once".into(),
+    ];
+    if let Some(stream) = &results.stream {
+        notes.push(format!(
+            "stream: journal built with append_json in {:.1} s; Client::stream = the project's client, each record checked as JSON (Box<RawValue>); raw stub = Client::raw().stream(), protobuf only; the server runs in a child process (this binary with --serve-child, the same ministore_server::Server) so its /proc/<pid>/status VmRSS counts the server alone: sampled every 5 ms during both reads, shown as peak (+growth over idle {}); VmHWM at the end {}; first record: from the Stream call to the first record, median of 5 (warm), then once after posix_fadvise(DONTNEED) of every segment",
+            stream.fill.as_secs_f64(),
+            table::mib(stream.rss_before),
+            table::mib(stream.rss_hwm),
+        ));
+    }
+    if let Some(open) = &results.open {
+        notes.push(format!(
+            "open: MiniStoreOptions::open with the server's options (64 MiB segments, 16 kept), median of 3; journal built with append_json in {:.1} s; the active segment ({}) is scanned and each line JSON-validated by open; \"page cache evicted\" = posix_fadvise(DONTNEED) on each file before each open",
+            open.fill.as_secs_f64(),
+            table::mib(open.active_bytes)
+        ));
+    }
+    notes
+}
+
+fn progress(what: &str) {
+    eprintln!("ministore-bench: {what}...");
+}
+
+/// `/proc/loadavg`'s three averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// CPUs and model, as far as /proc/cpuinfo tells.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs ({model})")
 }
 
 /// The name of the file system holding `path`, as far as we can tell.

@@ -22,16 +22,25 @@ pub struct Measurement {
     pub name: String,
     /// Records made durable.
     pub records: u64,
+    /// Calls made.
+    pub calls: u64,
     /// Wall time of the whole run.
     pub elapsed: Duration,
     /// Median time of one call.
     pub p50: Duration,
+    /// 99th percentile time of one call.
+    pub p99: Duration,
 }
 
 impl Measurement {
     /// Durable records per second.
     pub fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Calls per second.
+    pub fn calls_per_sec(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
     }
 
     fn new(
@@ -41,14 +50,17 @@ impl Measurement {
         mut latencies: Vec<Duration>,
     ) -> Self {
         latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).copied().unwrap_or_default()
+        };
         Measurement {
             name: name.to_string(),
             records: latencies.len() as u64 * records_per_call,
+            calls: latencies.len() as u64,
             elapsed,
-            p50: latencies
-                .get(latencies.len() / 2)
-                .copied()
-                .unwrap_or_default(),
+            p50: at(0.50),
+            p99: at(0.99),
         }
     }
 }

@@ -54,6 +54,23 @@ impl Table {
         }
         out
     }
+
+    /// The table as Markdown (figures right-aligned), for the README.
+    pub fn render_markdown(&self) -> String {
+        let line = |row: &[String]| {
+            let cells: Vec<&str> = row.iter().map(|c| c.as_str()).collect();
+            format!("| {} |\n", cells.join(" | "))
+        };
+        let mut out = line(&self.header);
+        let rule: Vec<&str> = (0..self.header.len())
+            .map(|i| if i == 0 { "---" } else { "---:" })
+            .collect();
+        out.push_str(&format!("|{}|\n", rule.join("|")));
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
 }
 
 /// A rate with thousands separators: `12345.6` -> `"12,346"`.
@@ -69,12 +86,20 @@ pub fn rate(per_second: f64) -> String {
     out
 }
 
-/// A duration in the unit that keeps it readable: `µs` below a millisecond, else `ms`.
+/// A duration in the unit that keeps it readable: `µs` below a millisecond, `ms` below
+/// a second, else `s`.
 pub fn duration(d: std::time::Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;
     if micros < 1000.0 {
         format!("{micros:.0} µs")
-    } else {
+    } else if micros < 1e6 {
         format!("{:.2} ms", micros / 1000.0)
+    } else {
+        format!("{:.2} s", micros / 1e6)
     }
+}
+
+/// Bytes in MiB: `"61.9 MiB"`.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -1,0 +1,106 @@
+//! The no-op ceiling: a `ministore.v1.Journal` server whose Append and AppendBatch answer at
+//! once, served by tonic with the settings `ministore_server::Server::run` uses. What the
+//! real server gets beyond this is the cost of validating, queueing and fsyncing; what this
+//! gets at all is the cost of gRPC, HTTP/2 and loopback TCP on this machine.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ministore::proto::journal_server::{Journal, JournalServer};
+use ministore::proto::{
+    AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
+    InfoResponse, Record, ReplayRequest, ReplayResponse, StreamRequest,
+};
+use tokio::net::TcpListener;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+/// Answers appends with made-up sequence numbers and touches nothing else.
+#[derive(Debug, Default)]
+struct NoopJournal {
+    next_seq: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl Journal for NoopJournal {
+    async fn append(
+        &self,
+        _request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Response::new(AppendResponse { seq }))
+    }
+
+    async fn append_batch(
+        &self,
+        request: Request<AppendBatchRequest>,
+    ) -> Result<Response<AppendBatchResponse>, Status> {
+        let n = request.get_ref().payloads.len() as u64;
+        let first_seq = self.next_seq.fetch_add(n, Ordering::Relaxed) + 1;
+        Ok(Response::new(AppendBatchResponse {
+            first_seq,
+            last_seq: first_seq + n - 1,
+        }))
+    }
+
+    async fn replay(
+        &self,
+        _request: Request<ReplayRequest>,
+    ) -> Result<Response<ReplayResponse>, Status> {
+        Err(Status::unimplemented("the no-op server only appends"))
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<Record, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        _request: Request<StreamRequest>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        Err(Status::unimplemented("the no-op server only appends"))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented("the no-op server only appends"))
+    }
+}
+
+/// Serves the no-op journal on a fresh `127.0.0.1:0` listener until `shutdown` resolves.
+/// Returns the address and the serving task.
+pub async fn spawn(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    // The transport settings of `ministore_server::Server::run` (which does not expose its
+    // builder), from the server's default configuration: message limits, TCP_NODELAY, the
+    // per-request deadline, HTTP/2 keepalive, an interceptor in front of the service (the
+    // server's token check, which passes every request when no token file is given), and
+    // connections from a TcpListenerStream. Not copied: the response layer that rewrites
+    // an oversize status (two header lookups per response).
+    let config = ministore_server::Config::with_data_dir(".");
+    let service = JournalServer::new(NoopJournal::default())
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(16 << 20));
+    let service = InterceptedService::new(service, |request: Request<()>| Ok(request));
+    let builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(config.request_timeout_seconds))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    let task = tokio::spawn(async move {
+        let mut builder = builder;
+        let served = builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        if let Err(e) = served {
+            eprintln!("no-op server failed: {e}");
+        }
+    });
+    Ok((addr, task))
+}

@@ -1,0 +1,305 @@
+//! The one table: every figure measured in this run, the ratios between them, and the
+//! targets of issue #6 beside the figures they judge.
+
+use std::time::Duration;
+
+use crate::grpc_bench::{BATCH, BATCH_CALLERS, Load, ServerLoads};
+use crate::open_bench::OpenResults;
+use crate::store_bench::Measurement;
+use crate::stream_bench::StreamResults;
+use crate::table::{self, Table};
+
+/// Everything one run measured; a section left out with `--only` is `None`.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// Raw write+fdatasync, `MiniStore::append`, `append_batch`.
+    pub store: Option<Vec<Measurement>>,
+    /// The no-op server, one entry per caller count.
+    pub noop: Option<Vec<Load>>,
+    /// The real server.
+    pub server: Option<ServerLoads>,
+    /// Stream, RSS, first record.
+    pub stream: Option<StreamResults>,
+    /// Open time.
+    pub open: Option<OpenResults>,
+}
+
+/// Stream target: records per second.
+const STREAM_RATE: f64 = 300_000.0;
+/// Server RSS target while streaming.
+const RSS_MAX: u64 = 100 << 20;
+/// First record from the middle.
+const FIRST_RECORD_MAX: Duration = Duration::from_millis(10);
+/// "Well under 1 s" for opening ~1 GiB, taken as half of it.
+const OPEN_MAX: Duration = Duration::from_millis(500);
+
+const HEADER: [&str; 8] = [
+    "measurement",
+    "calls/s",
+    "records/s",
+    "p50",
+    "p99",
+    "measured",
+    "target (issue #6)",
+    "result",
+];
+
+/// One row under construction.
+#[derive(Default)]
+struct Row {
+    name: String,
+    calls: Option<f64>,
+    records: Option<f64>,
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    measured: String,
+    target: String,
+    result: String,
+}
+
+impl Row {
+    fn named(name: impl Into<String>) -> Row {
+        Row {
+            name: name.into(),
+            ..Row::default()
+        }
+    }
+
+    fn load(name: impl Into<String>, load: &Load) -> Row {
+        Row {
+            calls: Some(load.calls_per_sec()),
+            records: Some(load.records_per_sec()),
+            p50: Some(load.p50),
+            p99: Some(load.p99),
+            ..Row::named(name)
+        }
+    }
+
+    fn measured(mut self, measured: impl Into<String>) -> Row {
+        self.measured = measured.into();
+        self
+    }
+
+    /// Sets the target and the verdict: PASS, MISS, or `-` when the figure is missing.
+    fn target(mut self, target: impl Into<String>, pass: Option<bool>) -> Row {
+        self.target = target.into();
+        self.result = match pass {
+            Some(true) => "PASS".into(),
+            Some(false) => "MISS".into(),
+            None => "-".into(),
+        };
+        self
+    }
+
+    fn cells(&self) -> [String; 8] {
+        let opt_rate = |r: Option<f64>| r.map(table::rate).unwrap_or_default();
+        let opt_time = |d: Option<Duration>| d.map(table::duration).unwrap_or_default();
+        [
+            self.name.clone(),
+            opt_rate(self.calls),
+            opt_rate(self.records),
+            opt_time(self.p50),
+            opt_time(self.p99),
+            self.measured.clone(),
+            self.target.clone(),
+            self.result.clone(),
+        ]
+    }
+}
+
+fn ratio(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.1}x")
+    } else {
+        format!("{x:.2}x")
+    }
+}
+
+fn callers(n: usize) -> String {
+    if n == 1 {
+        "1 caller".into()
+    } else {
+        format!("{n} callers")
+    }
+}
+
+/// The table of `results`; `quick` marks sizes that are smaller than the targets assume.
+pub fn table(results: &Results, quick: bool) -> Table {
+    let mut rows = Vec::new();
+    let raw = results.store.as_ref().map(|s| &s[0]);
+
+    if let Some(store) = &results.store {
+        let raw_rate = store[0].records_per_sec();
+        for m in store {
+            rows.push(
+                Row {
+                    calls: Some(m.calls_per_sec()),
+                    records: Some(m.records_per_sec()),
+                    p50: Some(m.p50),
+                    p99: Some(m.p99),
+                    ..Row::named(m.name.clone())
+                }
+                .measured(format!("{} raw", ratio(m.records_per_sec() / raw_rate))),
+            );
+        }
+    }
+
+    let noop_at = |n: usize| {
+        results
+            .noop
+            .as_ref()
+            .and_then(|loads| loads.iter().find(|l| l.callers == n))
+    };
+    if let Some(noop) = &results.noop {
+        for load in noop {
+            let mut row = Row::load(format!("no-op Append, {}", callers(load.callers)), load);
+            if let Some(raw) = raw {
+                row = row.measured(format!(
+                    "{} raw",
+                    ratio(load.calls_per_sec() / raw.records_per_sec())
+                ));
+            }
+            rows.push(row);
+        }
+    }
+
+    if let Some(server) = &results.server {
+        for load in &server.appends {
+            let name = format!("server Append, {}", callers(load.callers));
+            let noop = noop_at(load.callers);
+            let vs_noop = noop.map(|n| load.calls_per_sec() / n.calls_per_sec());
+            let row = Row::load(name, load).measured(match vs_noop {
+                Some(r) => format!("{} no-op", ratio(r)),
+                None => "n/a (no no-op run)".into(),
+            });
+            if load.callers == 1 {
+                // p50 of one durable call against the disk's p50 plus the transport's.
+                let floor = raw.zip(noop).map(|(raw, noop)| raw.p50 + noop.p50);
+                let (measured, pass) = match floor {
+                    Some(floor) => {
+                        let r = load.p50.as_secs_f64() / floor.as_secs_f64();
+                        (
+                            format!("{} (raw+no-op)", ratio(r)),
+                            Some(load.p50.as_secs_f64() <= floor.as_secs_f64() * 1.2),
+                        )
+                    }
+                    None => ("n/a".into(), None),
+                };
+                let floor_text = floor.map_or(String::new(), |f| {
+                    format!(" = {}", table::duration(f.mul_f64(1.2)))
+                });
+                rows.push(row);
+                rows.push(
+                    Row::named("  p50 vs raw p50 + no-op p50")
+                        .measured(measured)
+                        .target(format!("<= 1.20x{floor_text}"), pass),
+                );
+                continue;
+            }
+            if load.callers == 64 {
+                rows.push(row.target(">= 0.80x no-op", vs_noop.map(|r| r >= 0.8)));
+                let vs_raw = raw.map(|raw| load.calls_per_sec() / raw.records_per_sec());
+                rows.push(
+                    Row::named("  calls/s vs raw fdatasync rate")
+                        .measured(vs_raw.map_or("n/a".into(), |r| format!("{} raw", ratio(r))))
+                        .target(">= 10x raw", vs_raw.map(|r| r >= 10.0)),
+                );
+                continue;
+            }
+            rows.push(row);
+        }
+        let single = server.appends.iter().find(|l| l.callers == BATCH_CALLERS);
+        let vs_single = single.map(|s| server.batch.records_per_sec() / s.records_per_sec());
+        rows.push(
+            Row::load(
+                format!("server AppendBatch({BATCH}), {}", callers(BATCH_CALLERS)),
+                &server.batch,
+            )
+            .measured(vs_single.map_or("n/a".into(), |r| format!("{} Append rec/s", ratio(r))))
+            .target(">= 5x Append records/s", vs_single.map(|r| r >= 5.0)),
+        );
+    }
+
+    if let Some(stream) = &results.stream {
+        let size = if quick { " (quick)" } else { "" };
+        let rate = stream.client.records_per_sec();
+        rows.push(
+            Row {
+                records: Some(rate),
+                ..Row::named(format!(
+                    "Stream {} rec ({}), Client::stream{size}",
+                    table::rate(stream.records as f64),
+                    table::mib(stream.bytes)
+                ))
+            }
+            .measured(format!("{}/s", table::rate(rate)))
+            .target(">= 300,000/s", Some(rate >= STREAM_RATE)),
+        );
+        rows.push(
+            Row {
+                records: Some(stream.raw.records_per_sec()),
+                ..Row::named("  same, raw stub")
+            }
+            .measured(format!("{}/s", table::rate(stream.raw.records_per_sec()))),
+        );
+        rows.push(
+            Row::named("  server RSS while streaming")
+                .measured(format!(
+                    "{} (+{})",
+                    table::mib(stream.rss_peak),
+                    table::mib(stream.rss_peak.saturating_sub(stream.rss_before))
+                ))
+                .target("< 100 MiB", Some(stream.rss_peak < RSS_MAX)),
+        );
+        rows.push(
+            Row {
+                p50: Some(stream.first_warm),
+                ..Row::named(format!(
+                    "  first record from seq {} (warm){size}",
+                    table::rate(stream.from_seq as f64)
+                ))
+            }
+            .measured(table::duration(stream.first_warm))
+            .target("<= 10 ms", Some(stream.first_warm <= FIRST_RECORD_MAX)),
+        );
+        if let Some(cold) = stream.first_cold {
+            rows.push(
+                Row::named("  first record, page cache evicted")
+                    .measured(table::duration(cold))
+                    .target("<= 10 ms", Some(cold <= FIRST_RECORD_MAX)),
+            );
+        }
+    }
+
+    if let Some(open) = &results.open {
+        let size = if quick { " (quick)" } else { "" };
+        rows.push(
+            Row {
+                p50: Some(open.warm),
+                ..Row::named(format!(
+                    "open {}, {} segments (warm){size}",
+                    table::mib(open.bytes),
+                    open.segments,
+                ))
+            }
+            .measured(table::duration(open.warm))
+            .target("< 1 s, well under (<= 500 ms)", Some(open.warm <= OPEN_MAX)),
+        );
+        if let Some(cold) = open.cold {
+            rows.push(
+                Row {
+                    p50: Some(cold),
+                    ..Row::named("  open, page cache evicted")
+                }
+                .measured(table::duration(cold))
+                .target("< 1 s, well under (<= 500 ms)", Some(cold <= OPEN_MAX)),
+            );
+        }
+    }
+
+    let mut table = Table::new(HEADER);
+    for row in rows {
+        table.row(row.cells());
+    }
+    table
+}
