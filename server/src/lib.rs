@@ -68,15 +68,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Takes the data directory (refusing one another server holds), then binds
-    /// `config.listen`.
+    /// Binds `config.listen`, then takes the data directory (refusing one another server
+    /// holds) and reads the TLS and token files: everything that can fail at startup fails
+    /// here, before the caller announces the server.
     ///
     /// # Errors
-    /// [`ServerError::DataDirLocked`], or [`ServerError::Startup`] naming the directory or
-    /// address that failed.
+    /// [`ServerError::DataDirLocked`], or [`ServerError::Startup`] naming the directory,
+    /// file or address that failed.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let lock = lock_data_dir(&config.data_dir)?;
-        let (auth, tls) = load_security(&config)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -85,13 +84,7 @@ impl Server {
                     path: config.listen.to_string(),
                     source: Arc::new(e),
                 })?;
-        Ok(Server {
-            config,
-            listener,
-            auth,
-            tls,
-            _data_dir_lock: lock,
-        })
+        Server::from_listener(config, listener)
     }
 
     /// Takes the data directory and serves on an already bound `listener` (tests bind
