@@ -18,7 +18,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::auth::{Right, grant_of};
+use crate::auth::{Grant, Right, grant_of};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals, validate_name};
 use crate::limits::{StreamLimits, StreamPermit};
@@ -162,8 +162,7 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let req = request.into_inner();
         traced("Append", &req.journal, async {
-            let name = validate_name(&req.journal)?;
-            grant.check(Right::Append, name)?;
+            let name = authorize(&grant, &req.journal, Right::Append)?;
             let line = match &req.record {
                 Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
                 Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
@@ -188,8 +187,7 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let req = request.into_inner();
         traced("AppendBatch", &req.journal, async {
-            let name = validate_name(&req.journal)?;
-            grant.check(Right::Append, name)?;
+            let name = authorize(&grant, &req.journal, Right::Append)?;
             let lines = match (req.payloads.is_empty(), req.values.is_empty()) {
                 (false, false) => {
                     return Err(ServerError::InvalidArgument(
@@ -232,8 +230,7 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let req = request.into_inner();
         traced("Replay", &req.journal, async {
-            let name = validate_name(&req.journal)?;
-            grant.check(Right::Read, name)?;
+            let name = authorize(&grant, &req.journal, Right::Read)?;
             let format = format_of(req.format)?;
             let limit = match req.limit {
                 0 => DEFAULT_PAGE,
@@ -285,8 +282,7 @@ impl JournalRpc for JournalService {
         let peer = request.remote_addr();
         let req = request.into_inner();
         let (journal, permit) = traced("Stream", &req.journal, async {
-            let name = validate_name(&req.journal)?;
-            grant.check(Right::Read, name)?;
+            let name = authorize(&grant, &req.journal, Right::Read)?;
             format_of(req.format)?;
             let permit = self.streams.acquire(peer)?;
             Ok((self.open_for_read(name, req.from_seq).await?, permit))
@@ -314,8 +310,7 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let req = request.into_inner();
         traced("Info", &req.journal, async {
-            let name = validate_name(&req.journal)?;
-            grant.check(Right::Read, name)?;
+            let name = authorize(&grant, &req.journal, Right::Read)?;
             let durable = self.journals.get(name, false).await?.durable();
             Ok(Response::new(InfoResponse {
                 first_seq: durable.first_seq,
@@ -325,6 +320,13 @@ impl JournalRpc for JournalService {
         })
         .await
     }
+}
+
+/// The validated journal name, if `grant` allows `right` on it.
+fn authorize<'a>(grant: &Grant, journal: &'a str, right: Right) -> Result<&'a str, ServerError> {
+    let name = validate_name(journal)?;
+    grant.check(right, name)?;
+    Ok(name)
 }
 
 fn at_index(i: usize, err: ServerError) -> ServerError {
