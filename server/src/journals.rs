@@ -65,7 +65,10 @@ pub struct Journals {
     data_dir: PathBuf,
     max_open: usize,
     options: MiniStoreOptions,
-    open: Mutex<HashMap<String, Arc<Journal>>>,
+    /// Looked up by every RPC: a read lock, never held across an await.
+    open: std::sync::RwLock<HashMap<String, Arc<Journal>>>,
+    /// Serializes opening (and shutting down), which awaits the store's open.
+    opening: Mutex<()>,
     shutting_down: AtomicBool,
     /// Tells every writer to stop taking new appends, commit what is queued, and exit.
     stop_writers: watch::Sender<bool>,
@@ -94,7 +97,8 @@ impl Journals {
             data_dir: data_dir.into(),
             max_open: usize::MAX,
             options,
-            open: Mutex::new(HashMap::new()),
+            open: std::sync::RwLock::new(HashMap::new()),
+            opening: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             stop_writers: watch::channel(false).0,
             writers: Mutex::new(Vec::new()),
@@ -113,15 +117,21 @@ impl Journals {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(ServerError::ShuttingDown);
         }
-        let mut open = self.open.lock().await;
-        if let Some(journal) = open.get(name) {
-            return Ok(journal.clone());
+        if let Some(journal) = self.lookup(name) {
+            return Ok(journal);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(journal) = self.lookup(name) {
+            return Ok(journal); // opened while we waited
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServerError::ShuttingDown);
         }
         let dir = self.data_dir.join(name);
         if !create && !dir.is_dir() {
             return Err(ServerError::JournalNotFound(name.to_owned()));
         }
-        if open.len() >= self.max_open {
+        if self.open.read().expect("journals lock").len() >= self.max_open {
             return Err(ServerError::LimitReached(format!(
                 "{} journals are open, the most this server allows (--max-journals)",
                 self.max_open
@@ -154,8 +164,15 @@ impl Journals {
         ));
         self.writers.lock().await.push(writer);
         tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
-        open.insert(name.to_owned(), journal.clone());
+        self.open
+            .write()
+            .expect("journals lock")
+            .insert(name.to_owned(), journal.clone());
         Ok(journal)
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<Journal>> {
+        self.open.read().expect("journals lock").get(name).cloned()
     }
 
     /// Refuses a journal directory, or a file in it, that resolves outside the data
@@ -191,15 +208,15 @@ impl Journals {
     /// Returns when all writers have finished (their journals are closed and unlocked).
     pub async fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        // Holding the map's lock keeps `get` from opening a journal behind our back.
-        let mut open = self.open.lock().await;
+        // Holding the opening lock keeps `get` from opening a journal behind our back.
+        let _opening = self.opening.lock().await;
         self.stop_writers.send_replace(true);
         for writer in self.writers.lock().await.drain(..) {
             if let Err(e) = writer.await {
                 tracing::error!(error = %e, "journal writer task failed");
             }
         }
-        open.clear();
+        self.open.write().expect("journals lock").clear();
     }
 
     /// Whether [`shut_down`](Self::shut_down) has begun.
