@@ -19,6 +19,8 @@ use crate::{MiniStoreError, Result};
 
 /// Bytes read from a segment at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read at a time while skipping to a start position.
+const SKIP_CHUNK: usize = 1024 * 1024;
 
 /// One record read back: its sequence number and its JSON line (without the newline).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,8 +261,8 @@ impl Cursor {
         }
     }
 
-    /// Opens the segment holding `next_seq` and skips to it. `false`: the journal has no
-    /// files yet.
+    /// Opens the segment holding `next_seq` and skips to it. `false`: nothing to read yet
+    /// (no files, or `next_seq` is past the end).
     fn position(&mut self, durable: Option<Durable>) -> Result<bool> {
         // A rotation between listing and opening can hand us a different file under the
         // active name; the header tells, and a second look finds the right one.
@@ -293,10 +295,11 @@ impl Cursor {
             let cap = durable
                 .filter(|d| d.active_first_seq == open.first_seq)
                 .map(|d| d.active_len);
-            for _ in open.first_seq..self.next_seq {
-                if open.next_line(cap)?.is_none() {
-                    break; // the reader waits here for the records it asked for
-                }
+            let wanted = self.next_seq - open.first_seq;
+            if open.skip_lines(wanted, cap)? < wanted {
+                // The target is past the end of the journal: nothing to read until it
+                // exists. Position again then, so every record returned has its true seq.
+                return Ok(false);
             }
             self.started = true;
             self.recent.push((open.first_seq, open.path.clone()));
@@ -353,29 +356,69 @@ impl OpenSegment {
                 self.line += 1;
                 return Ok(Some(line));
             }
-            let end = cap.unwrap_or(u64::MAX);
-            if self.pos >= end {
+            if !self.fill(cap, READ_CHUNK)? {
                 return Ok(None);
             }
-            self.buf.drain(..self.start);
-            self.start = 0;
-            let have = self.buf.len();
-            let want = READ_CHUNK.min((end - self.pos).min(usize::MAX as u64) as usize);
-            self.buf.resize(have + want, 0);
-            let n = match self.file.read_at(&mut self.buf[have..], self.pos) {
-                Ok(n) => n,
-                Err(e) => {
-                    // Drop the zeros we made room with, or a retry would read them as data.
-                    self.buf.truncate(have);
-                    return Err(MiniStoreError::io("reading", &self.path, e));
-                }
-            };
-            self.buf.truncate(have + n);
-            if n == 0 {
-                return Ok(None);
-            }
-            self.pos += n as u64;
         }
+    }
+
+    /// Skips `n` complete lines without copying them out, counting line breaks a large
+    /// chunk at a time: positioning in the middle of a 64 MiB segment costs a few
+    /// milliseconds, not a line-by-line scan. Returns how many were skipped (fewer at the
+    /// end of what is readable).
+    fn skip_lines(&mut self, n: u64, cap: Option<u64>) -> Result<u64> {
+        let mut left = n;
+        while left > 0 {
+            let unread = &self.buf[self.start..];
+            let breaks = unread.iter().filter(|&&b| b == b'\n').count() as u64;
+            if breaks >= left {
+                let mut seen = 0;
+                let at = unread
+                    .iter()
+                    .position(|&b| {
+                        seen += u64::from(b == b'\n');
+                        seen == left
+                    })
+                    .expect("counted enough line breaks");
+                self.start += at + 1;
+                self.line += left;
+                return Ok(n);
+            }
+            if let Some(last) = unread.iter().rposition(|&b| b == b'\n') {
+                self.start += last + 1;
+            }
+            self.line += breaks;
+            left -= breaks;
+            if !self.fill(cap, SKIP_CHUNK)? {
+                break;
+            }
+        }
+        Ok(n - left)
+    }
+
+    /// Reads up to `chunk` more bytes after the buffered ones, never past `cap`. `false`
+    /// at the end of what is readable.
+    fn fill(&mut self, cap: Option<u64>, chunk: usize) -> Result<bool> {
+        let end = cap.unwrap_or(u64::MAX);
+        if self.pos >= end {
+            return Ok(false);
+        }
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let have = self.buf.len();
+        let want = chunk.min((end - self.pos).min(usize::MAX as u64) as usize);
+        self.buf.resize(have + want, 0);
+        let n = match self.file.read_at(&mut self.buf[have..], self.pos) {
+            Ok(n) => n,
+            Err(e) => {
+                // Drop the zeros we made room with, or a retry would read them as data.
+                self.buf.truncate(have);
+                return Err(MiniStoreError::io("reading", &self.path, e));
+            }
+        };
+        self.buf.truncate(have + n);
+        self.pos += n as u64;
+        Ok(n > 0)
     }
 }
 
@@ -497,5 +540,34 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_next_record(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::MiniStore;
+
+    #[tokio::test]
+    async fn a_reader_starts_exactly_at_its_seq_across_skip_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut store = MiniStore::open(&path).await.unwrap();
+        // ~3 MB in one segment: skipping crosses several 1 MiB chunks.
+        let records: Vec<u64> = (1..=300_000).collect();
+        store.append_batch(&records).await.unwrap();
+        for from in [1, 2, 99_999, 150_001, 299_999, 300_000] {
+            let mut reader = MiniStore::read_from(&path, from);
+            let batch = reader.next_batch(2).await.unwrap();
+            assert_eq!(batch[0].seq, from);
+            assert_eq!(batch[0].json, from.to_string());
+        }
+        // Past the end: nothing, until the asked-for record exists.
+        let mut reader = MiniStore::read_from(&path, 300_002);
+        assert!(reader.next_batch(1).await.unwrap().is_empty());
+        store.append(&300_001u64).await.unwrap();
+        assert!(reader.next_batch(1).await.unwrap().is_empty());
+        store.append(&300_002u64).await.unwrap();
+        let batch = reader.next_batch(1).await.unwrap();
+        assert_eq!((batch[0].seq, batch[0].json.as_str()), (300_002, "300002"));
     }
 }
