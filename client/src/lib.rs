@@ -299,6 +299,16 @@ impl Client {
     /// [`ClientError::Encode`] if `record` does not serialize; [`ClientError::Rpc`] with the
     /// server's status otherwise (e.g. `INVALID_ARGUMENT` for a bad journal name,
     /// `RESOURCE_EXHAUSTED` for an oversize record or a full disk).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let seq = client.append("orders", &serde_json::json!({"id": 1})).await?;
+    /// println!("stored as record {seq}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn append<T: Serialize + ?Sized>(
         &self,
         journal: &str,
@@ -314,6 +324,16 @@ impl Client {
 
     /// Appends `records` atomically (one fsync, all or none) and returns their sequence
     /// numbers.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let seqs = client.append_batch("orders", &[1, 2, 3]).await?;
+    /// assert_eq!(seqs.end() - seqs.start(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn append_batch<T: Serialize>(
         &self,
         journal: &str,
@@ -334,6 +354,20 @@ impl Client {
     }
 
     /// One page of records from `from_seq` (at most `limit`; 0 means the server's default).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let mut next = 1;
+    /// loop {
+    ///     let page = client.replay_page::<serde_json::Value>("orders", next, 500).await?;
+    ///     if page.records.is_empty() { break; }
+    ///     next = page.next_seq;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn replay_page<T: DeserializeOwned>(
         &self,
         journal: &str,
@@ -361,6 +395,15 @@ impl Client {
 
     /// Every record of `journal` from `from_seq` (0 or 1: from the oldest retained) up to
     /// the end as it was when the call started, fetching as many pages as needed.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let all: Vec<(u64, serde_json::Value)> = client.replay("orders", 1).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn replay<T: DeserializeOwned>(
         &self,
         journal: &str,
@@ -387,6 +430,20 @@ impl Client {
     /// Without `follow` it ends at the end of the journal.
     ///
     /// Dropping the stream cancels it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// use tokio_stream::StreamExt;
+    /// let mut tail = client.stream::<serde_json::Value>("orders", 1, true);
+    /// while let Some(record) = tail.next().await {
+    ///     let (seq, value) = record?;
+    ///     println!("{seq}: {value}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stream<T: DeserializeOwned>(
         &self,
         journal: &str,
@@ -397,6 +454,16 @@ impl Client {
     }
 
     /// The retained range of `journal`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let info = client.info("orders").await?;
+    /// println!("records {}..={}", info.first_seq, info.last_seq);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn info(&self, journal: &str) -> Result<JournalInfo, ClientError> {
         let reply = self
             .rpc
