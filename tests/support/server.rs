@@ -180,22 +180,44 @@ impl ServerProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<ServerProcess, String> {
+        ServerProcess::try_start_with(data_dir, args, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// Like [`start`](Self::start), with `setup` applied to the command before it is
+    /// spawned: e.g. a `pre_exec` hook that sets a resource limit in the child alone.
+    pub fn start_with(
+        data_dir: &Path,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
+        ServerProcess::try_start_with(data_dir, args, setup).expect("server did not start")
+    }
+
+    /// Like [`start_with`](Self::start_with), but returns the server's stderr if it exits
+    /// instead.
+    pub fn try_start_with(
+        data_dir: &Path,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<ServerProcess, String> {
         let listen: &[&str] = if args.contains(&"--listen") {
             &[]
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let mut child = Command::new(server_binary())
-            .envs(env.iter().copied())
+        let mut command = Command::new(server_binary());
+        command
             .args(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ministore-server");
+            .stderr(Stdio::piped());
+        setup(&mut command);
+        let mut child = command.spawn().expect("spawn ministore-server");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
