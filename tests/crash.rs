@@ -46,7 +46,8 @@ impl Rng {
     }
 }
 
-/// `MINISTORE_CRASH_SEED` if set (to replay a failure), else a fresh seed.
+/// `MINISTORE_CRASH_SEED` if set, else a fresh seed. The seed fixes the kill points (after
+/// how many acknowledged appends) and the batch sizes; the interleaving is up to the OS.
 fn seed() -> u64 {
     match std::env::var("MINISTORE_CRASH_SEED") {
         Ok(seed) => seed.parse().expect("MINISTORE_CRASH_SEED must be a number"),
@@ -134,7 +135,7 @@ async fn write_until_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_never_loses_an_acknowledged_record() {
     let seed = seed();
-    println!("seed {seed} (MINISTORE_CRASH_SEED={seed} replays the same kill moments)");
+    println!("seed {seed} (MINISTORE_CRASH_SEED={seed} makes the same random choices)");
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
