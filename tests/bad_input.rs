@@ -280,8 +280,7 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
     let past_the_end = "from_seq 1502 is past the end of journal \"big\": its last record is 1500, so from_seq may be at most 1501";
     let bad_name = "use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with '.'";
     use Code::{
-        DataLoss, FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange,
-        ResourceExhausted,
+        DataLoss, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted,
     };
     #[rustfmt::skip]
     let rows = vec![
@@ -293,14 +292,14 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
         row("empty payload", append("alive", b""), InvalidArgument, &["payload is not valid JSON: EOF while parsing a value"]),
         row("no record", Call::Append(AppendRequest { journal: "alive".into(), record: None }), InvalidArgument, &["has no record: set `payload`"]),
         row("oversize payload", append("alive", &[b' '; 5000]), ResourceExhausted, &["5000 bytes", "limit of 4096 bytes (--max-payload-bytes)"]),
-        row("JSON nested 2000 deep (valid, stored as sent)", append("deep", deep.as_bytes()), Code::Ok, &["seq 1"]),
+        row("JSON nested 2000 deep (valid, but no format could show it)", append("deep", deep.as_bytes()), InvalidArgument, &["nested deeper than 128 levels"]),
         row("a NaN value", append_value(number(f64::NAN)), InvalidArgument, &["the number NaN, which JSON cannot represent"]),
-        row("a value nested 200 deep", append_value(nested(200)), Internal, &["failed to decode Protobuf message", "recursion limit reached"]),
+        row("a value nested 200 deep", append_value(nested(200)), InvalidArgument, &["failed to decode Protobuf message", "recursion limit reached"]),
         row("a bad record in a batch", batch(&[b"1", b"{", b"3"], vec![]), InvalidArgument, &["record 1 of the batch", "payload is not valid JSON: EOF while parsing an object at line 1 column 1"]),
         row("a batch of payloads and values", batch(&[b"1"], vec![number(2.0)]), InvalidArgument, &["sets both `payloads` and `values`; use one"]),
         row("an empty batch", batch(&[], vec![]), InvalidArgument, &["no records: set `payloads` or `values`"]),
         row("unknown fields from a newer client", Call::RawAppend(append_from_a_newer_client()), Code::Ok, &["seq {next}"]).adding(1),
-        row("bytes that are not protobuf", Call::RawAppend(vec![0xff; 16]), Internal, &["failed to decode Protobuf message"]),
+        row("bytes that are not protobuf", Call::RawAppend(vec![0xff; 16]), InvalidArgument, &["failed to decode Protobuf message"]),
         // Journal names: refused before anything touches the disk.
         row("name ..", append("..", b"1"), InvalidArgument, &["invalid journal name \"..\": starts with '.'", bad_name]),
         row("name .", append(".", b"1"), InvalidArgument, &["starts with '.'"]),
@@ -334,7 +333,6 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
         row("from_seq before the oldest retained", replay("retained", 1, 0), Code::Ok, &[&retained]),
         row("from_seq 0", replay("retained", 0, 0), Code::Ok, &[&retained]),
         row("Stream from before the oldest retained", stream("retained", 1), Code::Ok, &[&retained]),
-        row("Replay of the deep record", replay("deep", 1, 0), Code::Ok, &["1 records from seq Some(1)"]),
         row("unknown record format in Replay", Call::Replay(ReplayRequest { journal: "big".into(), from_seq: 1, limit: 1, format: 7 }), InvalidArgument, &["unknown record format 7"]),
         row("unknown record format in Stream", Call::Stream(StreamRequest { journal: "big".into(), from_seq: 1, follow: false, format: 7 }), InvalidArgument, &["unknown record format 7"]),
         row("Replay of a journal never written", replay("missing", 0, 0), NotFound, &["journal \"missing\" does not exist; it is created by its first Append"]),
@@ -380,19 +378,11 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
         1,
         "{stored:?}"
     );
-    let page = client
-        .replay_page::<Box<serde_json::value::RawValue>>("deep", 1, 0)
-        .await
-        .unwrap();
-    assert_eq!(page.records[0].1.get(), deep);
     let journals: Vec<String> = file_names(data)
         .into_iter()
         .filter(|f| !f.starts_with('.'))
         .collect();
-    assert_eq!(
-        journals,
-        ["alive", "big", "broken", "deep", "notes", "retained"]
-    );
+    assert_eq!(journals, ["alive", "big", "broken", "notes", "retained"]);
     assert_eq!(
         std::fs::read_to_string(data.join("broken/journal.jsonl")).unwrap(),
         format!("{}{BROKEN}", header(1))

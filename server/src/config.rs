@@ -144,13 +144,28 @@ impl Config {
 
     /// One line saying how much each journal keeps, for the startup log.
     pub fn retention_summary(&self) -> String {
-        let mib = self.max_bytes_per_segment as f64 / (1024.0 * 1024.0);
+        let segment = human_bytes(self.max_bytes_per_segment);
         match self.max_segments {
-            0 => format!("every segment is kept (segments rotate at {mib:.1} MiB)"),
+            0 => format!("every segment is kept (segments rotate at {segment})"),
             n => format!(
-                "each journal keeps at most {n} segments of {mib:.1} MiB (~{:.1} MiB); older records are deleted",
-                mib * n as f64
+                "each journal keeps at most {n} segments of {segment} (~{}); older records are deleted",
+                human_bytes(self.max_bytes_per_segment.saturating_mul(n as u64))
             ),
         }
     }
+}
+
+/// `1.0 MiB`, `512 KiB`, `200 B`: sizes as a person reads them.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }

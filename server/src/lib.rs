@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use ministore::proto::journal_server::JournalServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -188,13 +187,18 @@ impl Server {
         }
         let serving = builder
             .layer(tower::util::MapResponseLayer::new(
-                oversize_is_resource_exhausted::<tonic::body::Body>,
+                client_errors_keep_client_codes::<tonic::body::Body>,
             ))
             .add_service(InterceptedService::new(health_service, other_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1, other_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, other_auth))
             .add_service(InterceptedService::new(journal_server, journal_auth))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            // The builder's tcp_nodelay applies only to listeners it binds itself; without
+            // it, small replies wait for Nagle's algorithm (40 ms per Replay page).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            );
         let grace = std::time::Duration::from_secs(config.shutdown_grace_seconds);
         // A client that never lets its connection close (frozen, or hostile) must not keep
         // the server from stopping: after the grace period, its connection is dropped.
@@ -234,22 +238,26 @@ impl tonic::service::Interceptor for RequireToken {
     }
 }
 
-/// tonic refuses a message over the size limit with OUT_OF_RANGE; gRPC's status-code
-/// guide says RESOURCE_EXHAUSTED, and that is what clients retry or report correctly.
-fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+/// Corrects two codes tonic gives to the client's own mistakes, which it reports before
+/// our code runs: a message over the size limit is OUT_OF_RANGE there, and bytes that are
+/// not a valid protobuf message are INTERNAL. gRPC's status-code guide says
+/// RESOURCE_EXHAUSTED and INVALID_ARGUMENT, and INTERNAL must mean a bug of ours.
+fn client_errors_keep_client_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers();
-    let oversize = headers.get("grpc-status").is_some_and(|s| s == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| {
-                m.contains("message%20length%20too%20large")
-                    || m.contains("message length too large")
-            });
-    if oversize {
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ");
+    let corrected = match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
+        Some("11") if message.contains("message length too large") => Some("8"),
+        Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),
+        _ => None,
+    };
+    if let Some(code) = corrected {
         response
             .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+            .insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
 }

@@ -76,7 +76,9 @@ impl JournalService {
     /// A record given as JSON bytes: size-checked before it is parsed.
     fn line_from_payload(&self, journal: &str, payload: &[u8]) -> Result<JsonLine, ServerError> {
         self.check_size(payload.len())?;
-        JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))
+        let line = JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))?;
+        value::check_depth(line.as_bytes())?;
+        Ok(line)
     }
 
     /// A record given as a structured value.
@@ -130,7 +132,7 @@ fn to_wire(record: ministore::Record, format: RecordFormat) -> Result<Record, Se
         RecordFormat::Value => {
             record::Body::Value(value::from_json_text(&record.json).map_err(|e| {
                 ServerError::InvalidArgument(format!(
-                    "record {} cannot be shown as a value: {e}",
+                    "record {} cannot be shown as a value ({e}); read it with RECORD_FORMAT_PAYLOAD",
                     record.seq
                 ))
             })?)

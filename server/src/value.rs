@@ -11,6 +11,42 @@ use crate::error::ServerError;
 /// without a fraction (`1`, not `1.0`), as a person typing them expects.
 const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 
+/// Deepest nesting of arrays and objects accepted in a record: what serde_json (and so
+/// the `value` form of Replay and Stream) can decode, and what protobuf decoders allow.
+pub const MAX_DEPTH: usize = 128;
+
+/// Refuses valid JSON nested deeper than [`MAX_DEPTH`]: every stored record must be
+/// readable in every format.
+pub fn check_depth(json: &[u8]) -> Result<(), ServerError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "payload is nested deeper than {MAX_DEPTH} levels of arrays and objects"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The JSON value of a protobuf `Value`. An unset kind is `null`; NaN and infinities,
 /// which JSON cannot hold, are refused.
 pub fn to_json(value: &Value) -> Result<Json, ServerError> {
@@ -80,6 +116,16 @@ mod tests {
             kind: Some(Kind::NumberValue(0.5)),
         };
         assert_eq!(to_json(&v).unwrap().to_string(), "0.5");
+    }
+
+    #[test]
+    fn nesting_is_limited_outside_strings_only() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(check_depth(ok.as_bytes()).is_ok());
+        let deep = format!("[{ok}]");
+        assert!(check_depth(deep.as_bytes()).is_err());
+        let in_string = format!("[\"{}\\\"\"]", "[".repeat(500));
+        assert!(check_depth(in_string.as_bytes()).is_ok());
     }
 
     #[test]
