@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ministore_client::{Client, ClientError};
+use ministore::JsonLine;
+use ministore_client::Client;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -21,6 +22,8 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Callers counted for Append: one, some, many.
 pub const CALLERS: [usize; 3] = [1, 16, 64];
+/// Callers for Append with TCP_NODELAY in effect, the fix the server's sockets need.
+pub const NODELAY_CALLERS: [usize; 2] = [16, 64];
 /// Callers for AppendBatch.
 pub const BATCH_CALLERS: usize = 64;
 /// Records per AppendBatch call.
@@ -51,6 +54,8 @@ pub struct Load {
     pub p50: Duration,
     /// 99th percentile call latency.
     pub p99: Duration,
+    /// CPU time of this whole process (client, server, kernel on their behalf) per call.
+    pub cpu_per_call: Duration,
 }
 
 impl Load {
@@ -76,7 +81,7 @@ pub async fn drive<F, Fut>(
 ) -> Result<Load, BoxError>
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), ClientError>> + Send + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
 {
     let call = Arc::new(call);
     drive_once(callers, records_per_call, warmup, call.clone()).await?;
@@ -91,8 +96,9 @@ async fn drive_once<F, Fut>(
 ) -> Result<Load, BoxError>
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), ClientError>> + Send + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
 {
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..callers)
@@ -105,7 +111,7 @@ where
                     call().await?;
                     latencies.push(t.elapsed());
                 }
-                Ok::<_, ClientError>((latencies, Instant::now()))
+                Ok::<_, BoxError>((latencies, Instant::now()))
             })
         })
         .collect();
@@ -116,6 +122,7 @@ where
         all.extend(latencies);
         end = end.max(finished);
     }
+    let cpu = process_cpu().saturating_sub(cpu_before);
     all.sort_unstable();
     let at = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -129,25 +136,42 @@ where
         elapsed: end - start,
         p50: at(0.50),
         p99: at(0.99),
+        cpu_per_call: cpu / (all.len().max(1) as u32),
     })
 }
 
-/// Append of one record to `journal` at each of [`CALLERS`], through `client`.
+/// User plus system CPU time of this process so far, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes only into `usage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Append of one record at each of `callers_list`, through `client`, to a journal per
+/// caller count.
 pub async fn appends(
     client: &Client,
     journal_prefix: &str,
+    callers_list: &[usize],
     duration: Duration,
     warmup: Duration,
 ) -> Result<Vec<Load>, BoxError> {
     let record: Arc<RawValue> = Arc::from(record());
     let mut loads = Vec::new();
-    for callers in CALLERS {
+    for &callers in callers_list {
         let client = client.clone();
         let record = record.clone();
         let journal: Arc<str> = format!("{journal_prefix}-{callers}").into();
         let load = drive(callers, 1, duration, warmup, move || {
             let (client, record, journal) = (client.clone(), record.clone(), journal.clone());
-            async move { client.append(&journal, &*record).await.map(|_| ()) }
+            async move {
+                client.append(&journal, &*record).await?;
+                Ok(())
+            }
         })
         .await?;
         loads.push(load);
@@ -167,7 +191,10 @@ pub async fn batches(
     let journal: Arc<str> = journal.into();
     drive(BATCH_CALLERS, BATCH as u64, duration, warmup, move || {
         let (client, records, journal) = (client.clone(), records.clone(), journal.clone());
-        async move { client.append_batch(&journal, &records).await.map(|_| ()) }
+        async move {
+            client.append_batch(&journal, &records).await?;
+            Ok(())
+        }
     })
     .await
 }
@@ -180,20 +207,60 @@ pub async fn noop(duration: Duration, warmup: Duration) -> Result<Vec<Load>, Box
     })
     .await?;
     let client = Client::connect(addr.to_string()).await?;
-    let loads = appends(&client, "noop", duration, warmup).await;
+    let loads = appends(&client, "noop", &CALLERS, duration, warmup).await;
     drop(client);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(15), server).await??;
     loads
 }
 
-/// What the real server does: Append at 1, 16 and 64 callers, then AppendBatch at 64.
+/// What the real server does: Append at 1, 16 and 64 callers, then AppendBatch at 64; and
+/// its journal writer alone at 1 and 64 callers.
 #[derive(Debug)]
 pub struct ServerLoads {
     /// Append, one per entry of [`CALLERS`].
     pub appends: Vec<Load>,
     /// AppendBatch of [`BATCH`] at [`BATCH_CALLERS`].
     pub batch: Load,
+    /// Append at [`NODELAY_CALLERS`] with TCP_NODELAY in effect on the server's sockets.
+    pub nodelay: Vec<Load>,
+    /// `Journals::append` without gRPC, at 1 and [`BATCH_CALLERS`] callers.
+    pub writer: Vec<Load>,
+}
+
+/// The server's journal layer without gRPC: what an Append costs once the request is
+/// decoded. Each call validates the record (`JsonLine::from_slice`, as the service does)
+/// and awaits `Journal::append`: the queue to the journal's writer task, its group commit
+/// (write + fdatasync on the blocking pool), the reply. The difference to the Append rows
+/// is gRPC; the difference to `MiniStore::append` is the writer task's hand-offs.
+pub async fn writer(
+    data_dir: &Path,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<Vec<Load>, BoxError> {
+    let config = ministore_server::Config::with_data_dir(data_dir);
+    let journals = Arc::new(ministore_server::Journals::new(
+        data_dir,
+        config.store_options(),
+    ));
+    let text: Arc<[u8]> = Arc::from(record().get().as_bytes());
+    let mut loads = Vec::new();
+    for callers in [1, BATCH_CALLERS] {
+        let journal = journals.get(&format!("writer-{callers}"), true).await?;
+        let text = text.clone();
+        let load = drive(callers, 1, duration, warmup, move || {
+            let (journal, text) = (journal.clone(), text.clone());
+            async move {
+                let line = JsonLine::from_slice(&text)?;
+                journal.append(vec![line]).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        loads.push(load);
+    }
+    journals.shut_down().await;
+    Ok(loads)
 }
 
 /// The real server in this process (`Server::from_listener` on `127.0.0.1:0`, data in
@@ -203,7 +270,38 @@ pub async fn server(
     duration: Duration,
     warmup: Duration,
 ) -> Result<ServerLoads, BoxError> {
+    let (single, batch) = with_server(&data_dir.join("server"), false, async |client| {
+        let single = appends(client, "append", &CALLERS, duration, warmup).await?;
+        let batch = batches(client, "batch", duration, warmup).await?;
+        Ok((single, batch))
+    })
+    .await?;
+    let nodelay = with_server(&data_dir.join("nodelay"), true, async |client| {
+        appends(client, "append", &NODELAY_CALLERS, duration, warmup).await
+    })
+    .await?;
+    let writer = writer(&data_dir.join("writer"), duration, warmup).await?;
+    Ok(ServerLoads {
+        appends: single,
+        batch,
+        nodelay,
+        writer,
+    })
+}
+
+/// Runs `work` against the real server in this process, serving `data_dir` on a fresh
+/// `127.0.0.1:0` listener, then shuts the server down. With `nodelay`, TCP_NODELAY is set
+/// on the listening socket, which Linux copies to every accepted socket: the setting the
+/// server asks tonic for and does not get (see `crate::noop`).
+async fn with_server<T>(
+    data_dir: &Path,
+    nodelay: bool,
+    work: impl AsyncFnOnce(&Client) -> Result<T, BoxError>,
+) -> Result<T, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
+    if nodelay {
+        set_nodelay(&listener)?;
+    }
     let addr = listener.local_addr()?;
     let config = ministore_server::Config::with_data_dir(data_dir);
     let server = ministore_server::Server::from_listener(config, listener)?;
@@ -212,14 +310,29 @@ pub async fn server(
         let _ = stopped.await;
     }));
     let client = Client::connect(addr.to_string()).await?;
-    let measured = async {
-        let appends = appends(&client, "append", duration, warmup).await?;
-        let batch = batches(&client, "batch", duration, warmup).await?;
-        Ok::<_, BoxError>(ServerLoads { appends, batch })
-    }
-    .await;
+    let result = work(&client).await;
     drop(client);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), running).await???;
-    measured
+    result
+}
+
+/// Sets TCP_NODELAY on a listening socket; sockets it accepts inherit it (Linux).
+fn set_nodelay(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

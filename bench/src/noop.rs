@@ -16,8 +16,8 @@ use ministore::proto::{
 };
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// Answers appends with made-up sequence numbers and touches nothing else.
@@ -77,11 +77,16 @@ pub async fn spawn(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     // The transport settings of `ministore_server::Server::run` (which does not expose its
-    // builder), from the server's default configuration: message limits, TCP_NODELAY, the
-    // per-request deadline, HTTP/2 keepalive, an interceptor in front of the service (the
-    // server's token check, which passes every request when no token file is given), and
-    // connections from a TcpListenerStream. Not copied: the response layer that rewrites
-    // an oversize status (two header lookups per response).
+    // builder), from the server's default configuration: message limits, the per-request
+    // deadline, HTTP/2 keepalive, an interceptor in front of the service (the server's
+    // token check, which passes every request when no token file is given). Not copied:
+    // the response layer that rewrites an oversize status (two header lookups per
+    // response).
+    //
+    // TCP_NODELAY is set on each accepted socket through `TcpIncoming`, because
+    // `Server::builder().tcp_nodelay(true)` is ignored by `serve_with_incoming*` (tonic's
+    // docs say so), which is how the real server serves: its accepted sockets keep Nagle
+    // on. The ceiling is what the transport does when configured as the server intends.
     let config = ministore_server::Config::with_data_dir(".");
     let service = JournalServer::new(NoopJournal::default())
         .max_decoding_message_size(config.max_message_bytes)
@@ -92,11 +97,12 @@ pub async fn spawn(
         .timeout(Duration::from_secs(config.request_timeout_seconds))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
         let mut builder = builder;
         let served = builder
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = served {
             eprintln!("no-op server failed: {e}");

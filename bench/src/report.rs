@@ -33,12 +33,13 @@ const FIRST_RECORD_MAX: Duration = Duration::from_millis(10);
 /// "Well under 1 s" for opening ~1 GiB, taken as half of it.
 const OPEN_MAX: Duration = Duration::from_millis(500);
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "measurement",
     "calls/s",
     "records/s",
     "p50",
     "p99",
+    "CPU/call",
     "measured",
     "target (issue #6)",
     "result",
@@ -52,6 +53,7 @@ struct Row {
     records: Option<f64>,
     p50: Option<Duration>,
     p99: Option<Duration>,
+    cpu: Option<Duration>,
     measured: String,
     target: String,
     result: String,
@@ -71,6 +73,7 @@ impl Row {
             records: Some(load.records_per_sec()),
             p50: Some(load.p50),
             p99: Some(load.p99),
+            cpu: Some(load.cpu_per_call),
             ..Row::named(name)
         }
     }
@@ -91,7 +94,7 @@ impl Row {
         self
     }
 
-    fn cells(&self) -> [String; 8] {
+    fn cells(&self) -> [String; 9] {
         let opt_rate = |r: Option<f64>| r.map(table::rate).unwrap_or_default();
         let opt_time = |d: Option<Duration>| d.map(table::duration).unwrap_or_default();
         [
@@ -100,6 +103,7 @@ impl Row {
             opt_rate(self.records),
             opt_time(self.p50),
             opt_time(self.p99),
+            opt_time(self.cpu),
             self.measured.clone(),
             self.target.clone(),
             self.result.clone(),
@@ -208,6 +212,43 @@ pub fn table(results: &Results, quick: bool) -> Table {
             }
             rows.push(row);
         }
+        for load in &server.nodelay {
+            let noop = noop_at(load.callers);
+            let measured = match noop {
+                Some(n) => format!("{} no-op", ratio(load.calls_per_sec() / n.calls_per_sec())),
+                None => String::new(),
+            };
+            rows.push(
+                Row::load(
+                    format!("  with TCP_NODELAY in effect, {}", callers(load.callers)),
+                    load,
+                )
+                .measured(measured),
+            );
+        }
+        let store_append = results.store.as_ref().map(|s| &s[1]);
+        for load in &server.writer {
+            let measured = match (load.callers, store_append, raw) {
+                (1, Some(append), _) => format!(
+                    "p50 {:+.0} µs vs MiniStore::append",
+                    (load.p50.as_secs_f64() - append.p50.as_secs_f64()) * 1e6
+                ),
+                (_, _, Some(raw)) => {
+                    format!(
+                        "{} raw",
+                        ratio(load.calls_per_sec() / raw.records_per_sec())
+                    )
+                }
+                _ => String::new(),
+            };
+            rows.push(
+                Row::load(
+                    format!("  writer only, no gRPC, {}", callers(load.callers)),
+                    load,
+                )
+                .measured(measured),
+            );
+        }
         let single = server.appends.iter().find(|l| l.callers == BATCH_CALLERS);
         let vs_single = single.map(|s| server.batch.records_per_sec() / s.records_per_sec());
         rows.push(
@@ -261,6 +302,13 @@ pub fn table(results: &Results, quick: bool) -> Table {
             }
             .measured(table::duration(stream.first_warm))
             .target("<= 10 ms", Some(stream.first_warm <= FIRST_RECORD_MAX)),
+        );
+        rows.push(
+            Row {
+                p50: Some(stream.first_store),
+                ..Row::named("  same, store reader alone (no gRPC)")
+            }
+            .measured(table::duration(stream.first_store)),
         );
         if let Some(cold) = stream.first_cold {
             rows.push(

@@ -72,6 +72,9 @@ pub struct StreamResults {
     pub from_seq: u64,
     /// Time to the first record from `from_seq`, page cache warm (median).
     pub first_warm: Duration,
+    /// The same through the store library alone (`MiniStore::read_from(..).next_batch(1)`,
+    /// no gRPC), page cache warm (median).
+    pub first_store: Duration,
     /// Time to the first record from `from_seq` after the journal's pages were evicted.
     pub first_cold: Option<Duration>,
 }
@@ -130,6 +133,19 @@ pub async fn run(dir: &Path, records: u64) -> Result<StreamResults, BoxError> {
         tries.push(first_record(&client, from_seq).await?);
     }
     tries.sort_unstable();
+    let journal_path = journal_dir.join("journal.jsonl");
+    let mut store_tries = Vec::new();
+    for _ in 0..FIRST_RECORD_TRIES {
+        let started = Instant::now();
+        let batch = ministore::MiniStore::read_from(&journal_path, from_seq)
+            .next_batch(1)
+            .await?;
+        store_tries.push(started.elapsed());
+        if batch.first().map(|r| r.seq) != Some(from_seq) {
+            return Err(format!("the store reader did not start at {from_seq}").into());
+        }
+    }
+    store_tries.sort_unstable();
     let first_cold = match evict_page_cache(&journal_dir) {
         Ok(n) if n > 0 => Some(first_record(&client, from_seq).await?),
         _ => None,
@@ -149,6 +165,7 @@ pub async fn run(dir: &Path, records: u64) -> Result<StreamResults, BoxError> {
         rss_hwm,
         from_seq,
         first_warm: tries[tries.len() / 2],
+        first_store: store_tries[store_tries.len() / 2],
         first_cold,
     })
 }
