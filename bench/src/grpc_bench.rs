@@ -22,8 +22,6 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Callers counted for Append: one, some, many.
 pub const CALLERS: [usize; 3] = [1, 16, 64];
-/// Callers for Append with TCP_NODELAY in effect, the fix the server's sockets need.
-pub const NODELAY_CALLERS: [usize; 2] = [16, 64];
 /// Callers for AppendBatch.
 pub const BATCH_CALLERS: usize = 64;
 /// Records per AppendBatch call.
@@ -222,8 +220,6 @@ pub struct ServerLoads {
     pub appends: Vec<Load>,
     /// AppendBatch of [`BATCH`] at [`BATCH_CALLERS`].
     pub batch: Load,
-    /// Append at [`NODELAY_CALLERS`] with TCP_NODELAY in effect on the server's sockets.
-    pub nodelay: Vec<Load>,
     /// `Journals::append` without gRPC, at 1 and [`BATCH_CALLERS`] callers.
     pub writer: Vec<Load>,
 }
@@ -270,38 +266,27 @@ pub async fn server(
     duration: Duration,
     warmup: Duration,
 ) -> Result<ServerLoads, BoxError> {
-    let (single, batch) = with_server(&data_dir.join("server"), false, async |client| {
+    let (single, batch) = with_server(&data_dir.join("server"), async |client| {
         let single = appends(client, "append", &CALLERS, duration, warmup).await?;
         let batch = batches(client, "batch", duration, warmup).await?;
         Ok((single, batch))
-    })
-    .await?;
-    let nodelay = with_server(&data_dir.join("nodelay"), true, async |client| {
-        appends(client, "append", &NODELAY_CALLERS, duration, warmup).await
     })
     .await?;
     let writer = writer(&data_dir.join("writer"), duration, warmup).await?;
     Ok(ServerLoads {
         appends: single,
         batch,
-        nodelay,
         writer,
     })
 }
 
 /// Runs `work` against the real server in this process, serving `data_dir` on a fresh
-/// `127.0.0.1:0` listener, then shuts the server down. With `nodelay`, TCP_NODELAY is set
-/// on the listening socket, which Linux copies to every accepted socket: the setting the
-/// server asks tonic for and does not get (see `crate::noop`).
+/// `127.0.0.1:0` listener, then shuts the server down.
 async fn with_server<T>(
     data_dir: &Path,
-    nodelay: bool,
     work: impl AsyncFnOnce(&Client) -> Result<T, BoxError>,
 ) -> Result<T, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    if nodelay {
-        set_nodelay(&listener)?;
-    }
     let addr = listener.local_addr()?;
     let config = ministore_server::Config::with_data_dir(data_dir);
     let server = ministore_server::Server::from_listener(config, listener)?;
@@ -315,24 +300,4 @@ async fn with_server<T>(
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), running).await???;
     result
-}
-
-/// Sets TCP_NODELAY on a listening socket; sockets it accepts inherit it (Linux).
-fn set_nodelay(listener: &TcpListener) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor, and a pointer to a c_int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -207,9 +207,8 @@ fn notes(results: &Results) -> Vec<String> {
     let mut notes = vec![
         "records: a 199-byte JSON object (200 bytes on disk with its newline); raw = one thread, write + fdatasync of 200 bytes to a plain file".into(),
         "gRPC rows: all callers share one connection (one ministore_client::Client, cloned); client and server (in this process) share its tokio runtime; each measurement follows a discarded warm-up; p50/p99 per call; CPU/call = this process's user+system CPU time (client and server together) over the calls".into(),
-        "with TCP_NODELAY in effect: the same server, TCP_NODELAY set on its listening socket (accepted sockets inherit it), i.e. what the server's own tcp_nodelay(true) was meant to give".into(),
         "writer only: ministore_server::Journals::append called directly (JSON validation, the journal's writer task, group commit), no gRPC".into(),
-        "no-op: an in-bench Journal server with ministore_server::Server's tonic settings (TCP_NODELAY, request deadline, HTTP/2 keepalive, message limits, a pass-through interceptor) whose Append/AppendBatch answer at once; TCP_NODELAY is set on its accepted sockets with tonic's TcpIncoming (the real server asks for it with Server::builder().tcp_nodelay(true), which tonic ignores under serve_with_incoming_shutdown)".into(),
+        "no-op: an in-bench Journal server with ministore_server::Server's tonic settings (TCP_NODELAY on accepted sockets via TcpIncoming, request deadline, HTTP/2 keepalive, message limits, a pass-through interceptor) whose Append/AppendBatch answer at once".into(),
     ];
     if let Some(stream) = &results.stream {
         notes.push(format!(

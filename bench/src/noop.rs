@@ -78,15 +78,11 @@ pub async fn spawn(
     let addr = listener.local_addr()?;
     // The transport settings of `ministore_server::Server::run` (which does not expose its
     // builder), from the server's default configuration: message limits, the per-request
-    // deadline, HTTP/2 keepalive, an interceptor in front of the service (the server's
-    // token check, which passes every request when no token file is given). Not copied:
-    // the response layer that rewrites an oversize status (two header lookups per
-    // response).
-    //
-    // TCP_NODELAY is set on each accepted socket through `TcpIncoming`, because
-    // `Server::builder().tcp_nodelay(true)` is ignored by `serve_with_incoming*` (tonic's
-    // docs say so), which is how the real server serves: its accepted sockets keep Nagle
-    // on. The ceiling is what the transport does when configured as the server intends.
+    // deadline, HTTP/2 keepalive, TCP_NODELAY on each accepted socket (through
+    // `TcpIncoming`: the builder's `tcp_nodelay` is ignored by `serve_with_incoming*`), and
+    // an interceptor in front of the service (the server's token check, which passes every
+    // request when no token file is given). Not copied: the response layer that corrects
+    // two status codes (two header lookups per response).
     let config = ministore_server::Config::with_data_dir(".");
     let service = JournalServer::new(NoopJournal::default())
         .max_decoding_message_size(config.max_message_bytes)

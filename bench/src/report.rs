@@ -212,20 +212,6 @@ pub fn table(results: &Results, quick: bool) -> Table {
             }
             rows.push(row);
         }
-        for load in &server.nodelay {
-            let noop = noop_at(load.callers);
-            let measured = match noop {
-                Some(n) => format!("{} no-op", ratio(load.calls_per_sec() / n.calls_per_sec())),
-                None => String::new(),
-            };
-            rows.push(
-                Row::load(
-                    format!("  with TCP_NODELAY in effect, {}", callers(load.callers)),
-                    load,
-                )
-                .measured(measured),
-            );
-        }
         let store_append = results.store.as_ref().map(|s| &s[1]);
         for load in &server.writer {
             let measured = match (load.callers, store_append, raw) {
