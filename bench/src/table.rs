@@ -57,8 +57,15 @@ impl Table {
 
     /// The table as Markdown (figures right-aligned), for the README.
     pub fn render_markdown(&self) -> String {
+        // Markdown drops leading spaces, so an indented (sub-)row is marked with an arrow.
         let line = |row: &[String]| {
-            let cells: Vec<&str> = row.iter().map(|c| c.as_str()).collect();
+            let cells: Vec<String> = row
+                .iter()
+                .map(|c| match c.strip_prefix("  ") {
+                    Some(rest) => format!("↳ {}", rest.trim_start()),
+                    None => c.clone(),
+                })
+                .collect();
             format!("| {} |\n", cells.join(" | "))
         };
         let mut out = line(&self.header);
