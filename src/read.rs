@@ -370,21 +370,17 @@ impl OpenSegment {
         let mut left = n;
         while left > 0 {
             let unread = &self.buf[self.start..];
-            let breaks = unread.iter().filter(|&&b| b == b'\n').count() as u64;
+            // memchr finds line breaks with SIMD, several times faster than a byte loop.
+            let breaks = memchr::memchr_iter(b'\n', unread).count() as u64;
             if breaks >= left {
-                let mut seen = 0;
-                let at = unread
-                    .iter()
-                    .position(|&b| {
-                        seen += u64::from(b == b'\n');
-                        seen == left
-                    })
+                let at = memchr::memchr_iter(b'\n', unread)
+                    .nth((left - 1) as usize)
                     .expect("counted enough line breaks");
                 self.start += at + 1;
                 self.line += left;
                 return Ok(n);
             }
-            if let Some(last) = unread.iter().rposition(|&b| b == b'\n') {
+            if let Some(last) = memchr::memrchr(b'\n', unread) {
                 self.start += last + 1;
             }
             self.line += breaks;
