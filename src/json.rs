@@ -49,6 +49,28 @@ impl JsonLine {
             .map_err(MiniStoreError::Serialize)
     }
 
+    /// How deeply arrays and objects nest: 0 for a scalar, 1 for `[1]`, 2 for `{"a":[]}`.
+    ///
+    /// ```
+    /// let line = ministore::JsonLine::from_slice(br#"{"a": [1, "[[["]}"#).unwrap();
+    /// assert_eq!(line.nesting_depth(), 2);
+    /// ```
+    pub fn nesting_depth(&self) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        for (b, in_string) in structure(self.as_bytes()) {
+            match b {
+                _ if in_string => {}
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
     /// The compact JSON text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -71,6 +93,27 @@ impl std::fmt::Display for JsonLine {
     }
 }
 
+/// Each byte of valid JSON with whether it belongs to a string (its quotes included).
+fn structure(bytes: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    bytes.iter().map(move |&b| {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                return (b, true);
+            }
+            (b, true)
+        } else {
+            in_string = b == b'"';
+            (b, in_string)
+        }
+    })
+}
+
 /// Removes whitespace outside strings. `valid` must be valid JSON, so every newline inside
 /// it is insignificant (raw control characters are not allowed inside JSON strings).
 fn compact(valid: &str) -> String {
@@ -82,19 +125,8 @@ fn compact(valid: &str) -> String {
         return valid.to_owned();
     }
     let mut out = Vec::with_capacity(bytes.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in bytes {
-        if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            in_string = b == b'"';
+    for (b, in_string) in structure(bytes) {
+        if in_string || !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             out.push(b);
         }
     }

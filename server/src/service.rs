@@ -77,7 +77,7 @@ impl JournalService {
     fn line_from_payload(&self, journal: &str, payload: &[u8]) -> Result<JsonLine, ServerError> {
         self.check_size(payload.len())?;
         let line = JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))?;
-        value::check_depth(line.as_bytes())?;
+        value::check_depth(&line)?;
         Ok(line)
     }
 

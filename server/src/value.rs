@@ -15,34 +15,13 @@ const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 /// the `value` form of Replay and Stream) can decode, and what protobuf decoders allow.
 pub const MAX_DEPTH: usize = 128;
 
-/// Refuses valid JSON nested deeper than [`MAX_DEPTH`]: every stored record must be
-/// readable in every format.
-pub fn check_depth(json: &[u8]) -> Result<(), ServerError> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(ServerError::InvalidArgument(format!(
-                        "payload is nested deeper than {MAX_DEPTH} levels of arrays and objects"
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+/// Refuses records nested deeper than [`MAX_DEPTH`]: every stored record must be readable
+/// in every format.
+pub fn check_depth(line: &ministore::JsonLine) -> Result<(), ServerError> {
+    if line.nesting_depth() > MAX_DEPTH {
+        return Err(ServerError::InvalidArgument(format!(
+            "payload is nested deeper than {MAX_DEPTH} levels of arrays and objects"
+        )));
     }
     Ok(())
 }
@@ -120,12 +99,13 @@ mod tests {
 
     #[test]
     fn nesting_is_limited_outside_strings_only() {
+        let line = |s: &str| ministore::JsonLine::from_slice(s.as_bytes()).unwrap();
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert!(check_depth(ok.as_bytes()).is_ok());
+        assert!(check_depth(&line(&ok)).is_ok());
         let deep = format!("[{ok}]");
-        assert!(check_depth(deep.as_bytes()).is_err());
+        assert!(check_depth(&line(&deep)).is_err());
         let in_string = format!("[\"{}\\\"\"]", "[".repeat(500));
-        assert!(check_depth(in_string.as_bytes()).is_ok());
+        assert!(check_depth(&line(&in_string)).is_ok());
     }
 
     #[test]
