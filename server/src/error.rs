@@ -162,9 +162,12 @@ fn store_code(err: &MiniStoreError) -> Code {
 
 /// ENOSPC, EDQUOT or EFBIG: no room for the record.
 fn is_full(err: &std::io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(28 | 122 | 27))
-        || err.kind() == std::io::ErrorKind::StorageFull
-        || err.kind() == std::io::ErrorKind::FileTooLarge
+    use std::io::ErrorKind;
+    // std maps ENOSPC to StorageFull, EDQUOT to QuotaExceeded, EFBIG to FileTooLarge.
+    matches!(
+        err.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+    )
 }
 
 /// The message, with what to do about it where the error alone does not say.
@@ -205,7 +208,7 @@ mod tests {
 
     #[test]
     fn full_disk_and_file_size_limit_are_resource_exhausted() {
-        for code in [28, 27] {
+        for code in [28, 122, 27] {
             let status = Status::from(io(code));
             assert_eq!(status.code(), Code::ResourceExhausted);
             assert!(

@@ -283,11 +283,15 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let peer = request.remote_addr();
         let req = request.into_inner();
-        let (journal, permit) = traced("Stream", &req.journal, async {
+        let (journal, format, permit) = traced("Stream", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Read)?;
-            format_of(req.format)?;
+            let format = format_of(req.format)?;
             let permit = self.streams.acquire(peer)?;
-            Ok((self.open_for_read(name, req.from_seq).await?, permit))
+            Ok((
+                self.open_for_read(name, req.from_seq).await?,
+                format,
+                permit,
+            ))
         })
         .await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -297,7 +301,7 @@ impl JournalRpc for JournalService {
             permit,
             journal,
             reader,
-            format_of(req.format)?,
+            format,
             req.follow,
             self.shutdown.clone(),
             tx,
