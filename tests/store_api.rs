@@ -42,6 +42,21 @@ fn segment_names(dir: &Path) -> Vec<String> {
 }
 
 /// Polls `fut` once, with the task's real waker, and returns what it says.
+/// A store of 100-byte segments keeping `max_segments`, with records `rec(1..=n)`
+/// appended one call at a time (so rotation happens between them).
+async fn appended_one_by_one(path: &Path, max_segments: usize, n: u64) -> MiniStore {
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(100)
+        .max_segments(max_segments)
+        .open(path)
+        .await
+        .unwrap();
+    for i in 1..=n {
+        store.append(&rec(i)).await.unwrap();
+    }
+    store
+}
+
 async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
 }
@@ -287,15 +302,7 @@ async fn stream_reads_lazily_and_sees_records_appended_after_it_was_opened() {
 async fn stream_reads_only_the_file_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = MiniStoreOptions::new()
-        .max_bytes_per_segment(100)
-        .max_segments(100)
-        .open(&path)
-        .await
-        .unwrap();
-    for i in 1..=8 {
-        store.append(&rec(i)).await.unwrap();
-    }
+    let _store = appended_one_by_one(&path, 100, 8).await;
     // 40-byte header + 3 records of 23 bytes reaches 100: segments of 3 records each.
     assert_eq!(
         segment_names(dir.path()),
@@ -430,15 +437,7 @@ async fn retention_keeps_max_segments_files_and_sequence_numbers_stay_stable() {
 async fn max_segments_one_keeps_only_the_active_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = MiniStoreOptions::new()
-        .max_bytes_per_segment(100)
-        .max_segments(1)
-        .open(&path)
-        .await
-        .unwrap();
-    for i in 1..=7 {
-        store.append(&rec(i)).await.unwrap();
-    }
+    let _store = appended_one_by_one(&path, 1, 7).await;
 
     assert_eq!(segment_names(dir.path()), ["journal.jsonl"]);
     let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
@@ -605,16 +604,8 @@ async fn sequence_numbers_are_contiguous_across_rotation_and_reopen() {
 async fn read_from_starts_at_any_sequence_number_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = MiniStoreOptions::new()
-        .max_bytes_per_segment(100)
-        .max_segments(100)
-        .open(&path)
-        .await
-        .unwrap();
     let n = 20;
-    for i in 1..=n {
-        store.append(&rec(i)).await.unwrap();
-    }
+    let store = appended_one_by_one(&path, 100, n).await;
     drop(store);
 
     for from in 0..=n + 2 {
@@ -639,15 +630,7 @@ async fn read_from_starts_at_any_sequence_number_across_segments() {
 async fn read_from_before_the_oldest_retained_record_starts_at_the_oldest() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = MiniStoreOptions::new()
-        .max_bytes_per_segment(100)
-        .max_segments(2)
-        .open(&path)
-        .await
-        .unwrap();
-    for i in 1..=20 {
-        store.append(&rec(i)).await.unwrap();
-    }
+    let store = appended_one_by_one(&path, 2, 20).await;
     let oldest = store.durable().first_seq;
     assert!(oldest > 1);
 
