@@ -228,12 +228,36 @@ impl MiniStore {
     /// # }
     /// ```
     pub async fn append_json(&mut self, lines: &[JsonLine]) -> Result<Range<u64>> {
-        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.as_bytes().len() + 1).sum());
-        for line in lines {
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-        }
-        self.commit(buf, lines.len() as u64).await
+        self.commit(encode_lines(lines), lines.len() as u64).await
+    }
+
+    /// [`append_json`](Self::append_json) on the calling thread, for a thread that does
+    /// nothing but write (the server's journal writers): it saves the two hand-offs to and
+    /// from tokio's blocking pool that every async append pays. It blocks for the write and
+    /// the fsync, so never call it from async code.
+    ///
+    /// ```
+    /// use ministore::{JsonLine, MiniStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut store = MiniStore::open(dir.path().join("j.jsonl")).await?;
+    /// let line = JsonLine::from_slice(br#"{"user":"alice"}"#)?;
+    /// let seqs = std::thread::spawn(move || store.blocking_append_json(&[line]))
+    ///     .join()
+    ///     .unwrap()?;
+    /// assert_eq!(seqs, 1..2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn blocking_append_json(&mut self, lines: &[JsonLine]) -> Result<Range<u64>> {
+        let buf = encode_lines(lines);
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(self.cancelled());
+        };
+        let result = writer.commit(&buf, lines.len() as u64);
+        self.durable.send_replace(writer.durable());
+        result
     }
 
     /// The sequence number of the last appended record (0 if the journal has none).
@@ -385,10 +409,9 @@ impl MiniStore {
     }
 
     async fn commit(&mut self, buf: Vec<u8>, count: u64) -> Result<Range<u64>> {
-        let mut writer = self.writer.take().ok_or_else(|| MiniStoreError::Poisoned {
-            path: self.path.clone(),
-            reason: "an earlier append was cancelled before it finished".into(),
-        })?;
+        let Some(mut writer) = self.writer.take() else {
+            return Err(self.cancelled());
+        };
         let (writer, result) = blocking(move || {
             let result = writer.commit(&buf, count);
             Ok((writer, result))
@@ -398,6 +421,24 @@ impl MiniStore {
         self.writer = Some(writer);
         result
     }
+
+    /// Why a store whose writer is gone (an async append dropped mid-way) refuses appends.
+    fn cancelled(&self) -> MiniStoreError {
+        MiniStoreError::Poisoned {
+            path: self.path.clone(),
+            reason: "an earlier append was cancelled before it finished".into(),
+        }
+    }
+}
+
+/// JSON lines as the file holds them: each followed by a newline.
+fn encode_lines(lines: &[JsonLine]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.as_bytes().len() + 1).sum());
+    for line in lines {
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+    buf
 }
 
 /// Runs blocking file I/O on tokio's blocking pool, keeping the async workers free.

@@ -60,7 +60,7 @@ pub struct Config {
     )]
     pub max_streams_per_connection: usize,
 
-    /// Journals open at once (each holds a file and a writer task); appending to one more
+    /// Journals open at once (each holds a file and a writer thread); appending to one more
     /// gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "MINISTORE_MAX_JOURNALS", default_value_t = 1024)]
     pub max_journals: usize,

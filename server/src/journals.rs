@@ -1,4 +1,4 @@
-//! The open journals: name validation, one writer task per journal that commits every
+//! The open journals: name validation, one writer thread per journal that commits every
 //! waiting append with one write and one fsync (group commit), and the durable watermark
 //! that readers follow.
 
@@ -70,9 +70,7 @@ pub struct Journals {
     /// Serializes opening (and shutting down), which awaits the store's open.
     opening: Mutex<()>,
     shutting_down: AtomicBool,
-    /// Tells every writer to stop taking new appends, commit what is queued, and exit.
-    stop_writers: watch::Sender<bool>,
-    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    writers: Mutex<Vec<WriterHandle>>,
 }
 
 /// One open journal: where it lives, its writer's queue, and how far it is durable.
@@ -80,7 +78,7 @@ pub struct Journals {
 pub struct Journal {
     name: String,
     path: PathBuf,
-    appends: mpsc::Sender<AppendJob>,
+    appends: mpsc::Sender<WriterJob>,
     durable: watch::Receiver<Durable>,
 }
 
@@ -100,7 +98,6 @@ impl Journals {
             open: std::sync::RwLock::new(HashMap::new()),
             opening: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
-            stop_writers: watch::channel(false).0,
             writers: Mutex::new(Vec::new()),
         }
     }
@@ -146,23 +143,24 @@ impl Journals {
             .await
             .map_err(|e| ServerError::store(name, e))?;
         let (appends, queue) = mpsc::channel(QUEUE_DEPTH);
-        // The server's own watch, fed by the writer task: it outlives a reopened store.
+        // The server's own watch, fed by the writer: it outlives a reopened store.
         let (durable_tx, durable) = watch::channel(store.durable());
         let journal = Arc::new(Journal {
             name: name.to_owned(),
             path: path.clone(),
-            appends,
+            appends: appends.clone(),
             durable,
         });
-        let writer = tokio::spawn(run_writer(
-            name.to_owned(),
-            store,
-            self.options.clone(),
+        let writer = Writer {
+            name: name.to_owned(),
+            path: path.clone(),
+            options: self.options.clone(),
+            store: Some(store),
+            runtime: tokio::runtime::Handle::current(),
             queue,
-            durable_tx,
-            self.stop_writers.subscribe(),
-        ));
-        self.writers.lock().await.push(writer);
+            durable: durable_tx,
+        };
+        self.writers.lock().await.push(writer.spawn(appends)?);
         tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
         self.open
             .write()
@@ -210,10 +208,15 @@ impl Journals {
         self.shutting_down.store(true, Ordering::Release);
         // Holding the opening lock keeps `get` from opening a journal behind our back.
         let _opening = self.opening.lock().await;
-        self.stop_writers.send_replace(true);
-        for writer in self.writers.lock().await.drain(..) {
-            if let Err(e) = writer.await {
-                tracing::error!(error = %e, "journal writer task failed");
+        let writers: Vec<WriterHandle> = self.writers.lock().await.drain(..).collect();
+        for writer in &writers {
+            // Queued behind the appends already waiting, which are committed first. Fails
+            // only if the writer is gone already, which `exited` reports.
+            let _ = writer.jobs.send(WriterJob::Stop).await;
+        }
+        for writer in writers {
+            if writer.exited.await.is_err() {
+                tracing::error!("a journal writer thread failed");
             }
         }
         self.open.write().expect("journals lock").clear();
@@ -251,110 +254,161 @@ impl Journal {
     pub async fn append(&self, lines: Vec<JsonLine>) -> Result<Range<u64>, ServerError> {
         let (reply, result) = oneshot::channel();
         self.appends
-            .send(AppendJob { lines, reply })
+            .send(WriterJob::Append(AppendJob { lines, reply }))
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         result.await.map_err(|_| ServerError::ShuttingDown)?
     }
 }
 
-/// The one writer of a journal. Takes every job waiting in the queue, commits them with
-/// one write and one fsync, publishes the new durable position, then tells each caller its
-/// range. Exits at shutdown (`stop`) after committing what was queued; dropping `durable`
-/// then tells followers that no more records will come.
-async fn run_writer(
-    name: String,
-    store: MiniStore,
-    options: MiniStoreOptions,
-    mut queue: mpsc::Receiver<AppendJob>,
-    durable: watch::Sender<Durable>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let path = store.path().to_path_buf();
-    let mut store = Some(store);
-    let mut jobs: Vec<AppendJob> = Vec::new();
-    let mut lines: Vec<JsonLine> = Vec::new();
-    loop {
-        let job = tokio::select! {
-            job = queue.recv() => job,
-            _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
-                // Refuse new appends (their senders see the queue closed), then commit
-                // what is already queued: in-flight appends finish.
-                queue.close();
-                queue.recv().await
-            }
-        };
-        let Some(job) = job else { break };
-        jobs.push(job);
-        let mut bytes: usize = jobs[0].lines.iter().map(|l| l.as_bytes().len()).sum();
-        while bytes < MAX_GROUP_BYTES {
-            let Ok(job) = queue.try_recv() else { break };
-            bytes += job.lines.iter().map(|l| l.as_bytes().len()).sum::<usize>();
-            jobs.push(job);
-        }
-        let counts: Vec<usize> = jobs.iter().map(|j| j.lines.len()).collect();
-        for job in &mut jobs {
-            lines.append(&mut job.lines);
-        }
-        let result = commit(&name, &path, &options, &mut store, &lines).await;
-        lines.clear();
-        // Publish before replying: a caller told "seq N" can read N back at once.
-        if let Some(store) = &store {
-            durable.send_if_modified(|d| std::mem::replace(d, store.durable()) != *d);
-        }
-        let mut next = result.as_ref().map_or(0, |r| r.start);
-        for (job, count) in jobs.drain(..).zip(counts) {
-            let reply = result.clone().map(|_| {
-                let range = next..next + count as u64;
-                next += count as u64;
-                range
-            });
-            // A caller that went away still had its records committed; nothing to undo.
-            let _ = job.reply.send(reply);
-        }
-    }
-    tracing::debug!(journal = %name, "writer closed");
+/// What a journal's writer thread is told: records to commit, or that the server stops.
+enum WriterJob {
+    Append(AppendJob),
+    /// Take no more appends, commit those already queued, and exit.
+    Stop,
 }
 
-/// Commits `lines` in one write and one fsync. A store poisoned by an earlier failure
-/// (failed fsync or rotation) is reopened first, which re-reads and repairs its tail, so
-/// the server recovers once the fault is gone. The poisoned attempt wrote nothing, so
-/// retrying it once on the reopened store is safe.
-async fn commit(
-    name: &str,
-    path: &Path,
-    options: &MiniStoreOptions,
-    store: &mut Option<MiniStore>,
-    lines: &[JsonLine],
-) -> Result<Range<u64>, ServerError> {
-    for attempt in 0..2 {
-        if store.is_none() {
-            match options.clone().open(path).await {
-                Ok(reopened) => {
-                    tracing::warn!(
-                        journal = name,
-                        last_seq = reopened.last_seq(),
-                        "reopened journal after a failure"
-                    );
-                    *store = Some(reopened);
-                }
-                Err(e) => return Err(ServerError::store(name, e)),
-            }
-        }
-        let writer = store.as_mut().expect("opened above");
-        match writer.append_json(lines).await {
-            Err(MiniStoreError::Poisoned { reason, .. }) if attempt == 0 => {
-                tracing::warn!(journal = name, %reason, "journal writer poisoned; reopening");
-                *store = None;
-            }
-            Err(e) => {
-                tracing::warn!(journal = name, error = %e, records = lines.len(), "append failed");
-                return Err(ServerError::store(name, e));
-            }
-            Ok(range) => return Ok(range),
-        }
+/// The running writer thread of a journal, as `shut_down` needs it.
+struct WriterHandle {
+    jobs: mpsc::Sender<WriterJob>,
+    /// Resolves (with an error) when the thread has exited and closed its store.
+    exited: oneshot::Receiver<()>,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterHandle")
     }
-    unreachable!("the second attempt returns")
+}
+
+/// A journal's writer: its own OS thread, so a commit goes handler -> writer -> handler.
+/// On a tokio task it went handler -> writer task -> blocking pool -> writer task ->
+/// handler: two more thread hand-offs per commit, the larger part of an append's latency
+/// once the fsync is done.
+struct Writer {
+    name: String,
+    path: PathBuf,
+    options: MiniStoreOptions,
+    /// `None` after a failure that needs a reopen.
+    store: Option<MiniStore>,
+    /// The runtime the server runs on, for the async `open` of a reopen.
+    runtime: tokio::runtime::Handle,
+    queue: mpsc::Receiver<WriterJob>,
+    durable: watch::Sender<Durable>,
+}
+
+impl Writer {
+    /// Starts the writer thread; its handle, and the queue's sending side for `Journal`.
+    fn spawn(mut self, jobs: mpsc::Sender<WriterJob>) -> Result<WriterHandle, ServerError> {
+        let (exited_tx, exited) = oneshot::channel();
+        let name = self.name.clone();
+        std::thread::Builder::new()
+            .name(format!("writer:{name}"))
+            // Its own frames are shallow: the store's open (on a reopen) runs on the
+            // blocking pool, and a commit is a write and an fsync.
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                self.run();
+                drop(self); // closes the store, releasing its lock, before we report
+                let _ = exited_tx.send(());
+            })
+            .map_err(|e| ServerError::Startup {
+                op: "starting the writer thread of journal",
+                path: name,
+                source: Arc::new(e),
+            })?;
+        Ok(WriterHandle { jobs, exited })
+    }
+
+    /// Takes every job waiting in the queue, commits them with one write and one fsync,
+    /// publishes the new durable position, then tells each caller its range. Returns at
+    /// `Stop` once what was queued before it is committed.
+    fn run(&mut self) {
+        let mut jobs: Vec<AppendJob> = Vec::new();
+        let mut lines: Vec<JsonLine> = Vec::new();
+        let take = |job, jobs: &mut Vec<AppendJob>, queue: &mut mpsc::Receiver<_>| match job {
+            WriterJob::Append(job) => jobs.push(job),
+            // Refuse new appends (their senders see the queue closed); those already
+            // queued are still received, and committed: in-flight appends finish.
+            WriterJob::Stop => queue.close(),
+        };
+        while let Some(job) = self.queue.blocking_recv() {
+            take(job, &mut jobs, &mut self.queue);
+            let mut bytes = 0;
+            while bytes < MAX_GROUP_BYTES {
+                let Ok(job) = self.queue.try_recv() else {
+                    break;
+                };
+                take(job, &mut jobs, &mut self.queue);
+                bytes = jobs
+                    .iter()
+                    .flat_map(|j| &j.lines)
+                    .map(|l| l.as_bytes().len())
+                    .sum();
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            let counts: Vec<usize> = jobs.iter().map(|j| j.lines.len()).collect();
+            for job in &mut jobs {
+                lines.append(&mut job.lines);
+            }
+            let result = self.commit(&lines);
+            lines.clear();
+            // Publish before replying: a caller told "seq N" can read N back at once.
+            if let Some(store) = &self.store {
+                self.durable
+                    .send_if_modified(|d| std::mem::replace(d, store.durable()) != *d);
+            }
+            let mut next = result.as_ref().map_or(0, |r| r.start);
+            for (job, count) in jobs.drain(..).zip(counts) {
+                let reply = result.clone().map(|_| {
+                    let range = next..next + count as u64;
+                    next += count as u64;
+                    range
+                });
+                // A caller that went away still had its records committed; nothing to undo.
+                let _ = job.reply.send(reply);
+            }
+        }
+        tracing::debug!(journal = %self.name, "writer closed");
+    }
+
+    /// Commits `lines` in one write and one fsync. A store poisoned by an earlier failure
+    /// (failed fsync or rotation) is reopened first, which re-reads and repairs its tail,
+    /// so the server recovers once the fault is gone. The poisoned attempt wrote nothing,
+    /// so retrying it once on the reopened store is safe.
+    fn commit(&mut self, lines: &[JsonLine]) -> Result<Range<u64>, ServerError> {
+        let name = self.name.as_str();
+        for attempt in 0..2 {
+            if self.store.is_none() {
+                match self.runtime.block_on(self.options.clone().open(&self.path)) {
+                    Ok(reopened) => {
+                        tracing::warn!(
+                            journal = name,
+                            last_seq = reopened.last_seq(),
+                            "reopened journal after a failure"
+                        );
+                        self.store = Some(reopened);
+                    }
+                    Err(e) => return Err(ServerError::store(name, e)),
+                }
+            }
+            let store = self.store.as_mut().expect("opened above");
+            match store.blocking_append_json(lines) {
+                Err(MiniStoreError::Poisoned { reason, .. }) if attempt == 0 => {
+                    tracing::warn!(journal = name, %reason, "journal writer poisoned; reopening");
+                    self.store = None;
+                }
+                Err(e) => {
+                    tracing::warn!(journal = name, error = %e, records = lines.len(), "append failed");
+                    return Err(ServerError::store(name, e));
+                }
+                Ok(range) => return Ok(range),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
 }
 
 #[cfg(test)]
