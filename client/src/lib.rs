@@ -32,17 +32,16 @@
 
 #![warn(missing_docs)]
 
+mod coalesce;
 mod error;
 mod stream;
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ministore::proto::journal_client::JournalClient;
-use ministore::proto::{
-    AppendBatchRequest, AppendRequest, InfoRequest, RecordFormat, ReplayRequest, append_request,
-    record,
-};
+use ministore::proto::{AppendBatchRequest, InfoRequest, RecordFormat, ReplayRequest, record};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -54,11 +53,20 @@ pub use error::ClientError;
 pub use ministore::proto;
 pub use stream::RecordStream;
 
+use coalesce::Coalescer;
+
+/// The generated stub over the client's connection.
+pub(crate) type Rpc = JournalClient<InterceptedService<Channel, BearerToken>>;
+
+/// Appends to one journal sent at once by default; more wait and share one AppendBatch.
+pub const DEFAULT_APPENDS_IN_FLIGHT: usize = 2;
+
 /// A connection to a ministore-server. Cheap to clone: clones share one HTTP/2 connection,
 /// which carries any number of concurrent calls and reconnects by itself after a failure.
 #[derive(Debug, Clone)]
 pub struct Client {
-    rpc: JournalClient<InterceptedService<Channel, BearerToken>>,
+    rpc: Rpc,
+    appends: Arc<Coalescer>,
     reconnect: Backoff,
 }
 
@@ -141,6 +149,7 @@ pub struct ClientBuilder {
     reconnect: Backoff,
     tls: Option<ClientTlsConfig>,
     token: Option<String>,
+    appends_in_flight: usize,
 }
 
 impl ClientBuilder {
@@ -156,6 +165,7 @@ impl ClientBuilder {
             },
             tls: None,
             token: None,
+            appends_in_flight: DEFAULT_APPENDS_IN_FLIGHT,
         }
     }
 
@@ -218,6 +228,20 @@ impl ClientBuilder {
         self
     }
 
+    /// How many [`Client::append`] calls to one journal go out at once, each as its own
+    /// `Append` RPC (default [`DEFAULT_APPENDS_IN_FLIGHT`]). Further concurrent appends to
+    /// that journal wait for one of those to return and then go together, as one
+    /// `AppendBatch`: one RPC and one fsync for all of them, each still answered with its
+    /// own sequence number or error. 0 sends every append as its own RPC.
+    ///
+    /// ```
+    /// let builder = ministore_client::ClientBuilder::new("127.0.0.1:50051").max_appends_in_flight(4);
+    /// ```
+    pub fn max_appends_in_flight(mut self, n: usize) -> Self {
+        self.appends_in_flight = n;
+        self
+    }
+
     /// Connects now, failing if the server cannot be reached.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let endpoint = self.endpoint()?;
@@ -270,10 +294,12 @@ impl ClientBuilder {
             ),
             None => None,
         };
+        let rpc = JournalClient::with_interceptor(channel, BearerToken(token))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
         Ok(Client {
-            rpc: JournalClient::with_interceptor(channel, BearerToken(token))
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
+            appends: Arc::new(Coalescer::new(rpc.clone(), self.appends_in_flight)),
+            rpc,
             reconnect: self.reconnect,
         })
     }
@@ -295,6 +321,11 @@ impl Client {
     /// Appends `record` to `journal` (created on first append; `""` is `default`) and
     /// returns its sequence number once it is durable.
     ///
+    /// Concurrent appends to one journal share RPCs: beyond
+    /// [`max_appends_in_flight`](ClientBuilder::max_appends_in_flight) at once, they wait
+    /// and go together as one `AppendBatch` (one fsync), each still answered on its own. A
+    /// lone caller's append is always its own `Append` RPC, sent at once.
+    ///
     /// # Errors
     /// [`ClientError::Encode`] if `record` does not serialize; [`ClientError::Rpc`] with the
     /// server's status otherwise (e.g. `INVALID_ARGUMENT` for a bad journal name,
@@ -315,11 +346,7 @@ impl Client {
         record: &T,
     ) -> Result<u64, ClientError> {
         let payload = serde_json::to_vec(record).map_err(ClientError::Encode)?;
-        let request = AppendRequest {
-            journal: journal.to_owned(),
-            record: Some(append_request::Record::Payload(payload)),
-        };
-        Ok(self.rpc.clone().append(request).await?.into_inner().seq)
+        self.appends.append(journal, payload).await
     }
 
     /// Appends `records` atomically (one fsync, all or none) and returns their sequence
