@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ministore::JsonLine;
-use ministore_client::Client;
+use ministore_client::{Client, ClientBuilder};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -197,15 +197,54 @@ pub async fn batches(
     .await
 }
 
+/// Append through the client as it comes (concurrent appends beyond its in-flight limit
+/// share an AppendBatch) at each of [`CALLERS`], then through a client that sends every
+/// append as its own RPC at [`BATCH_CALLERS`].
+#[derive(Debug)]
+pub struct AppendLoads {
+    /// One per entry of [`CALLERS`], through `Client::append` with its defaults.
+    pub appends: Vec<Load>,
+    /// [`BATCH_CALLERS`] callers, one `Append` RPC per call (`max_appends_in_flight(0)`).
+    pub per_call: Load,
+}
+
+/// Both kinds of [`AppendLoads`] against the server at `addr`, through `client`.
+async fn append_loads(
+    client: &Client,
+    addr: &str,
+    journal_prefix: &str,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<AppendLoads, BoxError> {
+    let appends = appends(client, journal_prefix, &CALLERS, duration, warmup).await?;
+    let per_call_client = ClientBuilder::new(addr)
+        .max_appends_in_flight(0)
+        .connect()
+        .await?;
+    let prefix = format!("{journal_prefix}-per-call");
+    let mut per_call = self::appends(
+        &per_call_client,
+        &prefix,
+        &[BATCH_CALLERS],
+        duration,
+        warmup,
+    )
+    .await?;
+    Ok(AppendLoads {
+        appends,
+        per_call: per_call.pop().expect("one load"),
+    })
+}
+
 /// The no-op ceiling: Append at 1, 16 and 64 callers against [`crate::noop`].
-pub async fn noop(duration: Duration, warmup: Duration) -> Result<Vec<Load>, BoxError> {
+pub async fn noop(duration: Duration, warmup: Duration) -> Result<AppendLoads, BoxError> {
     let (stop, stopped) = oneshot::channel::<()>();
     let (addr, server) = crate::noop::spawn(async {
         let _ = stopped.await;
     })
     .await?;
     let client = Client::connect(addr.to_string()).await?;
-    let loads = appends(&client, "noop", &CALLERS, duration, warmup).await;
+    let loads = append_loads(&client, &addr.to_string(), "noop", duration, warmup).await;
     drop(client);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(15), server).await??;
@@ -216,8 +255,8 @@ pub async fn noop(duration: Duration, warmup: Duration) -> Result<Vec<Load>, Box
 /// its journal writer alone at 1 and 64 callers.
 #[derive(Debug)]
 pub struct ServerLoads {
-    /// Append, one per entry of [`CALLERS`].
-    pub appends: Vec<Load>,
+    /// Append at each of [`CALLERS`], and one RPC per call at [`BATCH_CALLERS`].
+    pub appends: AppendLoads,
     /// AppendBatch of [`BATCH`] at [`BATCH_CALLERS`].
     pub batch: Load,
     /// `Journals::append` without gRPC, at 1 and [`BATCH_CALLERS`] callers.
@@ -226,9 +265,9 @@ pub struct ServerLoads {
 
 /// The server's journal layer without gRPC: what an Append costs once the request is
 /// decoded. Each call validates the record (`JsonLine::from_slice`, as the service does)
-/// and awaits `Journal::append`: the queue to the journal's writer task, its group commit
-/// (write + fdatasync on the blocking pool), the reply. The difference to the Append rows
-/// is gRPC; the difference to `MiniStore::append` is the writer task's hand-offs.
+/// and awaits `Journal::append`: the queue to the journal's writer thread, its group commit
+/// (write + fdatasync on that thread), the reply. The difference to the Append rows
+/// is gRPC; the difference to `MiniStore::append` is the writer thread's hand-offs.
 pub async fn writer(
     data_dir: &Path,
     duration: Duration,
@@ -266,8 +305,8 @@ pub async fn server(
     duration: Duration,
     warmup: Duration,
 ) -> Result<ServerLoads, BoxError> {
-    let (single, batch) = with_server(&data_dir.join("server"), async |client| {
-        let single = appends(client, "append", &CALLERS, duration, warmup).await?;
+    let (single, batch) = with_server(&data_dir.join("server"), async |client, addr| {
+        let single = append_loads(client, addr, "append", duration, warmup).await?;
         let batch = batches(client, "batch", duration, warmup).await?;
         Ok((single, batch))
     })
@@ -284,7 +323,7 @@ pub async fn server(
 /// `127.0.0.1:0` listener, then shuts the server down.
 async fn with_server<T>(
     data_dir: &Path,
-    work: impl AsyncFnOnce(&Client) -> Result<T, BoxError>,
+    work: impl AsyncFnOnce(&Client, &str) -> Result<T, BoxError>,
 ) -> Result<T, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -295,7 +334,7 @@ async fn with_server<T>(
         let _ = stopped.await;
     }));
     let client = Client::connect(addr.to_string()).await?;
-    let result = work(&client).await;
+    let result = work(&client, &addr.to_string()).await;
     drop(client);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), running).await???;

@@ -207,7 +207,8 @@ fn notes(results: &Results) -> Vec<String> {
     let mut notes = vec![
         "records: a 199-byte JSON object (200 bytes on disk with its newline); raw = one thread, write + fdatasync of 200 bytes to a plain file".into(),
         "gRPC rows: all callers share one connection (one ministore_client::Client, cloned); client and server (in this process) share its tokio runtime; each measurement follows a discarded warm-up; p50/p99 per call; CPU/call = this process's user+system CPU time (client and server together) over the calls".into(),
-        "writer only: ministore_server::Journals::append called directly (JSON validation, the journal's writer task, group commit), no gRPC".into(),
+        format!("Append rows call Client::append with its defaults: up to {} appends per journal on the wire at once, each its own Append RPC; further concurrent ones wait and share one AppendBatch. \"one RPC each\" rows use a client with max_appends_in_flight(0): every call its own Append RPC", ministore_client::DEFAULT_APPENDS_IN_FLIGHT),
+        "writer only: ministore_server::Journals::append called directly (JSON validation, the journal's writer thread, group commit), no gRPC".into(),
         "no-op: an in-bench Journal server with ministore_server::Server's tonic settings (TCP_NODELAY on accepted sockets via TcpIncoming, request deadline, HTTP/2 keepalive, message limits, a pass-through interceptor) whose Append/AppendBatch answer at once".into(),
     ];
     if let Some(stream) = &results.stream {

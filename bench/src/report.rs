@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::grpc_bench::{BATCH, BATCH_CALLERS, Load, ServerLoads};
+use crate::grpc_bench::{AppendLoads, BATCH, BATCH_CALLERS, Load, ServerLoads};
 use crate::open_bench::OpenResults;
 use crate::store_bench::Measurement;
 use crate::stream_bench::StreamResults;
@@ -14,8 +14,8 @@ use crate::table::{self, Table};
 pub struct Results {
     /// Raw write+fdatasync, `MiniStore::append`, `append_batch`.
     pub store: Option<Vec<Measurement>>,
-    /// The no-op server, one entry per caller count.
-    pub noop: Option<Vec<Load>>,
+    /// The no-op server.
+    pub noop: Option<AppendLoads>,
     /// The real server.
     pub server: Option<ServerLoads>,
     /// Stream, RSS, first record.
@@ -23,6 +23,9 @@ pub struct Results {
     /// Open time.
     pub open: Option<OpenResults>,
 }
+
+/// Marks the rows of a client that sends every append as its own RPC.
+const PER_CALL: &str = ", one RPC each";
 
 /// Stream target: records per second.
 const STREAM_RATE: f64 = 300_000.0;
@@ -152,11 +155,17 @@ pub fn table(results: &Results, quick: bool) -> Table {
         results
             .noop
             .as_ref()
-            .and_then(|loads| loads.iter().find(|l| l.callers == n))
+            .and_then(|loads| loads.appends.iter().find(|l| l.callers == n))
     };
     if let Some(noop) = &results.noop {
-        for load in noop {
-            let mut row = Row::load(format!("no-op Append, {}", callers(load.callers)), load);
+        for load in noop.appends.iter().chain([&noop.per_call]) {
+            let per_call = if std::ptr::eq(load, &noop.per_call) {
+                PER_CALL
+            } else {
+                ""
+            };
+            let name = format!("no-op Append, {}{per_call}", callers(load.callers));
+            let mut row = Row::load(name, load);
             if let Some(raw) = raw {
                 row = row.measured(format!(
                     "{} raw",
@@ -168,7 +177,7 @@ pub fn table(results: &Results, quick: bool) -> Table {
     }
 
     if let Some(server) = &results.server {
-        for load in &server.appends {
+        for load in &server.appends.appends {
             let name = format!("server Append, {}", callers(load.callers));
             let noop = noop_at(load.callers);
             let vs_noop = noop.map(|n| load.calls_per_sec() / n.calls_per_sec());
@@ -212,6 +221,21 @@ pub fn table(results: &Results, quick: bool) -> Table {
             }
             rows.push(row);
         }
+        let per_call = &server.appends.per_call;
+        let noop_per_call = results.noop.as_ref().map(|n| &n.per_call);
+        rows.push(
+            Row::load(
+                format!("  {}{PER_CALL}", callers(per_call.callers)),
+                per_call,
+            )
+            .measured(match noop_per_call {
+                Some(n) => format!(
+                    "{} no-op (one RPC each)",
+                    ratio(per_call.calls_per_sec() / n.calls_per_sec())
+                ),
+                None => "n/a (no no-op run)".into(),
+            }),
+        );
         let store_append = results.store.as_ref().map(|s| &s[1]);
         for load in &server.writer {
             let measured = match (load.callers, store_append, raw) {
@@ -235,7 +259,11 @@ pub fn table(results: &Results, quick: bool) -> Table {
                 .measured(measured),
             );
         }
-        let single = server.appends.iter().find(|l| l.callers == BATCH_CALLERS);
+        let single = server
+            .appends
+            .appends
+            .iter()
+            .find(|l| l.callers == BATCH_CALLERS);
         let vs_single = single.map(|s| server.batch.records_per_sec() / s.records_per_sec());
         rows.push(
             Row::load(
