@@ -58,6 +58,19 @@
 //! repair that cut more than a partial line, `journal.jsonl.broken-<offset>` with the bytes
 //! that were cut.
 //!
+//! **Segment indexes.** A rotated segment larger than 64 KiB gets a sparse index beside it,
+//! `journal.jsonl.000003.idx`, written by the writer when it seals the segment: where one
+//! record starts in every 64 KiB of the file, so that a reader starting at any sequence
+//! number seeks there and reads less than 64 KiB, instead of counting every line before
+//! it. It is derived data and never trusted: the layout (little-endian) is the magic
+//! `MSIDX001`, then `first_seq`, header length, segment length and entry count as u64,
+//! then the entries as (seq, byte offset of its line) u64 pairs, then the FNV-1a 64
+//! checksum of all bytes before it. An index that is missing, torn, for another file
+//! (first seq, header or length differ), or whose entry does not follow a line break is
+//! ignored, and the segment is read from its start. Segments of the published crate and
+//! of older versions have none and are read that way. The writer keeps the active
+//! segment's index in memory, for readers in its process.
+//!
 //! # Durability contract
 //!
 //! **What `Ok` means.** When `append`, `append_batch` or `append_json` returns `Ok`, the
@@ -70,13 +83,15 @@
 //!    then are they counted, shown to readers and acknowledged. A failed write is
 //!    truncated away; a failed fsync poisons the writer (see below).
 //! 2. rotation (after an append reaches `max_bytes_per_segment`): rename the active file to
-//!    the next segment number, fsync the directory; create the new active file with its
-//!    header, fsync it and the directory; delete segments beyond `max_segments`, fsync the
-//!    directory.
+//!    the next segment number, fsync the directory; write the sealed segment's index
+//!    (through a temporary name, not fsynced: it is checked on use); create the new active
+//!    file with its header, fsync it and the directory; delete segments beyond
+//!    `max_segments` (each after its index), fsync the directory.
 //! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
 //!    torn header: it is created from the end of the newest segment); cut an incomplete
 //!    tail from the active file (logging file, offset and length; more than a partial line
-//!    is first saved as `.broken-<offset>`), fsync, and only then accept appends.
+//!    is first saved as `.broken-<offset>`), fsync, and only then accept appends. Indexes
+//!    whose segment is gone are deleted.
 //!
 //! **What a crash can leave, and what open makes of it.** A crash during an append can
 //! leave a prefix of the unacknowledged records: complete lines are kept (they were never
@@ -104,6 +119,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod index;
 mod json;
 mod options;
 mod read;

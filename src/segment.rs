@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::index::SparseIndex;
 use crate::{MiniStoreError, Result};
 
 /// Every journal file starts with this; the published `ministore` crate accepts any first
@@ -117,8 +118,40 @@ pub(crate) fn dir_of(base: &Path) -> &Path {
     }
 }
 
-/// Rotated segments of the journal at `base`, oldest first. A missing directory has none.
-pub(crate) fn list_rotated(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// A file beside the journal's active file that belongs to the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sibling {
+    /// Rotated segment `n`: `<base>.<digits>`.
+    Segment(u64),
+    /// The sparse index of segment `n`: `<base>.<digits>.idx`.
+    Index(u64),
+    /// An index being written, or left by a crash while it was: `<base>.<digits>.idx.tmp`.
+    IndexTmp(u64),
+}
+
+impl Sibling {
+    /// What the file named `file_name` is to the journal whose active file is named
+    /// `base_name`; `None` for anything else (the lock, `.broken-` evidence, other files).
+    fn classify(base_name: &str, file_name: &str) -> Option<Sibling> {
+        let rest = file_name.strip_prefix(base_name)?.strip_prefix('.')?;
+        let (digits, kind): (&str, fn(u64) -> Sibling) =
+            if let Some(d) = rest.strip_suffix(".idx.tmp") {
+                (d, Sibling::IndexTmp)
+            } else if let Some(d) = rest.strip_suffix(".idx") {
+                (d, Sibling::Index)
+            } else {
+                (rest, Sibling::Segment)
+            };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(kind)
+    }
+}
+
+/// The files of the journal at `base` other than its active file and lock: rotated
+/// segments and their indexes, in directory order. A missing directory has none.
+pub(crate) fn list_siblings(base: &Path) -> Result<Vec<(Sibling, PathBuf)>> {
     let dir = dir_of(base);
     let Some(name) = base.file_name().and_then(|n| n.to_str()) else {
         return Err(MiniStoreError::InvalidArgument(format!(
@@ -134,21 +167,26 @@ pub(crate) fn list_rotated(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| MiniStoreError::io("listing", dir, e))?;
-        let file_name = entry.file_name();
-        let Some(suffix) = file_name
+        if let Some(sibling) = entry
+            .file_name()
             .to_str()
-            .and_then(|f| f.strip_prefix(name))
-            .and_then(|f| f.strip_prefix('.'))
-        else {
-            continue;
-        };
-        if !suffix.is_empty()
-            && suffix.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(number) = suffix.parse::<u64>()
+            .and_then(|f| Sibling::classify(name, f))
         {
-            found.push((number, entry.path()));
+            found.push((sibling, entry.path()));
         }
     }
+    Ok(found)
+}
+
+/// Rotated segments of the journal at `base`, oldest first. A missing directory has none.
+pub(crate) fn list_rotated(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found: Vec<(u64, PathBuf)> = list_siblings(base)?
+        .into_iter()
+        .filter_map(|(sibling, path)| match sibling {
+            Sibling::Segment(n) => Some((n, path)),
+            _ => None,
+        })
+        .collect();
     found.sort_by_key(|(n, _)| *n);
     Ok(found)
 }
@@ -180,7 +218,15 @@ pub(crate) struct Body {
 /// JSON; invalid lines at the very end (a torn or zero-filled tail left by a crash) stop the
 /// count, but an invalid line followed by a valid one is corruption and an error: a crash
 /// only damages the end of a file, so damage in the middle is not ours to repair.
-pub(crate) fn scan_body(file: &File, path: &Path, header_len: u64, validate: bool) -> Result<Body> {
+///
+/// With `index` (for this segment, empty), every complete record is noted in it.
+pub(crate) fn scan_body(
+    file: &File,
+    path: &Path,
+    header_len: u64,
+    validate: bool,
+    mut index: Option<&mut SparseIndex>,
+) -> Result<Body> {
     let file_len = file
         .metadata()
         .map_err(|e| MiniStoreError::io("reading metadata of", path, e))?
@@ -210,7 +256,7 @@ pub(crate) fn scan_body(file: &File, path: &Path, header_len: u64, validate: boo
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             let line_end = line_start + carry.len() as u64 + i as u64 + 1;
             line_no += 1;
-            if validate {
+            let valid = !validate || {
                 let line: &[u8] = if carry.is_empty() {
                     &rest[..i]
                 } else {
@@ -218,26 +264,28 @@ pub(crate) fn scan_body(file: &File, path: &Path, header_len: u64, validate: boo
                     &carry
                 };
                 match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-                    Ok(_) => {
-                        if let Some((bad_line, reason)) = invalid.take() {
-                            return Err(MiniStoreError::Corrupt {
-                                path: path.to_path_buf(),
-                                line: bad_line,
-                                reason: format!(
-                                    "{reason}; valid records follow it, so this is damage, not a torn write"
-                                ),
-                            });
-                        }
-                        body.records += 1;
-                        body.end = line_end;
-                    }
+                    Ok(_) => true,
                     Err(e) => {
                         if invalid.is_none() {
                             invalid = Some((line_no, format!("invalid JSON: {e}")));
                         }
+                        false
                     }
                 }
-            } else {
+            };
+            if valid {
+                if let Some((bad_line, reason)) = invalid.take() {
+                    return Err(MiniStoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        line: bad_line,
+                        reason: format!(
+                            "{reason}; valid records follow it, so this is damage, not a torn write"
+                        ),
+                    });
+                }
+                if let Some(index) = index.as_deref_mut() {
+                    index.note(index.first_seq() + body.records, line_start);
+                }
                 body.records += 1;
                 body.end = line_end;
             }
@@ -322,7 +370,7 @@ pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
 pub(crate) fn count_records(segment: &Segment) -> Result<u64> {
     let file =
         File::open(&segment.path).map_err(|e| MiniStoreError::io("opening", &segment.path, e))?;
-    Ok(scan_body(&file, &segment.path, segment.header_len, false)?.records)
+    Ok(scan_body(&file, &segment.path, segment.header_len, false, None)?.records)
 }
 
 /// Writes `bytes` to a new file at `path` and makes it durable (file and directory entry).
@@ -384,6 +432,13 @@ mod tests {
             "j.jsonl.x1",
             "j.jsonl.lock",
             "k.jsonl.1",
+            "j.jsonl.000002.idx",
+            "j.jsonl.000003.idx",
+            "j.jsonl.000003.idx.tmp",
+            "j.jsonl.idx",
+            "j.jsonl.1.idx.x",
+            "j.jsonl.x.idx",
+            "j.jsonl.broken-120",
         ] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
@@ -393,6 +448,18 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(numbers, vec![2, 999, 1000]);
+        // Indexes are never mistaken for segments, and are told apart from their temp files.
+        let mut indexes: Vec<Sibling> = list_siblings(&base)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .filter(|s| !matches!(s, Sibling::Segment(_)))
+            .collect();
+        indexes.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(
+            indexes,
+            vec![Sibling::Index(2), Sibling::Index(3), Sibling::IndexTmp(3)]
+        );
         assert_eq!(rotated_path(&base, 7), dir.path().join("j.jsonl.000007"));
         assert_eq!(
             rotated_path(&base, 1234567),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::index::{self, SharedIndex, SparseIndex};
 use crate::json::JsonLine;
 use crate::read::{JournalReader, JournalStream};
 use crate::segment::{self, Segment};
@@ -388,6 +389,7 @@ impl MiniStore {
     /// A reader of the journal at `path` from sequence number `from_seq` across all
     /// retained segments, as it is on disk (without a `MiniStore`, e.g. in another process).
     /// It finds its start from the segments' headers without reading earlier segments, and
+    /// from the segment's index within it (less than 64 KiB read before the first record);
     /// its memory stays flat however large the journal. Starting before the oldest retained
     /// record starts at the oldest.
     ///
@@ -467,6 +469,10 @@ struct Writer {
     next_seq: u64,
     /// Rotated segments, oldest first: (number, first_seq, path).
     rotated: VecDeque<(u64, u64, PathBuf)>,
+    /// The sparse index of the active segment, kept as records are committed; readers in
+    /// this process find it through `index::lookup_active`, and rotation writes it beside
+    /// the sealed segment.
+    index: SharedIndex,
     /// Set when a failure leaves the file in a state we cannot vouch for.
     poisoned: Option<String>,
     /// Held for the writer's lifetime: one writer per journal, across processes.
@@ -510,10 +516,25 @@ impl Writer {
             .write(true)
             .open(&active.path)
             .map_err(|e| MiniStoreError::io("opening", &active.path, e))?;
-        let body = segment::scan_body(&file, &active.path, active.header_len, true)?;
+        // The scan that finds the torn tail also finds where the records start: the active
+        // segment's index costs no extra read.
+        let mut active_index = SparseIndex::new(active.first_seq, active.header_len);
+        let body = segment::scan_body(
+            &file,
+            &active.path,
+            active.header_len,
+            true,
+            Some(&mut active_index),
+        )?;
         if body.end < body.file_len {
             cut_torn_tail(&file, &active.path, body)?;
         }
+        // Indexes are never trusted, so a stale one is harmless; but it is clutter.
+        if let Err(e) = index::remove_orphans(&base) {
+            tracing::warn!(journal = %base.display(), error = %e, "could not look for stale segment indexes");
+        }
+        let index = SharedIndex::new(active_index.into());
+        index::publish_active(&base, &index);
         Ok(Writer {
             rotated: segments
                 .into_iter()
@@ -525,6 +546,7 @@ impl Writer {
             len: body.end,
             active_first_seq: active.first_seq,
             next_seq: active.first_seq + body.records,
+            index,
             poisoned: None,
             _lock: lock,
         })
@@ -569,7 +591,9 @@ impl Writer {
             self.poisoned = Some(format!("fsync failed: {e}"));
             return Err(MiniStoreError::io("fsyncing", &self.base, e));
         }
-        // 3. Only now do the records count: readers may see them, callers are told.
+        // 3. Only now do the records count: readers may see them, callers are told. The
+        //    index only ever points at durable records.
+        index::lock(&self.index).note_lines(first, self.len, buf);
         self.len += buf.len() as u64;
         self.next_seq += count;
         if self.len >= self.opts.max_bytes_per_segment {
@@ -595,23 +619,35 @@ impl Writer {
         // 3. Make the rename durable. Crash before this: after reboot the file may be back
         //    under the active name, still a valid active segment.
         segment::sync_dir(&dir)?;
+        // 4. Write the sealed segment's index beside it (`index::write_sidecar`: derived
+        //    data, not fsynced). A failure costs readers a scan, so it is only logged.
+        //    Crash here: a segment without an index, or with one that fails its checks.
+        let header = segment::header_line(self.next_seq);
+        let sealed_index = std::mem::replace(
+            &mut *index::lock(&self.index),
+            SparseIndex::new(self.next_seq, header.len() as u64),
+        );
+        if let Err(e) = index::write_sidecar(&sealed, &sealed_index, self.len) {
+            tracing::warn!(segment = %sealed.display(), error = %e, "could not write the segment's index; readers will scan it");
+        }
         self.rotated
             .push_back((number, self.active_first_seq, sealed));
-        // 4. Create the new active segment: header with its first seq, fsync the file and
+        // 5. Create the new active segment: header with its first seq, fsync the file and
         //    the directory. Crash here: no active file, or one with a partial header; open
         //    then creates it from the end of the newest rotated segment.
-        let header = segment::header_line(self.next_seq);
         self.file = segment::write_new_file(&self.base, header.as_bytes())?;
         self.len = header.len() as u64;
         self.active_first_seq = self.next_seq;
-        // 5. Retention: delete the oldest segments beyond max_segments (the active one
-        //    counts), then fsync the directory. Crash here: extra old segments remain
-        //    until the next rotation deletes them. Sequence numbers do not move: each
-        //    segment's header holds its own first seq.
+        // 6. Retention: delete the oldest segments beyond max_segments (the active one
+        //    counts), each after its index, then fsync the directory. Crash here: extra
+        //    old segments remain until the next rotation deletes them (an index whose
+        //    segment is gone is ignored, and removed by the next open). Sequence numbers
+        //    do not move: each segment's header holds its own first seq.
         let keep = self.opts.max_segments - 1;
         let mut deleted = false;
         while self.rotated.len() > keep {
             let (_, first_seq, path) = self.rotated.pop_front().expect("len > keep >= 0");
+            index::remove_sidecar(&path);
             std::fs::remove_file(&path).map_err(|e| MiniStoreError::io("deleting", &path, e))?;
             tracing::info!(
                 segment = %path.display(),

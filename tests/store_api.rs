@@ -9,8 +9,10 @@ use std::pin::{Pin, pin};
 use std::task::Poll;
 
 use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
-use ministore_tests::files::{PUBLISHED_HEADER, file_names, header};
-use ministore_tests::records::{read_all, seqs};
+use ministore_tests::files::{
+    PUBLISHED_HEADER, SegmentIndex, file_names, header, index_path, rotated_segments,
+};
+use ministore_tests::records::{INDEXED_RECORDS, fixed_width, indexed_journal, read_all, seqs};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
@@ -644,6 +646,147 @@ async fn read_from_before_the_oldest_retained_record_starts_at_the_oldest() {
         );
         assert_eq!(on_disk, durable);
     }
+}
+
+/// The header line of the file at `path`, newline included.
+fn first_line(path: &Path) -> String {
+    let text = read(path);
+    text[..=text.find('\n').unwrap()].to_string()
+}
+
+/// Reads 3 records from `from` with `reader` and checks they are exactly `from..from + 3`.
+async fn assert_starts_exactly_at(mut reader: ministore::JournalReader, from: u64) {
+    let batch = reader.next_batch(3).await.unwrap();
+    assert_eq!(seqs(&batch), vec![from, from + 1, from + 2], "from {from}");
+    for r in &batch {
+        assert_eq!(
+            r.parse::<String>().unwrap(),
+            fixed_width(r.seq),
+            "from {from}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotation_writes_an_index_of_the_sealed_segment_that_points_at_line_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(indexed_journal(dir.path()).await);
+    let segments = rotated_segments(&journal(&dir));
+    assert_eq!(segments.len(), 3);
+    for segment in &segments {
+        let bytes = std::fs::read(segment).unwrap();
+        let index = SegmentIndex::read(&index_path(segment));
+        assert_eq!(index.segment_len, bytes.len() as u64);
+        assert_eq!(
+            header(index.first_seq).len() as u64,
+            index.header_len,
+            "{}",
+            segment.display()
+        );
+        assert!(index.entries.len() >= 4, "{index:?}");
+        let mut previous = index.header_len;
+        for &(seq, offset) in &index.entries {
+            let at = offset as usize;
+            assert_eq!(bytes[at - 1], b'\n');
+            let line = format!("\"{}\"\n", fixed_width(seq));
+            assert!(bytes[at..].starts_with(line.as_bytes()), "entry {seq}");
+            // One entry per 64 KiB step, at the first record that starts in it.
+            assert!(offset >= previous + 64 * 1024 && offset < previous + 64 * 1024 + 23);
+            previous = offset;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reader_lands_on_its_exact_seq_at_and_between_every_index_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let store = indexed_journal(dir.path()).await;
+    let mut starts = vec![1, 2, INDEXED_RECORDS - 2];
+    for segment in rotated_segments(&path) {
+        let index = SegmentIndex::read(&index_path(&segment));
+        starts.extend([index.first_seq, index.first_seq + 1]);
+        for &(seq, _) in &index.entries {
+            starts.extend([seq - 1, seq, seq + 1, seq + 1000]);
+        }
+    }
+    // The active segment's index lives in the writer: every 97th record of it.
+    let active_first: u64 = first_line(&path)
+        .trim_end()
+        .rsplit_once("first_seq=")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    starts.extend((active_first..INDEXED_RECORDS - 2).step_by(97));
+    for &from in &starts {
+        assert_starts_exactly_at(MiniStore::read_from(&path, from), from).await;
+        assert_starts_exactly_at(store.reader(from), from).await;
+    }
+    drop(store);
+    for &from in &starts {
+        assert_starts_exactly_at(MiniStore::read_from(&path, from), from).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reader_positioned_by_an_index_reads_nothing_before_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let store = indexed_journal(dir.path()).await;
+    // Line breaks before the entry turned into 'x': a reader that counted lines from the
+    // start of the file would land on the wrong record. Lengths do not change.
+    let blank = |file: &Path, from: u64, to: u64| {
+        let mut bytes = std::fs::read(file).unwrap();
+        bytes[from as usize..to as usize].fill(b'x');
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        f.write_all_at(&bytes[from as usize..to as usize], from)
+            .unwrap();
+    };
+    let segment = &rotated_segments(&path)[1];
+    let index = SegmentIndex::read(&index_path(segment));
+    let (seq, offset) = *index.entries.last().unwrap();
+    blank(segment, index.header_len, offset - 1);
+    assert_starts_exactly_at(MiniStore::read_from(&path, seq + 5), seq + 5).await;
+
+    // The active segment, with the writer open: its in-memory index serves readers of its
+    // process, through `reader` and `read_from` alike.
+    let header_len = first_line(&path).len() as u64;
+    blank(&path, header_len, header_len + 1000);
+    let from = INDEXED_RECORDS - 10;
+    assert!(std::fs::metadata(&path).unwrap().len() - header_len > 2 * 64 * 1024);
+    assert_starts_exactly_at(store.reader(from), from).await;
+    assert_starts_exactly_at(MiniStore::read_from(&path, from), from).await;
+}
+
+#[tokio::test]
+async fn retention_deletes_a_segment_with_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(100_000)
+        .max_segments(3)
+        .open(&path)
+        .await
+        .unwrap();
+    let records: Vec<String> = (1..=30_000).map(fixed_width).collect();
+    for chunk in records.chunks(1000) {
+        store.append_batch(chunk).await.unwrap();
+    }
+    let names = segment_names(dir.path());
+    let segments = rotated_segments(&path);
+    assert_eq!(segments.len(), 2, "{names:?}");
+    let mut expected: Vec<String> = segments
+        .iter()
+        .flat_map(|s| [s.clone(), index_path(s)])
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .chain(["journal.jsonl".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    let from = store.durable().first_seq + 5000;
+    assert_starts_exactly_at(store.reader(from), from).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ministore::{JsonLine, MiniStore, MiniStoreOptions};
 use ministore_published as published;
-use ministore_tests::files::{PUBLISHED_HEADER, file_names, header};
+use ministore_tests::files::{PUBLISHED_HEADER, file_names, header, rotated_segments};
 use ministore_tests::records::{read_all, seqs};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
@@ -26,16 +26,7 @@ fn record(i: u32) -> Counter {
 
 /// The journal's files, oldest first: rotated segments by number, then the active file.
 fn segments_in_order(path: &Path) -> Vec<PathBuf> {
-    let dir = path.parent().unwrap();
-    let mut rotated: Vec<(u64, PathBuf)> = file_names(dir)
-        .into_iter()
-        .filter_map(|name| {
-            let number = name.strip_prefix("journal.jsonl.")?.parse().ok()?;
-            Some((number, dir.join(name)))
-        })
-        .collect();
-    rotated.sort();
-    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    let mut files = rotated_segments(path);
     files.push(path.to_path_buf());
     files
 }

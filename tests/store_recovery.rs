@@ -8,8 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use ministore::{MiniStore, MiniStoreError, MiniStoreOptions};
-use ministore_tests::files::{copy_dir, file_names, header};
-use ministore_tests::records::{read_all, seqs};
+use ministore_tests::files::{
+    SegmentIndex, copy_dir, file_names, header, index_path, rotated_segments,
+};
+use ministore_tests::records::{
+    INDEXED_RECORDS, fixed_width, indexed_journal, indexed_options, read_all, seqs,
+};
 
 /// Records with escapes and multi-byte UTF-8, so that cuts land inside both.
 fn rec(i: u64) -> String {
@@ -447,4 +451,190 @@ async fn a_crash_before_retention_deleted_old_segments_reopens_with_every_record
         read.iter()
             .all(|r| r.parse::<String>().unwrap() == rec(r.seq))
     );
+}
+
+/// The rotated segments of an [`indexed_journal`], oldest first.
+fn indexed_segments(dir: &Path) -> Vec<PathBuf> {
+    let segments = rotated_segments(&dir.join("journal.jsonl"));
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    segments
+}
+
+/// Checks that readers of the journal at `path` start exactly where asked around every
+/// entry of `index` (the index of one of its segments as it was written).
+async fn assert_lands_exactly_around(path: &Path, index: &SegmentIndex, what: &str) {
+    let mut starts = vec![index.first_seq, index.first_seq + 1];
+    for &(seq, _) in &index.entries {
+        starts.extend([seq - 1, seq, seq + 1, seq + 700]);
+    }
+    for from in starts {
+        let batch = MiniStore::read_from(path, from)
+            .next_batch(2)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&batch), vec![from, from + 1], "{what}: from {from}");
+        assert_eq!(
+            batch[0].parse::<String>().unwrap(),
+            fixed_width(from),
+            "{what}: from {from}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_torn_stale_or_foreign_index_is_ignored_and_readers_still_land_exactly() {
+    let src = tempfile::tempdir().unwrap();
+    drop(indexed_journal(src.path()).await);
+    let [first, second, _] = &indexed_segments(src.path())[..] else {
+        unreachable!()
+    };
+    let good = std::fs::read(index_path(second)).unwrap();
+    let index = SegmentIndex::read(&index_path(second));
+    // Entries that all claim one record too many: used, they would misplace every reader,
+    // so a reader that lands exactly has ignored them.
+    let shifted = SegmentIndex {
+        entries: index.entries.iter().map(|&(s, o)| (s + 1, o)).collect(),
+        ..index.clone()
+    };
+    let mut flipped = good.clone();
+    flipped[45] ^= 1;
+    let cases: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("missing (a crash before it was written)", None),
+        ("empty", Some(Vec::new())),
+        ("cut after its magic", Some(good[..8].to_vec())),
+        ("cut in an entry", Some(good[..good.len() - 20].to_vec())),
+        (
+            "without its checksum",
+            Some(good[..good.len() - 8].to_vec()),
+        ),
+        ("a byte flipped", Some(flipped)),
+        ("zeros", Some(vec![0; good.len()])),
+        ("not an index", Some(b"hello\n".repeat(100))),
+        (
+            "of another segment",
+            Some(std::fs::read(index_path(first)).unwrap()),
+        ),
+        (
+            "for a longer segment",
+            Some(
+                SegmentIndex {
+                    segment_len: index.segment_len + 1,
+                    ..shifted.clone()
+                }
+                .encode(),
+            ),
+        ),
+        (
+            "for a segment starting elsewhere",
+            Some(
+                SegmentIndex {
+                    first_seq: index.first_seq + 1,
+                    ..shifted.clone()
+                }
+                .encode(),
+            ),
+        ),
+        (
+            "for a longer header",
+            Some(
+                SegmentIndex {
+                    header_len: index.header_len + 1,
+                    ..shifted.clone()
+                }
+                .encode(),
+            ),
+        ),
+        (
+            "whose entries are not line starts",
+            Some(
+                SegmentIndex {
+                    entries: index.entries.iter().map(|&(s, o)| (s, o + 1)).collect(),
+                    ..index.clone()
+                }
+                .encode(),
+            ),
+        ),
+        (
+            "whose entries run past the segment",
+            Some(
+                SegmentIndex {
+                    entries: vec![(index.first_seq + 10, index.segment_len + 230)],
+                    ..index.clone()
+                }
+                .encode(),
+            ),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let target = index_path(&dir.path().join(second.file_name().unwrap()));
+        match bytes {
+            Some(bytes) => std::fs::write(&target, bytes).unwrap(),
+            None => std::fs::remove_file(&target).unwrap(),
+        }
+        let path = dir.path().join("journal.jsonl");
+        assert_lands_exactly_around(&path, &index, what).await;
+        // The writer neither trusts nor needs it either.
+        assert_reopens_with_fixed_width(&path).await;
+    }
+}
+
+/// Opens the [`indexed_journal`] at `path` and checks its records are all there.
+async fn assert_reopens_with_fixed_width(path: &Path) {
+    let store = indexed_options().open(path).await.unwrap();
+    assert_eq!(store.last_seq(), INDEXED_RECORDS);
+    let read = read_all(&mut store.reader(1), 10_000).await;
+    assert_eq!(seqs(&read), (1..=INDEXED_RECORDS).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_grown_segment_makes_its_index_stale_and_it_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(indexed_journal(dir.path()).await);
+    let second = &indexed_segments(dir.path())[1];
+    let index = SegmentIndex::read(&index_path(second));
+    // The index is replaced by one claiming a record too many per entry, for the segment's
+    // length before a partial line was added to it (not a record: readers skip it).
+    let shifted = SegmentIndex {
+        entries: index.entries.iter().map(|&(s, o)| (s + 1, o)).collect(),
+        ..index.clone()
+    };
+    std::fs::write(index_path(second), shifted.encode()).unwrap();
+    append_bytes(second, b"\"partial");
+    assert_lands_exactly_around(&dir.path().join("journal.jsonl"), &index, "grown").await;
+}
+
+#[tokio::test]
+async fn open_deletes_indexes_whose_segment_is_gone_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(indexed_journal(dir.path()).await);
+    let [first, second, third] = &indexed_segments(dir.path())[..] else {
+        unreachable!()
+    };
+    let before = file_names(dir.path());
+    // As a crash between deleting an index and its segment would leave it (the other
+    // order), or the published crate's retention, which knows nothing of indexes.
+    std::fs::copy(
+        index_path(first),
+        dir.path().join("journal.jsonl.000099.idx"),
+    )
+    .unwrap();
+    // As a crash while an index was being written leaves it.
+    std::fs::write(dir.path().join("journal.jsonl.000004.idx.tmp"), b"MSIDX").unwrap();
+    // Not ours: left alone.
+    std::fs::write(dir.path().join("journal.jsonl.x.idx"), b"x").unwrap();
+
+    let store = indexed_options()
+        .open(dir.path().join("journal.jsonl"))
+        .await
+        .unwrap();
+    let mut expected = before;
+    expected.push("journal.jsonl.x.idx".into());
+    expected.sort();
+    assert_eq!(file_names(dir.path()), expected);
+    for segment in [first, second, third] {
+        assert!(index_path(segment).exists());
+    }
+    assert_eq!(store.last_seq(), INDEXED_RECORDS);
 }
