@@ -208,6 +208,14 @@ pub struct AppendLoads {
     pub per_call: Load,
 }
 
+/// The project's client of `addr`, with `max_appends_in_flight(in_flight)`.
+async fn connect(addr: &str, in_flight: usize) -> Result<Client, BoxError> {
+    Ok(ClientBuilder::new(addr)
+        .max_appends_in_flight(in_flight)
+        .connect()
+        .await?)
+}
+
 /// Both kinds of [`AppendLoads`] against the server at `addr`, through `client`.
 async fn append_loads(
     client: &Client,
@@ -217,10 +225,7 @@ async fn append_loads(
     warmup: Duration,
 ) -> Result<AppendLoads, BoxError> {
     let appends = appends(client, journal_prefix, &CALLERS, duration, warmup).await?;
-    let per_call_client = ClientBuilder::new(addr)
-        .max_appends_in_flight(0)
-        .connect()
-        .await?;
+    let per_call_client = connect(addr, 0).await?;
     let prefix = format!("{journal_prefix}-per-call");
     let mut per_call = self::appends(
         &per_call_client,
@@ -237,13 +242,18 @@ async fn append_loads(
 }
 
 /// The no-op ceiling: Append at 1, 16 and 64 callers against [`crate::noop`].
-pub async fn noop(duration: Duration, warmup: Duration) -> Result<AppendLoads, BoxError> {
+/// `in_flight` is the client's `max_appends_in_flight`.
+pub async fn noop(
+    duration: Duration,
+    warmup: Duration,
+    in_flight: usize,
+) -> Result<AppendLoads, BoxError> {
     let (stop, stopped) = oneshot::channel::<()>();
     let (addr, server) = crate::noop::spawn(async {
         let _ = stopped.await;
     })
     .await?;
-    let client = Client::connect(addr.to_string()).await?;
+    let client = connect(&addr.to_string(), in_flight).await?;
     let loads = append_loads(&client, &addr.to_string(), "noop", duration, warmup).await;
     drop(client);
     let _ = stop.send(());
@@ -304,8 +314,9 @@ pub async fn server(
     data_dir: &Path,
     duration: Duration,
     warmup: Duration,
+    in_flight: usize,
 ) -> Result<ServerLoads, BoxError> {
-    let (single, batch) = with_server(&data_dir.join("server"), async |client, addr| {
+    let (single, batch) = with_server(&data_dir.join("server"), in_flight, async |client, addr| {
         let single = append_loads(client, addr, "append", duration, warmup).await?;
         let batch = batches(client, "batch", duration, warmup).await?;
         Ok((single, batch))
@@ -323,6 +334,7 @@ pub async fn server(
 /// `127.0.0.1:0` listener, then shuts the server down.
 async fn with_server<T>(
     data_dir: &Path,
+    in_flight: usize,
     work: impl AsyncFnOnce(&Client, &str) -> Result<T, BoxError>,
 ) -> Result<T, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -333,7 +345,7 @@ async fn with_server<T>(
     let running = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let client = Client::connect(addr.to_string()).await?;
+    let client = connect(&addr.to_string(), in_flight).await?;
     let result = work(&client, &addr.to_string()).await;
     drop(client);
     let _ = stop.send(());

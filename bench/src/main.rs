@@ -60,6 +60,10 @@ struct Args {
     /// Run only these sections (comma-separated). Ratios to a section not run show n/a.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
+    /// The client's max_appends_in_flight in the Append rows: appends per journal sent at
+    /// once, each its own RPC, before further ones wait and share an AppendBatch.
+    #[arg(long, value_name = "N", default_value_t = ministore_client::DEFAULT_APPENDS_IN_FLIGHT)]
+    appends_in_flight: usize,
     /// Also print the table as Markdown (for the README).
     #[arg(long)]
     markdown: bool,
@@ -155,12 +159,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     if wanted(Section::Noop) {
         progress("noop: no-op gRPC server at 1, 16, 64 callers");
-        results.noop = Some(grpc_bench::noop(duration, warmup).await?);
+        results.noop = Some(grpc_bench::noop(duration, warmup, args.appends_in_flight).await?);
     }
     if wanted(Section::Server) {
         progress("server: durable Append at 1, 16, 64 callers; AppendBatch at 64");
-        results.server =
-            Some(grpc_bench::server(&dir.path().join("server-data"), duration, warmup).await?);
+        results.server = Some(
+            grpc_bench::server(
+                &dir.path().join("server-data"),
+                duration,
+                warmup,
+                args.appends_in_flight,
+            )
+            .await?,
+        );
     }
     if wanted(Section::Stream) {
         let records = if args.quick {
@@ -192,7 +203,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     print!("{}", table.render());
     println!();
     println!("load average at end: {load_after}");
-    for note in notes(&results) {
+    for note in notes(&results, args.appends_in_flight) {
         println!("- {note}");
     }
     if args.markdown {
@@ -203,11 +214,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
 }
 
 /// What the reader of the table needs to know about how figures were taken.
-fn notes(results: &Results) -> Vec<String> {
+fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
     let mut notes = vec![
         "records: a 199-byte JSON object (200 bytes on disk with its newline); raw = one thread, write + fdatasync of 200 bytes to a plain file".into(),
         "gRPC rows: all callers share one connection (one ministore_client::Client, cloned); client and server (in this process) share its tokio runtime; each measurement follows a discarded warm-up; p50/p99 per call; CPU/call = this process's user+system CPU time (client and server together) over the calls".into(),
-        format!("Append rows call Client::append with its defaults: up to {} appends per journal on the wire at once, each its own Append RPC; further concurrent ones wait and share one AppendBatch. \"one RPC each\" rows use a client with max_appends_in_flight(0): every call its own Append RPC", ministore_client::DEFAULT_APPENDS_IN_FLIGHT),
+        format!("Append rows call Client::append with max_appends_in_flight({}) (--appends-in-flight): that many appends per journal on the wire at once, each its own Append RPC; further concurrent ones wait and share one AppendBatch. \"one RPC each\" rows use max_appends_in_flight(0): every call its own Append RPC", appends_in_flight),
         "writer only: ministore_server::Journals::append called directly (JSON validation, the journal's writer thread, group commit), no gRPC".into(),
         "no-op: an in-bench Journal server with ministore_server::Server's tonic settings (TCP_NODELAY on accepted sockets via TcpIncoming, request deadline, HTTP/2 keepalive, message limits, a pass-through interceptor) whose Append/AppendBatch answer at once".into(),
     ];
