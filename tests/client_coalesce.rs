@@ -275,22 +275,44 @@ async fn an_outage_during_a_batch_is_every_records_error_and_nothing_is_resent()
     );
 }
 
+/// An append of `"hold"` the scripted server holds, and an append of `"next"` waiting
+/// behind it; both started, neither finished.
+async fn one_held_one_waiting() -> (Arc<Scripted>, Client, Append, Append) {
+    let (server, client) = scripted_with_client().await;
+    let mut held = [append(&client, "hold")];
+    start_all(&mut held).await;
+    server.received_hold.notified().await;
+    let mut waiting = [append(&client, "next")];
+    start_all(&mut waiting).await;
+    let [held] = held;
+    let [waiting] = waiting;
+    (server, client, held, waiting)
+}
+
 #[tokio::test]
 async fn an_abandoned_append_hands_its_place_to_those_waiting() {
-    let (server, client) = scripted_with_client().await;
-    let mut first = vec![append(&client, "hold")];
-    start_all(&mut first).await;
-    server.received_hold.notified().await;
-    let mut waiting = vec![append(&client, "next")];
-    start_all(&mut waiting).await;
-
-    drop(first); // the caller gives up on its append while the server still holds it
-    let next = waiting.pop().unwrap().await.unwrap();
+    let (server, _client, held, waiting) = one_held_one_waiting().await;
+    drop(held); // the caller gives up on its append while the server still holds it
+    let next = waiting.await.unwrap();
     assert!(next >= 1, "the waiting append went out: {next}");
     assert!(
         server.calls().contains(&Call::Append("next".into())),
         "{:?}",
         server.calls()
+    );
+    server.release.notify_one();
+}
+
+#[test]
+fn an_append_dropped_outside_a_runtime_fails_those_waiting_instead_of_panicking() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, _client, held, waiting) = runtime.block_on(one_held_one_waiting());
+    drop(held); // on this thread, outside the runtime: nothing can be spawned here
+    let error = runtime.block_on(waiting).unwrap_err();
+    assert!(matches!(error, ClientError::Protocol(_)), "{error}");
+    assert!(
+        error.to_string().contains("outside a tokio runtime"),
+        "{error}"
     );
     server.release.notify_one();
 }

@@ -107,20 +107,32 @@ impl Coalescer {
 
     /// Called when an RPC of `journal`'s returns: sends what waits, or gives the place up.
     fn returned(self: &Arc<Self>, journal: &str) {
-        if let Some(batch) = self.next_batch(journal) {
-            let coalescer = self.clone();
-            let journal = journal.to_owned();
-            tokio::spawn(async move {
-                let mut batch = batch;
-                loop {
-                    send_batch(&coalescer.rpc, &journal, batch).await;
-                    match coalescer.next_batch(&journal) {
-                        Some(next) => batch = next,
-                        None => break,
-                    }
+        let Some(batch) = self.next_batch(journal) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // An append future dropped outside any runtime: nothing can send for those
+            // waiting, so they are told, and the place is given up.
+            let mut batch = Some(batch);
+            while let Some(waiting) = batch {
+                for w in waiting {
+                    let _ = w.reply.send(Err(ClientError::Protocol(
+                        "the append before this one was dropped outside a tokio runtime, so nothing could send this one".into(),
+                    )));
                 }
-            });
-        }
+                batch = self.next_batch(journal);
+            }
+            return;
+        };
+        let coalescer = self.clone();
+        let journal = journal.to_owned();
+        runtime.spawn(async move {
+            let mut batch = Some(batch);
+            while let Some(waiting) = batch {
+                send_batch(&coalescer.rpc, &journal, waiting).await;
+                batch = coalescer.next_batch(&journal);
+            }
+        });
     }
 
     /// The next batch of `journal`'s waiting appends, keeping the place of the RPC that
