@@ -48,6 +48,13 @@
 //! - Every following `\n`-terminated line is one record: compact JSON, never containing a
 //!   raw newline. Record `k` of a file (from 0) has sequence number `first_seq + k`.
 //! - A last line without `\n` is not a record: it is a write that never completed.
+//! - A NUL byte (never part of JSON text) ends what is written. While a journal is open,
+//!   its active file ends in zeros after its last record: space the writer extends the
+//!   file with ahead of time (up to 1 MiB, never past `max_bytes_per_segment`) so that
+//!   appends overwrite allocated space in place and their `fdatasync` has no file size to
+//!   commit. Readers stop at the first NUL; a clean close cuts the zeros, so a journal at
+//!   rest (and every rotated segment) ends at its last record, as the published crate
+//!   writes it. After a crash the zeros stay until the next open cuts them.
 //!
 //! Sequence numbers start at 1, are contiguous, and never change: rotation and retention
 //! move and delete whole files, and each file carries its own `first_seq`. (A journal
@@ -79,10 +86,14 @@
 //! final.
 //!
 //! **The order of operations**, each step documented where it happens in `store.rs`:
-//! 1. append: `pwrite` the records at the end of the durable data, then `fdatasync`; only
-//!    then are they counted, shown to readers and acknowledged. A failed write is
-//!    truncated away; a failed fsync poisons the writer (see below).
-//! 2. rotation (after an append reaches `max_bytes_per_segment`): rename the active file to
+//! 1. append: when the records would go past the end of the active file, first extend it
+//!    with written zeros (if that fails, e.g. on a full disk, cut them off again and append
+//!    as if there were none); `pwrite` the records at the end of the durable data, then
+//!    `fdatasync`, which covers the zeros too; only then are the records counted, shown to
+//!    readers and acknowledged. A failed write is truncated away (with the zeros); a
+//!    failed fsync poisons the writer (see below).
+//! 2. rotation (after an append reaches `max_bytes_per_segment`): cut any zeros after the
+//!    last record and fsync; rename the active file to
 //!    the next segment number, fsync the directory; write the sealed segment's index
 //!    (through a temporary name, not fsynced: it is checked on use); create the new active
 //!    file with its header, fsync it and the directory; delete segments beyond
@@ -90,17 +101,26 @@
 //! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
 //!    torn header: it is created from the end of the newest segment); cut an incomplete
 //!    tail from the active file (logging file, offset and length; more than a partial line
-//!    is first saved as `.broken-<offset>`), fsync, and only then accept appends. Indexes
-//!    whose segment is gone are deleted.
+//!    is first saved as `.broken-<offset>`; zeros alone are logged as information), fsync,
+//!    and only then accept appends. Indexes whose segment is gone are deleted.
+//! 4. close (dropping the store): cut the zeros after the last record and fsync, best
+//!    effort (a writer poisoned by a failure leaves the file to the next open).
 //!
-//! **What a crash can leave, and what open makes of it.** A crash during an append can
+//! **What a crash can leave, and what open makes of it.** A crash of an open journal
+//! leaves zeros after its last record; open cuts them. A crash during an append can
 //! leave a prefix of the unacknowledged records: complete lines are kept (they were never
-//! acknowledged, but they are valid records), an incomplete one is cut. A crash during
+//! acknowledged, but they are valid records), an incomplete one is cut. As appends
+//! overwrite zeros in place, the pages of one append reach the disk in any order: a power
+//! loss can also leave a page of it still zeros and a later one written, so the first NUL
+//! byte ends the records, and everything from the line holding it on is cut (and kept as
+//! `.broken-<offset>` if it holds a line break, as for any tail). A crash during
 //! rotation leaves the journal in one of the states listed at each step of `rotate`, all
-//! of which open repairs. Nothing acknowledged is ever cut: only bytes after the last
-//! complete, valid line go, and invalid lines are only cut at the end of the active file.
-//! Damage anywhere else (an invalid line followed by valid ones, a foreign header) is
-//! refused with an error and the file is not modified.
+//! of which open repairs. Nothing acknowledged is ever cut: an acknowledged record was
+//! fsynced before anything after it was written, so it holds no NUL and precedes the
+//! first one; only bytes after the last complete, valid line go, and invalid lines are
+//! only cut at the end of the active file or after a NUL byte. Damage anywhere else (an
+//! invalid line followed by valid ones, a foreign header) is refused with an error and
+//! the file is not modified.
 //!
 //! **Errors.** An `Err` from an append means the records are not acknowledged: after a
 //! crash they may or may not be there. After a failed `fsync` the writer refuses further
@@ -110,7 +130,9 @@
 //! **Readers** made by [`MiniStore::reader`] (in the writer's process) never return a
 //! record that is not yet durable: they read only up to the length of the active segment
 //! that the last fsync covered. [`MiniStore::replay`], [`MiniStore::stream`] and
-//! [`MiniStore::read_from`] read files as they are on disk, skipping an incomplete last line.
+//! [`MiniStore::read_from`] read files as they are on disk, skipping an incomplete last line
+//! and stopping at the first NUL byte of an active file (the zeros ahead of the records);
+//! they never keep those zeros, so they read the records written over them afterwards.
 //!
 //! **Not guaranteed**: protection against media corruption (lines carry no checksum, to
 //! stay compatible with the published format), or against another program writing to the

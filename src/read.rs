@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::watch;
 
 use crate::index::{self, SegmentShape};
@@ -464,6 +464,15 @@ impl OpenSegment {
                 return Err(MiniStoreError::io("reading", &self.path, e));
             }
         };
+        // The active file may end in zeros the writer wrote ahead of its records (see
+        // `Writer::preallocate`); they are overwritten in place, so the first NUL is the end
+        // of what is written. Zeros are never kept: bytes read later would follow them
+        // and make a line of stale zeros and new records. The next fill reads from the NUL
+        // again. (A rotated segment ends at its last record: it has no zeros to stop at.)
+        let n = match memchr::memchr(0, &self.buf[have..have + n]) {
+            Some(unwritten) if !self.rotated => unwritten,
+            _ => n,
+        };
         self.buf.truncate(have + n);
         self.pos += n as u64;
         Ok(n > 0)
@@ -478,7 +487,8 @@ type LineFuture =
 /// It implements `tokio_stream::Stream<Item = Result<T, MiniStoreError>>`, and also has an
 /// inherent async [`next`](Self::next). Memory stays flat: one line at a time. A line that
 /// does not parse yields an error naming the file and line, and the stream goes on. An
-/// incomplete last line (a write in progress or cut by a crash) is not a record.
+/// incomplete last line (a write in progress or cut by a crash) is not a record, and
+/// neither is anything from a NUL byte on (space the writer has not written yet).
 pub struct JournalStream<T> {
     reader: Option<LineReader>,
     pending: Option<LineFuture>,
@@ -498,21 +508,56 @@ struct LineReader {
     path: PathBuf,
     /// Line number of the last line read (the header is line 1).
     line: u64,
+    /// File offset where the next line starts.
+    pos: u64,
 }
 
 impl LineReader {
+    /// The next complete line. At the end of what is written (the end of the file, or a NUL:
+    /// zeros the writer wrote ahead of its records, see `Writer::preallocate`), the reader
+    /// goes back to the start of the unfinished line, so that it never keeps bytes that
+    /// are about to be overwritten, and a later call reads the line whole once it is.
     async fn next_line(mut self) -> (Self, std::io::Result<Option<Vec<u8>>>) {
         let mut buf = Vec::new();
-        let result = match self.lines.read_until(b'\n', &mut buf).await {
-            Ok(_) if buf.last() == Some(&b'\n') => {
-                buf.pop();
-                self.line += 1;
-                Ok(Some(buf))
+        let mut reread = false;
+        let result = loop {
+            let chunk = match self.lines.fill_buf().await {
+                Ok(chunk) => chunk,
+                Err(e) => break Err(e),
+            };
+            match memchr::memchr2(b'\n', 0, chunk) {
+                Some(i) if chunk[i] == b'\n' => {
+                    buf.extend_from_slice(&chunk[..i]);
+                    self.lines.consume(i + 1);
+                    self.pos += buf.len() as u64 + 1;
+                    self.line += 1;
+                    break Ok(Some(std::mem::take(&mut buf)));
+                }
+                // A NUL: the end of what is written, if the bytes are fresh. Buffered ones
+                // may be zeros the writer has overwritten since: read again from the line's
+                // start, once.
+                Some(_) if !reread => {
+                    reread = true;
+                    buf.clear();
+                    if let Err(e) = self.lines.seek(std::io::SeekFrom::Start(self.pos)).await {
+                        break Err(e);
+                    }
+                }
+                Some(_) => break Ok(None),
+                None if chunk.is_empty() => break Ok(None),
+                None => {
+                    let n = chunk.len();
+                    buf.extend_from_slice(chunk);
+                    self.lines.consume(n);
+                }
             }
-            // End of file, possibly after an incomplete line: no more records.
-            Ok(_) => Ok(None),
-            Err(e) => Err(e),
         };
+        // Seeking also drops the buffer, and any zeros in it: the writer overwrites them.
+        if matches!(result, Ok(None))
+            && let Err(e) = self.lines.seek(std::io::SeekFrom::Start(self.pos)).await
+        {
+            return (self, Err(e));
+        }
         (self, result)
     }
 }
@@ -532,12 +577,13 @@ where
             .read_until(b'\n', &mut head)
             .await
             .map_err(|e| MiniStoreError::io("reading", path, e))?;
-        segment::parse_header(path, &head)?;
+        let header = segment::parse_header(path, &head)?;
         Ok(JournalStream {
             reader: Some(LineReader {
                 lines,
                 path: path.to_path_buf(),
                 line: 1,
+                pos: header.len,
             }),
             pending: None,
             _record: PhantomData,

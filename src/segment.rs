@@ -219,6 +219,15 @@ pub(crate) struct Body {
 /// count, but an invalid line followed by a valid one is corruption and an error: a crash
 /// only damages the end of a file, so damage in the middle is not ours to repair.
 ///
+/// With `validate`, the first NUL byte also ends the records: the line holding it and
+/// everything after it are the tail. JSON text never holds a raw NUL, and the writer
+/// extends the active file with zeros ahead of its records (`Writer::preallocate`), so a
+/// NUL is space not (yet) written. After a power loss during a commit that spans several
+/// pages, any of those pages may still hold its zeros while later ones hold the commit's
+/// bytes: valid lines after a zeroed one are then the rest of that unacknowledged commit,
+/// not damage in the middle of the file. Every acknowledged record lies before the first
+/// NUL, since it was fsynced before any later write.
+///
 /// With `index` (for this segment, empty), every complete record is noted in it.
 pub(crate) fn scan_body(
     file: &File,
@@ -251,7 +260,12 @@ pub(crate) fn scan_body(
         if n == 0 {
             break; // the file shrank under us; what we have is what there is
         }
-        let mut rest = &buf[..n];
+        let unwritten = if validate {
+            memchr::memchr(0, &buf[..n])
+        } else {
+            None
+        };
+        let mut rest = &buf[..unwritten.unwrap_or(n)];
         pos += n as u64;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             let line_end = line_start + carry.len() as u64 + i as u64 + 1;
@@ -298,6 +312,9 @@ pub(crate) fn scan_body(
         } else {
             // Only the length of a partial line matters when counting.
             carry.resize(carry.len() + rest.len(), 0);
+        }
+        if unwritten.is_some() {
+            break;
         }
     }
     Ok(body)

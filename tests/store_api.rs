@@ -30,6 +30,19 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// The text of an active file whose store is open: its records, without the zeros the
+/// writer writes ahead of them (checked to be nothing else), which it cuts on close.
+fn written(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    assert!(
+        bytes[end..].iter().all(|&b| b == 0),
+        "{} holds more than zeros after its first NUL",
+        path.display()
+    );
+    String::from_utf8(bytes[..end].to_vec()).unwrap()
+}
+
 /// A 20-character record: 23 bytes as a journal line (quotes and newline included).
 fn rec(i: u64) -> String {
     format!("r{i:019}")
@@ -85,6 +98,8 @@ async fn open_writes_the_header_into_an_existing_empty_file() {
     assert_eq!(read(&path), header(1));
     store.append(&1).await.unwrap();
 
+    assert_eq!(written(&path), format!("{}1\n", header(1)));
+    drop(store);
     assert_eq!(read(&path), format!("{}1\n", header(1)));
 }
 
@@ -365,7 +380,7 @@ async fn rotation_renames_the_full_segment_and_starts_a_new_one() {
         let mut names = vec!["journal.jsonl".to_string()];
         names.extend((1..=rotated.len()).map(|n| format!("journal.jsonl.{n:06}")));
         assert_eq!(segment_names(dir.path()), names, "after record {i}");
-        assert_eq!(read(&path), active, "active file after record {i}");
+        assert_eq!(written(&path), active, "active file after record {i}");
         for (n, content) in rotated.iter().enumerate() {
             assert_eq!(
                 read(&dir.path().join(format!("journal.jsonl.{:06}", n + 1))),
@@ -375,6 +390,8 @@ async fn rotation_renames_the_full_segment_and_starts_a_new_one() {
     }
     assert_eq!(rotated.len(), 3);
     assert_eq!(store.durable().segments, 4);
+    drop(store);
+    assert_eq!(read(&path), active, "active file after a clean close");
 }
 
 #[tokio::test]
@@ -555,7 +572,7 @@ async fn append_json_stores_the_json_compacted_to_one_line() {
 
     let compact = r#"{"user":"alice smith","tags":["a","b c"],"amount":1.50}"#;
     assert_eq!(
-        read(&path),
+        written(&path),
         format!("{}{compact}\n{}\n", header(1), r#"{"Set":{"value":3}}"#)
     );
     let read = read_all(&mut MiniStore::read_from(&path, 1), 10).await;
@@ -853,11 +870,13 @@ async fn a_reader_returns_only_durable_records() {
     let path = journal(&dir);
     let mut store = MiniStore::open(&path).await.unwrap();
     store.append_batch(&[1, 2]).await.unwrap();
-    // Bytes past what the store has fsynced: as if a write were in progress.
+    // Bytes past what the store has fsynced, where its next write goes (over the zeros
+    // it wrote ahead): as if a write were in progress.
+    let end = written(&path).len() as u64;
     std::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"3\n"))
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"3\n", end))
         .unwrap();
 
     let durable = read_all(&mut store.reader(1), 100).await;
@@ -993,4 +1012,125 @@ async fn an_unwritable_path_is_an_io_error_naming_the_path() {
     }
     assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+}
+
+/// Record `i` of the live-reading tests: a few hundred bytes, different for every `i`, so
+/// that a reader that mixes up offsets returns visibly wrong text.
+fn live(i: u64) -> String {
+    format!("live {i}: {}", "abcdefghij".repeat(20 + (i % 17) as usize))
+}
+
+#[tokio::test]
+async fn the_active_file_holds_zeros_ahead_of_its_records_while_open_and_none_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append_batch(&[1, 2, 3]).await.unwrap();
+    let records = format!("{}1\n2\n3\n", header(1));
+
+    // Extended with written zeros, so that the next commits overwrite allocated space.
+    assert_eq!(written(&path), records);
+    assert!(std::fs::metadata(&path).unwrap().len() > records.len() as u64);
+    drop(store);
+
+    assert_eq!(read(&path), records);
+    let store = MiniStore::open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), 3);
+}
+
+#[tokio::test]
+async fn a_reader_without_the_writer_follows_a_live_journal_over_its_zeros_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    // Small segments: the reader also crosses rotations, and the zeros of each segment.
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(256 * 1024)
+        .max_segments(1000)
+        .open(&path)
+        .await
+        .unwrap();
+    let mut reader = MiniStore::read_from(&path, 1);
+    let mut stream = MiniStore::stream::<String>(&path).await.unwrap();
+    let mut read = Vec::new();
+    let mut streamed = Vec::new();
+    let mut next = 1u64;
+    // Each append overwrites zeros the reader may have read past before: it must read
+    // them again, never keep them.
+    while next <= 3000 {
+        let batch: Vec<String> = (next..next + 1 + next % 3).map(live).collect();
+        store.append_batch(&batch).await.unwrap();
+        next += batch.len() as u64;
+        read.extend(reader.next_batch(1000).await.unwrap());
+        // The stream reads the first active file only, until it is rotated away.
+        if store.durable().segments == 1 {
+            while let Some(record) = stream.next().await {
+                streamed.push(record.unwrap());
+            }
+            assert_eq!(streamed.len() as u64, next - 1, "stream behind at {next}");
+        }
+    }
+    read.extend(read_all(&mut reader, 1000).await);
+
+    assert!(store.durable().segments > 3, "{:?}", store.durable());
+    assert_eq!(seqs(&read), (1..next).collect::<Vec<_>>());
+    for r in &read {
+        assert_eq!(
+            r.parse::<String>().unwrap(),
+            live(r.seq),
+            "record {}",
+            r.seq
+        );
+    }
+    assert!(!streamed.is_empty());
+    for (i, s) in streamed.iter().enumerate() {
+        assert_eq!(*s, live(i as u64 + 1));
+    }
+    // And in one go, as the published API reads.
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, (1..next).map(live).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn replay_of_a_live_journal_returns_its_records_not_its_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    for i in 1..=50u64 {
+        store.append(&live(i)).await.unwrap();
+        let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+        assert_eq!(replayed, (1..=i).map(live).collect::<Vec<_>>());
+    }
+    let on_disk = read_all(&mut MiniStore::read_from(&path, 1), 7).await;
+    assert_eq!(seqs(&on_disk), (1..=50).collect::<Vec<_>>());
+    assert!(std::fs::metadata(&path).unwrap().len() > written(&path).len() as u64);
+}
+
+#[tokio::test]
+async fn rotation_seals_segments_that_end_at_their_last_record_while_the_writer_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = indexed_journal(dir.path()).await;
+    let segments = rotated_segments(&journal(&dir));
+    assert_eq!(segments.len(), 3);
+    for segment in &segments {
+        let bytes = std::fs::read(segment).unwrap();
+        assert!(!bytes.contains(&0), "{} holds zeros", segment.display());
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        let index = SegmentIndex::read(&index_path(segment));
+        assert_eq!(
+            index.segment_len,
+            bytes.len() as u64,
+            "{}",
+            segment.display()
+        );
+    }
+    // The active file is the one with zeros ahead of its records.
+    let active = journal(&dir);
+    assert!(std::fs::metadata(&active).unwrap().len() > written(&active).len() as u64);
+    let from = INDEXED_RECORDS / 2;
+    let batch = MiniStore::read_from(journal(&dir), from)
+        .next_batch(2)
+        .await
+        .unwrap();
+    assert_eq!(batch[0].json, format!("\"{}\"", fixed_width(from)));
+    drop(store);
 }

@@ -178,3 +178,24 @@ async fn records_the_published_crate_appends_to_a_journal_written_here_continue_
             .all(|r| r.parse::<Counter>().unwrap() == record(r.seq as u32))
     );
 }
+
+#[tokio::test]
+async fn a_journal_closed_here_holds_no_preallocated_zeros_for_the_published_crate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let written: Vec<Counter> = (1..=30).map(record).collect();
+    // Default segments: the writer writes zeros ahead of its records, up to 1 MiB.
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append_batch(&written).await.unwrap();
+    let text_len = written
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap().len() as u64 + 1)
+        .sum::<u64>()
+        + header(1).len() as u64;
+    assert!(std::fs::metadata(&path).unwrap().len() > text_len);
+    drop(store);
+
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len);
+    let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, written);
+}

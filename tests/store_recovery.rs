@@ -638,3 +638,78 @@ async fn open_deletes_indexes_whose_segment_is_gone_and_keeps_the_others() {
     }
     assert_eq!(store.last_seq(), INDEXED_RECORDS);
 }
+
+/// A journal as a crash of its writer leaves it: records `1..=n` (default options, so the
+/// active file is extended with zeros ahead of them), copied while the writer is open.
+/// Returns the copy's active file and the length of its records.
+async fn crashed_with_zeros(dir: &Path, n: u64) -> (PathBuf, u64) {
+    let live = dir.join("live");
+    let path = live.join("journal.jsonl");
+    let mut store = MiniStore::open(&path).await.unwrap();
+    for chunk in recs(1..=n).chunks(7) {
+        store.append_batch(chunk).await.unwrap();
+    }
+    let records = len_of_records(&path);
+    let copy = dir.join("crashed");
+    copy_dir(&live, &copy);
+    drop(store);
+    (copy.join("journal.jsonl"), records)
+}
+
+/// The length of an active file up to its first NUL byte.
+fn len_of_records(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len()) as u64
+}
+
+#[tokio::test]
+async fn zeros_written_ahead_of_the_records_are_cut_after_a_crash_without_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, records) = crashed_with_zeros(dir.path(), 40).await;
+    assert!(len(&path) > records, "the crash left no zeros to cut");
+    // Readers of the crashed journal stop at the zeros.
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, recs(1..=40));
+
+    let store = MiniStore::open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), 40);
+    assert_eq!(len(&path), records);
+    assert!(broken_files(path.parent().unwrap()).is_empty());
+    drop(store);
+    assert_reopens_with(&path, 40, MiniStoreOptions::new()).await;
+}
+
+#[tokio::test]
+async fn a_commit_whose_first_page_never_reached_the_disk_is_cut_with_the_rest_kept_aside() {
+    // Overwriting zeros in place, the pages of one commit reach the disk in any order: a
+    // power loss can leave a later page of it written and an earlier one still zeros.
+    // Complete lines after those zeros are the rest of the unacknowledged commit.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, records) = crashed_with_zeros(dir.path(), 40).await;
+    let mut later_page = vec![0u8; 100];
+    later_page.extend_from_slice(b"of a record\"\n");
+    for r in recs(41..=43) {
+        later_page
+            .extend_from_slice(format!("{}\n", serde_json::to_string(&r).unwrap()).as_bytes());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &later_page, records))
+        .unwrap();
+    // Readers stop at the first NUL.
+    let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, recs(1..=40));
+
+    let store = MiniStore::open(&path).await.unwrap();
+    assert_eq!(store.last_seq(), 40);
+    assert_eq!(len(&path), records);
+    let evidence = path.with_file_name(format!("journal.jsonl.broken-{records}"));
+    assert_eq!(
+        broken_files(path.parent().unwrap()),
+        vec![evidence.file_name().unwrap().to_string_lossy().into_owned()]
+    );
+    assert!(std::fs::read(&evidence).unwrap().starts_with(&later_page));
+    drop(store);
+    assert_reopens_with(&path, 40, MiniStoreOptions::new()).await;
+}
