@@ -50,7 +50,7 @@
 //! - A last line without `\n` is not a record: it is a write that never completed.
 //! - A NUL byte (never part of JSON text) ends what is written. While a journal is open,
 //!   its active file ends in zeros after its last record: space the writer extends the
-//!   file with ahead of time (up to 1 MiB, never past `max_bytes_per_segment`) so that
+//!   file with ahead of time (256 KiB at a time, never past `max_bytes_per_segment`) so that
 //!   appends overwrite allocated space in place and their `fdatasync` has no file size to
 //!   commit. Readers stop at the first NUL; a clean close cuts the zeros, so a journal at
 //!   rest (and every rotated segment) ends at its last record, as the published crate

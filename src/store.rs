@@ -460,8 +460,11 @@ where
 }
 
 /// How far the active file is extended with zeros ahead of the records at a time (see
-/// `Writer::preallocate`).
-const PREALLOCATE: u64 = 1 << 20;
+/// `Writer::preallocate`). The commit that extends writes and fsyncs these zeros too: at
+/// 1 MiB that cost ~1 ms every ~50 batches of 100 records (append_batch p99 1.55 ms here),
+/// at 256 KiB a quarter of it (p99 0.65 ms), while the size change it saves is paid once
+/// per ~1,300 records of 200 bytes either way.
+const PREALLOCATE: u64 = 256 << 10;
 
 /// The synchronous writer behind a `MiniStore`: the active file and what is known of the
 /// rotated ones. Every method documents what a crash at each step leaves behind.

@@ -184,7 +184,7 @@ async fn a_journal_closed_here_holds_no_preallocated_zeros_for_the_published_cra
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.jsonl");
     let written: Vec<Counter> = (1..=30).map(record).collect();
-    // Default segments: the writer writes zeros ahead of its records, up to 1 MiB.
+    // Default segments: the writer writes zeros ahead of its records, 256 KiB at a time.
     let mut store = MiniStore::open(&path).await.unwrap();
     store.append_batch(&written).await.unwrap();
     let text_len = written
