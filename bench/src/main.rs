@@ -150,7 +150,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     let mut results = Results::default();
     if wanted(Section::Store) {
-        progress("store: raw write+fdatasync, MiniStore::append, append_batch");
+        progress(
+            "store: raw write+fdatasync (appending, then over zeros), MiniStore::append, append_batch",
+        );
         results.store = Some(
             store_bench::run(dir.path(), duration)
                 .await
@@ -216,7 +218,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 /// What the reader of the table needs to know about how figures were taken.
 fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
     let mut notes = vec![
-        "records: a 199-byte JSON object (200 bytes on disk with its newline); raw = one thread, write + fdatasync of 200 bytes to a plain file".into(),
+        "records: a 199-byte JSON object (200 bytes on disk with its newline); raw = one thread, write + fdatasync of 200 bytes appended to a plain file (every ratio \"x raw\" is to this); \"raw, over zeros written ahead\" = the same over zeros written and fsynced beforehand, so no fdatasync commits a size change: what ministore does by preallocating its active segment".into(),
         "gRPC rows: all callers share one connection (one ministore_client::Client, cloned); client and server (in this process) share its tokio runtime; each measurement follows a discarded warm-up; p50/p99 per call; CPU/call = this process's user+system CPU time (client and server together) over the calls".into(),
         format!("Append rows call Client::append with max_appends_in_flight({}) (--appends-in-flight): that many appends per journal on the wire at once, each its own Append RPC; further concurrent ones wait and share one AppendBatch. \"one RPC each\" rows use max_appends_in_flight(0): every call its own Append RPC", appends_in_flight),
         "writer only: ministore_server::Journals::append called directly (JSON validation, the journal's writer thread, group commit), no gRPC".into(),

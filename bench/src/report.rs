@@ -250,7 +250,10 @@ pub fn table(results: &Results, quick: bool) -> Table {
             }
             rows.push(row);
         }
-        let store_append = results.store.as_ref().map(|s| &s[1]);
+        let store_append = results
+            .store
+            .as_ref()
+            .and_then(|s| s.iter().find(|m| m.name == crate::store_bench::APPEND));
         for load in &server.writer {
             let measured = match (load.callers, store_append, raw) {
                 (1, Some(append), _) => format!(
