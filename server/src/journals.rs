@@ -326,25 +326,27 @@ impl Writer {
     fn run(&mut self) {
         let mut jobs: Vec<AppendJob> = Vec::new();
         let mut lines: Vec<JsonLine> = Vec::new();
+        // Takes one job into the group; the bytes it adds.
         let take = |job, jobs: &mut Vec<AppendJob>, queue: &mut mpsc::Receiver<_>| match job {
-            WriterJob::Append(job) => jobs.push(job),
+            WriterJob::Append(job) => {
+                let bytes = job.lines.iter().map(|l| l.as_bytes().len()).sum();
+                jobs.push(job);
+                bytes
+            }
             // Refuse new appends (their senders see the queue closed); those already
             // queued are still received, and committed: in-flight appends finish.
-            WriterJob::Stop => queue.close(),
+            WriterJob::Stop => {
+                queue.close();
+                0
+            }
         };
         while let Some(job) = self.queue.blocking_recv() {
-            take(job, &mut jobs, &mut self.queue);
-            let mut bytes = 0;
+            let mut bytes: usize = take(job, &mut jobs, &mut self.queue);
             while bytes < MAX_GROUP_BYTES {
                 let Ok(job) = self.queue.try_recv() else {
                     break;
                 };
-                take(job, &mut jobs, &mut self.queue);
-                bytes = jobs
-                    .iter()
-                    .flat_map(|j| &j.lines)
-                    .map(|l| l.as_bytes().len())
-                    .sum();
+                bytes += take(job, &mut jobs, &mut self.queue);
             }
             if jobs.is_empty() {
                 continue;
