@@ -32,6 +32,7 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct Coalescer {
     rpc: Rpc,
+    /// Places per lane; 0: every append is its own RPC, and no lanes are kept.
     max_in_flight: usize,
     lanes: Mutex<HashMap<String, Lane>>,
 }
@@ -40,8 +41,8 @@ pub(crate) struct Coalescer {
 #[derive(Debug, Default)]
 struct Lane {
     in_flight: usize,
-    /// Never empty unless `in_flight < max_in_flight`: a returning RPC takes the waiting
-    /// before it gives up its place.
+    /// Empty unless all `max_in_flight` places are taken: a returning RPC takes the
+    /// waiting before it gives up its place.
     waiting: Vec<Waiting>,
 }
 
@@ -56,11 +57,7 @@ impl Coalescer {
     pub(crate) fn new(rpc: Rpc, max_in_flight: usize) -> Self {
         Coalescer {
             rpc,
-            max_in_flight: if max_in_flight == 0 {
-                usize::MAX
-            } else {
-                max_in_flight
-            },
+            max_in_flight,
             lanes: Mutex::default(),
         }
     }
@@ -71,6 +68,9 @@ impl Coalescer {
         journal: &str,
         payload: Vec<u8>,
     ) -> Result<u64, ClientError> {
+        if self.max_in_flight == 0 {
+            return append_one(&self.rpc, journal, payload).await;
+        }
         let place = {
             let mut lanes = self.lanes.lock().expect("append lanes");
             let lane = match lanes.get_mut(journal) {
