@@ -184,12 +184,8 @@ pub fn table(results: &Results, quick: bool) -> Table {
             .and_then(|loads| loads.appends.iter().find(|l| l.callers == n))
     };
     if let Some(noop) = &results.noop {
-        for load in noop.appends.iter().chain([&noop.per_call]) {
-            let per_call = if std::ptr::eq(load, &noop.per_call) {
-                PER_CALL
-            } else {
-                ""
-            };
+        let rows_of = noop.appends.iter().map(|load| (load, ""));
+        for (load, per_call) in rows_of.chain([(&noop.per_call, PER_CALL)]) {
             let name = format!("no-op Append, {}{per_call}", callers(load.callers));
             let mut row = Row::load(name, load);
             if let Some(raw) = raw {
