@@ -39,6 +39,11 @@ use clap::{Parser, ValueEnum};
 use grpc_bench::BoxError;
 use report::Results;
 
+// The same allocator as the `ministore-server` binary, so that the in-process server measured
+// here is the one users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line options.
 #[derive(Debug, Parser)]
 #[command(

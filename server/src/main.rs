@@ -6,6 +6,11 @@ use clap::Parser;
 use ministore_server::{Config, LogFormat, Server, ServerError};
 use tracing_subscriber::EnvFilter;
 
+// Every RPC allocates and frees buffers of several KiB (tonic's codec, h2's frames); glibc's
+// malloc spent a fifth of the CPU of a no-op Append on them, mimalloc a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
