@@ -99,7 +99,8 @@
 //!    file with its header, fsync it and the directory; delete segments beyond
 //!    `max_segments` (each after its index), fsync the directory.
 //! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
-//!    torn header: it is created from the end of the newest segment); cut an incomplete
+//!    torn header, or, beside rotated segments, one whose header a power loss left as
+//!    zeros: it is created from the end of the newest segment); cut an incomplete
 //!    tail from the active file (logging file, offset and length; more than a partial line
 //!    is first saved as `.broken-<offset>`; zeros alone are logged as information), fsync,
 //!    and only then accept appends. Indexes whose segment is gone are deleted.

@@ -51,6 +51,11 @@ pub(crate) fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
     let Some(end) = head.iter().position(|&b| b == b'\n') else {
         return Err(bad(if head.is_empty() {
             "the file is empty".into()
+        } else if head.iter().all(|&b| b == 0) {
+            "it starts with zero bytes only, no header and no records (a crash while the \
+             journal was being created can leave this); if it holds nothing you need, delete \
+             it and the journal starts afresh"
+                .into()
         } else if head.len() >= MAX_HEADER_LEN {
             format!("no line break in the first {MAX_HEADER_LEN} bytes")
         } else {

@@ -829,9 +829,12 @@ fn create_active(base: &Path, rotated: &[Segment]) -> Result<Segment> {
     })
 }
 
-/// Empties an active file whose header a crash cut short (no line break, and its bytes are
-/// the start of a header): it holds no records, and `create_active` writes a full header.
-/// Any other file without a header is left alone, for the catalog to refuse.
+/// Empties an active file whose header a crash cut short: no line break, and its bytes are
+/// the start of a header, possibly followed by zeros where a crash kept the file's size but
+/// not its bytes. It holds no records (every commit fsyncs the header with its records),
+/// and `create_active` writes a full header. A file of zeros alone is taken for a torn
+/// header only beside rotated segments (a crash mid-rotation, step 5); alone, it could as
+/// well be anyone's, and the catalog refuses it. Any other file is left alone.
 fn clear_torn_header(base: &Path) -> Result<()> {
     let Ok(file) = std::fs::OpenOptions::new()
         .read(true)
@@ -841,18 +844,43 @@ fn clear_torn_header(base: &Path) -> Result<()> {
         return Ok(()); // missing (created later) or unreadable (the catalog reports it)
     };
     let head = segment::read_head(&file, base)?;
+    let written = &head[..head.iter().position(|&b| b == 0).unwrap_or(head.len())];
     let magic = segment::MAGIC_PREFIX.as_bytes();
     let torn = !head.is_empty()
-        && !head.contains(&b'\n')
-        && head.len() < 4096
-        && (magic.starts_with(&head) || head.starts_with(magic));
+        && !written.contains(&b'\n')
+        && written.len() < 4096
+        && (magic.starts_with(written) || written.starts_with(magic))
+        && (!written.is_empty() || !segment::list_rotated(base)?.is_empty())
+        && zeros_from(&file, base, written.len() as u64)?;
     if torn {
-        tracing::warn!(file = %base.display(), bytes = head.len(), "replacing a header cut short by a crash");
+        tracing::warn!(
+            file = %base.display(),
+            bytes = written.len(),
+            zeros = head.len() - written.len(),
+            "replacing a header cut short by a crash"
+        );
         file.set_len(0)
             .and_then(|_| file.sync_all())
             .map_err(|e| MiniStoreError::io("truncating", base, e))?;
     }
     Ok(())
+}
+
+/// Whether every byte of `file` from `offset` to its end is zero (true if there are none).
+fn zeros_from(file: &File, path: &Path, mut offset: u64) -> Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file
+            .read_at(&mut buf, offset)
+            .map_err(|e| MiniStoreError::io("reading", path, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
 }
 
 /// Rewrites a segment of the published crate with a header that records its first seq.

@@ -368,6 +368,71 @@ async fn a_crash_while_writing_the_new_header_reopens_with_every_record() {
 }
 
 #[tokio::test]
+async fn a_new_active_file_whose_bytes_a_crash_left_as_zeros_reopens_with_every_record() {
+    let src = tempfile::tempdir().unwrap();
+    let (_, n) = just_rotated(src.path()).await;
+    let full = header(n + 1);
+    // A file system may keep a new file's size but not its bytes when the power fails
+    // before the fsync of rotation step 5: zeros instead of the header, or after its start.
+    let mut cases: Vec<Vec<u8>> = vec![vec![0; full.len()], vec![0; 256 << 10]];
+    for cut in [1, 7, 16, full.len() - 1] {
+        let mut torn = full.as_bytes()[..cut].to_vec();
+        torn.resize(full.len() + 100, 0);
+        cases.push(torn);
+    }
+    for content in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = dir.path().join("journal.jsonl");
+        std::fs::write(&path, &content).unwrap();
+
+        let store = small_segments().open(&path).await.unwrap();
+        assert_eq!(store.last_seq(), n, "{} bytes", content.len());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), full);
+        drop(store);
+        assert!(broken_files(dir.path()).is_empty(), "zeros are no evidence");
+        assert_reopens_with(&path, n, small_segments()).await;
+    }
+}
+
+#[tokio::test]
+async fn zeros_with_anything_else_after_them_are_refused_and_left_untouched() {
+    let src = tempfile::tempdir().unwrap();
+    just_rotated(src.path()).await;
+    let mut content = vec![0; 300];
+    content.extend_from_slice(b"{\"a\":1}\n");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(src.path(), dir.path());
+    let path = dir.path().join("journal.jsonl");
+    std::fs::write(&path, &content).unwrap();
+
+    let err = small_segments().open(&path).await.unwrap_err();
+
+    assert!(
+        matches!(&err, MiniStoreError::BadHeader { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+}
+
+#[tokio::test]
+async fn a_lone_file_of_zeros_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    std::fs::write(&path, [0; 100]).unwrap();
+
+    let err = MiniStore::open(&path).await.unwrap_err();
+
+    let text = err.to_string();
+    assert!(matches!(&err, MiniStoreError::BadHeader { .. }), "{err:?}");
+    assert!(
+        text.contains("zero bytes only") && text.contains("delete it"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), [0; 100]);
+}
+
+#[tokio::test]
 async fn a_new_journal_whose_header_was_cut_short_opens_empty() {
     let full = header(1);
     for cut in 0..full.len() {
