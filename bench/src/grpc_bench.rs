@@ -200,7 +200,7 @@ pub async fn batches(
 /// Append through the client as it comes (concurrent appends beyond its in-flight limit
 /// share an AppendBatch) at each of [`CALLERS`], then through a client that sends every
 /// append as its own RPC at [`BATCH_CALLERS`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AppendLoads {
     /// One per entry of [`CALLERS`], through `Client::append` with its defaults.
     pub appends: Vec<Load>,
@@ -263,7 +263,7 @@ pub async fn noop(
 
 /// What the real server does: Append at 1, 16 and 64 callers, then AppendBatch at 64; and
 /// its journal writer alone at 1 and 64 callers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerLoads {
     /// Append at each of [`CALLERS`], and one RPC per call at [`BATCH_CALLERS`].
     pub appends: AppendLoads,

@@ -1,7 +1,7 @@
 //! `ministore-bench`: the service measured against what this machine can do, in one run.
 //!
 //! ```text
-//! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--quick]
+//! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
 //!                                           [--only store,noop,server,stream,open] [--markdown]
 //! ```
 //!
@@ -26,6 +26,7 @@ mod grpc_bench;
 mod noop;
 mod open_bench;
 mod report;
+mod rounds;
 mod store_bench;
 mod stream_bench;
 mod table;
@@ -55,7 +56,7 @@ struct Args {
     /// afterwards. Default: the current directory.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Seconds per measurement (default 3; 0.5 with --quick).
+    /// Seconds per measurement, split between its rounds (default 3; 0.5 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
     /// A fast smoke run: short measurements, a 100,000-record stream journal and a
@@ -69,6 +70,11 @@ struct Args {
     /// once, each its own RPC, before further ones wait and share an AppendBatch.
     #[arg(long, value_name = "N", default_value_t = ministore_client::DEFAULT_APPENDS_IN_FLIGHT)]
     appends_in_flight: usize,
+    /// Rounds of the store, noop and server sections: each runs this many times in turn,
+    /// `--seconds` split between its rounds, and every row keeps its median round, so a
+    /// few seconds of disturbance spoil one round, not a ratio.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Also print the table as Markdown (for the README).
     #[arg(long)]
     markdown: bool,
@@ -138,8 +144,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let warmup = Duration::from_millis(if args.quick { 100 } else { 300 });
     let load_before = loadavg();
     println!(
-        "ministore benchmark: {}-byte JSON records, {seconds} s per measurement{}, in {} ({fs})",
+        "ministore benchmark: {}-byte JSON records, {seconds} s per measurement ({} rounds of the store, noop and server sections, each row its median round){}, in {} ({fs})",
         store_bench::RECORD_BYTES,
+        args.rounds,
         if args.quick {
             " (--quick: smaller sizes)"
         } else {
@@ -154,32 +161,46 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!();
 
     let mut results = Results::default();
-    if wanted(Section::Store) {
-        progress(
-            "store: raw write+fdatasync (appending, then over zeros), MiniStore::append, append_batch",
-        );
-        results.store = Some(
-            store_bench::run(dir.path(), duration)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+    let (mut store, mut noop, mut server) = (Vec::new(), Vec::new(), Vec::new());
+    let slice = duration / args.rounds;
+    for round in 1..=args.rounds {
+        let of = format!("round {round} of {}", args.rounds);
+        let round_dir = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&round_dir)?;
+        if wanted(Section::Store) {
+            progress(&format!(
+                "store ({of}): raw write+fdatasync (appending, then over zeros), MiniStore::append, append_batch"
+            ));
+            store.push(
+                store_bench::run(&round_dir, slice)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        if wanted(Section::Noop) {
+            progress(&format!(
+                "noop ({of}): no-op gRPC server at 1, 16, 64 callers"
+            ));
+            noop.push(grpc_bench::noop(slice, warmup, args.appends_in_flight).await?);
+        }
+        if wanted(Section::Server) {
+            progress(&format!(
+                "server ({of}): durable Append at 1, 16, 64 callers; AppendBatch at 64"
+            ));
+            server.push(
+                grpc_bench::server(
+                    &round_dir.join("server-data"),
+                    slice,
+                    warmup,
+                    args.appends_in_flight,
+                )
+                .await?,
+            );
+        }
     }
-    if wanted(Section::Noop) {
-        progress("noop: no-op gRPC server at 1, 16, 64 callers");
-        results.noop = Some(grpc_bench::noop(duration, warmup, args.appends_in_flight).await?);
-    }
-    if wanted(Section::Server) {
-        progress("server: durable Append at 1, 16, 64 callers; AppendBatch at 64");
-        results.server = Some(
-            grpc_bench::server(
-                &dir.path().join("server-data"),
-                duration,
-                warmup,
-                args.appends_in_flight,
-            )
-            .await?,
-        );
-    }
+    results.store = rounds::store(&store);
+    results.noop = rounds::noop(&noop);
+    results.server = rounds::server(&server);
     if wanted(Section::Stream) {
         let records = if args.quick {
             QUICK_STREAM_RECORDS
