@@ -261,6 +261,22 @@ async fn a_garbage_line_followed_by_a_valid_one_is_refused_and_left_untouched() 
     assert!(matches!(err, MiniStoreError::Corrupt { .. }), "{err:?}");
 }
 
+/// Opens the journal at `path` with `opts`, expecting it refused for the header of `path`,
+/// and checks the file still holds `content`. Returns the error.
+async fn assert_refused_untouched(
+    path: &Path,
+    content: &[u8],
+    opts: MiniStoreOptions,
+) -> MiniStoreError {
+    let err = opts.open(path).await.unwrap_err();
+    assert!(
+        matches!(&err, MiniStoreError::BadHeader { path: p, .. } if p == path),
+        "{content:?}: {err:?}"
+    );
+    assert_eq!(std::fs::read(path).unwrap(), content);
+    err
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_a_journal_is_refused_and_left_untouched() {
     let foreign: [&[u8]; 5] = [
@@ -275,13 +291,7 @@ async fn a_file_that_is_not_a_journal_is_refused_and_left_untouched() {
         let path = dir.path().join("journal.jsonl");
         std::fs::write(&path, content).unwrap();
 
-        let err = MiniStore::open(&path).await.unwrap_err();
-
-        assert!(
-            matches!(&err, MiniStoreError::BadHeader { path: p, .. } if *p == path),
-            "{content:?}: {err:?}"
-        );
-        assert_eq!(std::fs::read(&path).unwrap(), content);
+        assert_refused_untouched(&path, content, MiniStoreOptions::default()).await;
     }
 }
 
@@ -406,13 +416,7 @@ async fn zeros_with_anything_else_after_them_are_refused_and_left_untouched() {
     let path = dir.path().join("journal.jsonl");
     std::fs::write(&path, &content).unwrap();
 
-    let err = small_segments().open(&path).await.unwrap_err();
-
-    assert!(
-        matches!(&err, MiniStoreError::BadHeader { path: p, .. } if *p == path),
-        "{err:?}"
-    );
-    assert_eq!(std::fs::read(&path).unwrap(), content);
+    assert_refused_untouched(&path, &content, small_segments()).await;
 }
 
 #[tokio::test]
@@ -421,15 +425,13 @@ async fn a_lone_file_of_zeros_is_refused_with_what_to_do() {
     let path = dir.path().join("journal.jsonl");
     std::fs::write(&path, [0; 100]).unwrap();
 
-    let err = MiniStore::open(&path).await.unwrap_err();
-
-    let text = err.to_string();
-    assert!(matches!(&err, MiniStoreError::BadHeader { .. }), "{err:?}");
+    let text = assert_refused_untouched(&path, &[0; 100], MiniStoreOptions::default())
+        .await
+        .to_string();
     assert!(
         text.contains("zero bytes only") && text.contains("delete it"),
         "{text}"
     );
-    assert_eq!(std::fs::read(&path).unwrap(), [0; 100]);
 }
 
 #[tokio::test]
