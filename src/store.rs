@@ -855,9 +855,9 @@ fn clear_torn_header(base: &Path) -> Result<()> {
     if torn {
         tracing::warn!(
             file = %base.display(),
-            bytes = written.len(),
-            zeros = head.len() - written.len(),
-            "replacing a header cut short by a crash"
+            header_bytes = written.len(),
+            file_bytes = file.metadata().map_or(0, |m| m.len()),
+            "replacing a header cut short by a crash (the rest of the file is zeros)"
         );
         file.set_len(0)
             .and_then(|_| file.sync_all())
