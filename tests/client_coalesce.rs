@@ -158,10 +158,15 @@ async fn start_all(appends: &mut [Append]) {
     .await;
 }
 
-/// One append of the JSON string `text`, to be polled later.
+/// One append of the JSON string `text` to journal `j`, to be polled later.
 fn append(client: &Client, text: &str) -> Append {
-    let (client, text) = (client.clone(), text.to_owned());
-    Box::pin(async move { client.append("j", &text).await })
+    append_to(client, "j", text)
+}
+
+/// One append of the JSON string `text` to `journal`, to be polled later.
+fn append_to(client: &Client, journal: &str, text: &str) -> Append {
+    let (client, journal, text) = (client.clone(), journal.to_owned(), text.to_owned());
+    Box::pin(async move { client.append(&journal, &text).await })
 }
 
 /// The scripted server, and a client of it that allows one append in flight.
@@ -353,4 +358,41 @@ async fn many_concurrent_appends_to_the_real_server_each_get_the_seq_of_their_re
             "record {seq} is not the one acknowledged with it"
         );
     }
+}
+
+#[tokio::test]
+async fn an_empty_journal_name_and_default_share_one_lane() {
+    let (server, client) = scripted_with_client().await;
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.append("", "hold").await }
+    });
+    server.received_hold.notified().await;
+
+    let mut waiting = vec![
+        append_to(&client, "default", "a"),
+        append_to(&client, "", "b"),
+    ];
+    start_all(&mut waiting).await;
+    assert_eq!(
+        server.calls(),
+        vec![Call::Append("hold".into())],
+        "\"\" is the journal \"default\": appends to either wait behind the one in flight"
+    );
+    server.release.notify_one();
+    assert_eq!(held.await.unwrap().unwrap(), 1);
+
+    let seqs: Vec<u64> = results(waiting)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    assert_eq!(
+        server.calls(),
+        vec![
+            Call::Append("hold".into()),
+            Call::Batch(vec!["a".into(), "b".into()])
+        ]
+    );
 }

@@ -22,6 +22,9 @@ use tonic::Code;
 
 use crate::{ClientError, Rpc};
 
+/// The journal an empty name means, on the server.
+const DEFAULT_JOURNAL: &str = "default";
+
 /// Most records one batch carries.
 const MAX_BATCH_RECORDS: usize = 1024;
 /// Most payload bytes one batch carries: well inside the server's default 16 MiB message
@@ -71,6 +74,12 @@ impl Coalescer {
         if self.max_in_flight == 0 {
             return append_one(&self.rpc, journal, payload).await;
         }
+        // The server's name for "", so that both spellings share one lane.
+        let journal = if journal.is_empty() {
+            DEFAULT_JOURNAL
+        } else {
+            journal
+        };
         let place = {
             let mut lanes = self.lanes.lock().expect("append lanes");
             let lane = match lanes.get_mut(journal) {
