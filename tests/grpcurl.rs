@@ -6,11 +6,12 @@
 //! grpcurl prints them, and by its exit code (64 + the gRPC code).
 
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use ministore_tests::docs::{console_steps, run_as_typed};
 use ministore_tests::server::ServerProcess;
 use ministore_tests::tools::{self, printed};
 use serde_json::{Value, json};
@@ -497,41 +498,6 @@ fn replay_of_an_unknown_journal_is_not_found() {
     assert_eq!(code, 64 + 5, "{stderr}");
 }
 
-/// One `$ command` of a console block in the docs, and the output shown after it.
-struct DocStep {
-    command: String,
-    output: String,
-}
-
-/// The `$` commands of the ```console blocks of `markdown`, each with the lines shown
-/// after it (up to the next command or the block's end).
-fn console_steps(markdown: &str) -> Vec<DocStep> {
-    let mut steps: Vec<DocStep> = Vec::new();
-    let mut in_console = false;
-    for line in markdown.lines() {
-        if line.starts_with("```") {
-            in_console = line == "```console";
-            continue;
-        }
-        if !in_console {
-            continue;
-        }
-        if let Some(command) = line.strip_prefix("$ ") {
-            steps.push(DocStep {
-                command: command.to_owned(),
-                output: String::new(),
-            });
-        } else {
-            let step = steps
-                .last_mut()
-                .expect("a console block starts with a `$` command");
-            step.output.push_str(line);
-            step.output.push('\n');
-        }
-    }
-    steps
-}
-
 #[test]
 fn the_session_in_docs_grpcurl_md_prints_what_it_shows() {
     let doc: PathBuf = tools::workspace_root().join("docs/grpcurl.md");
@@ -543,28 +509,11 @@ fn the_session_in_docs_grpcurl_md_prints_what_it_shows() {
         steps.len()
     );
 
-    let (_tmp, server) = start_server();
-    // The commands name `grpcurl` as a person would: the venv's comes first on PATH.
-    let venv_bin = tools::grpcurl()
-        .parent()
-        .map(Path::to_path_buf)
-        .expect("bin/");
-    let path = std::env::join_paths(std::iter::once(venv_bin).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .expect("PATH");
+    let (tmp, server) = start_server();
     for step in steps {
         assert!(step.command.contains(DOCS_ADDR) || !step.command.starts_with("grpcurl"));
         let command = step.command.replace(DOCS_ADDR, &server.addr.to_string());
-        // Both streams, interleaved as a terminal shows them.
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{command} 2>&1"))
-            .env("PATH", &path)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running sh");
-        let shown = String::from_utf8_lossy(&out.stdout);
+        let shown = run_as_typed(&command, tmp.path());
         assert_eq!(
             shown.trim_end(),
             step.output.trim_end(),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use ministore::proto::StreamRequest;
 use ministore_client::{Client, ClientBuilder};
 use ministore_server::Config;
+use ministore_tests::docs::{console_steps, run_as_typed};
 use ministore_tests::server::{ServerProcess, TestServer};
+use ministore_tests::tools;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::Code;
 
@@ -452,4 +454,69 @@ async fn the_request_timeout_does_not_cut_a_following_stream() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     client.append("t", &2).await.unwrap();
     assert_eq!(tail.message().await.unwrap().unwrap().seq, 2);
+}
+
+/// The block of `markdown` that starts with the line `first` (inside a fence) and ends at
+/// the closing fence, without either.
+fn fenced_block_starting(markdown: &str, first: &str) -> String {
+    let start = markdown
+        .find(&format!("```text\n{first}\n"))
+        .unwrap_or_else(|| panic!("no ```text block starting with {first:?}"));
+    let body = &markdown[start + "```text\n".len()..];
+    body[..body.find("```").expect("closing fence")].to_owned()
+}
+
+#[test]
+fn the_tls_and_token_session_in_the_readme_prints_what_it_shows() {
+    let readme = std::fs::read_to_string(tools::workspace_root().join("README.md")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path(), "readme");
+    // The files the session names, in the directory it runs in: the CA, the server's
+    // certificate and key, and the token file shown above the session.
+    pki.issue("server", &["localhost"]);
+    std::fs::write(
+        pki.dir.join("tokens"),
+        fenced_block_starting(&readme, "# tokens"),
+    )
+    .unwrap();
+    let steps: Vec<_> = console_steps(&readme)
+        .into_iter()
+        .skip_while(|s| !s.command.starts_with("ministore-server --tls-cert"))
+        .take(2)
+        .collect();
+    assert_eq!(
+        steps.len(),
+        2,
+        "the README's TLS session: server, then grpcurl"
+    );
+
+    // The server as the session starts it, on a free port instead of 50051.
+    let args: Vec<&str> = steps[0]
+        .command
+        .strip_prefix("ministore-server ")
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let server = ServerProcess::start_with(&tmp.path().join("data"), &args, |command| {
+        command.current_dir(&pki.dir);
+    });
+
+    let grpcurl = &steps[1];
+    assert!(
+        grpcurl.command.contains("localhost:50051"),
+        "{}",
+        grpcurl.command
+    );
+    let command = grpcurl.command.replace(
+        "localhost:50051",
+        &format!("localhost:{}", server.addr.port()),
+    );
+    let shown = run_as_typed(&command, &pki.dir);
+    assert_eq!(
+        shown.trim_end(),
+        grpcurl.output.trim_end(),
+        "`{}` printed something other than the README shows\nserver log:\n{}",
+        grpcurl.command,
+        server.logs()
+    );
 }
