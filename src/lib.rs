@@ -54,7 +54,10 @@
 //!   appends overwrite allocated space in place and their `fdatasync` has no file size to
 //!   commit. Readers stop at the first NUL; a clean close cuts the zeros, so a journal at
 //!   rest (and every rotated segment) ends at its last record, as the published crate
-//!   writes it. After a crash the zeros stay until the next open cuts them.
+//!   writes it. After a crash the zeros stay until the next open cuts them. With
+//!   [`MiniStoreOptions::preallocate(false)`](MiniStoreOptions::preallocate()) no zeros
+//!   are written: the active file ends at its last record even while open, for readers
+//!   of the published crate.
 //!
 //! Sequence numbers start at 1, are contiguous, and never change: rotation and retention
 //! move and delete whole files, and each file carries its own `first_seq`. (A journal

@@ -590,7 +590,7 @@ impl Writer {
             return Ok(first..first);
         }
         let end = self.len + buf.len() as u64;
-        if end > self.allocated {
+        if end > self.allocated && self.opts.preallocate {
             self.preallocate(end);
         }
         // 1. Write at the end of the durable data (over zeros written ahead, if any). If the

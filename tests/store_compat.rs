@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use ministore::{JsonLine, MiniStore, MiniStoreOptions};
+use ministore_client::Client;
 use ministore_published as published;
 use ministore_tests::files::{PUBLISHED_HEADER, file_names, header, rotated_segments};
 use ministore_tests::records::{read_all, seqs};
+use ministore_tests::server::ServerProcess;
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
@@ -179,6 +181,15 @@ async fn records_the_published_crate_appends_to_a_journal_written_here_continue_
     );
 }
 
+/// The bytes `records` take in a file that starts at seq 1: header and JSON lines.
+fn text_len(records: &[Counter]) -> u64 {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap().len() as u64 + 1)
+        .sum::<u64>()
+        + header(1).len() as u64
+}
+
 #[tokio::test]
 async fn a_journal_closed_here_holds_no_preallocated_zeros_for_the_published_crate() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,15 +198,48 @@ async fn a_journal_closed_here_holds_no_preallocated_zeros_for_the_published_cra
     // Default segments: the writer writes zeros ahead of its records, 256 KiB at a time.
     let mut store = MiniStore::open(&path).await.unwrap();
     store.append_batch(&written).await.unwrap();
-    let text_len = written
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap().len() as u64 + 1)
-        .sum::<u64>()
-        + header(1).len() as u64;
-    assert!(std::fs::metadata(&path).unwrap().len() > text_len);
+    assert!(std::fs::metadata(&path).unwrap().len() > text_len(&written));
     drop(store);
 
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len(&written));
     let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
     assert_eq!(replayed, written);
+}
+
+#[tokio::test]
+async fn without_preallocation_the_published_crate_reads_a_journal_while_it_is_open_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let mut written: Vec<Counter> = (1..=30).map(record).collect();
+    let mut store = MiniStoreOptions::new()
+        .preallocate(false)
+        .open(&path)
+        .await
+        .unwrap();
+    store.append_batch(&written).await.unwrap();
+
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len(&written));
+    let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, written);
+
+    written.push(record(31));
+    store.append(&written[30]).await.unwrap();
+    let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, written, "still open, one more record");
+}
+
+#[tokio::test]
+async fn a_server_started_with_no_preallocate_keeps_its_journals_readable_by_the_published_crate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--no-preallocate"]);
+    let client = Client::connect(server.addr.to_string()).await.unwrap();
+    let written: Vec<Counter> = (1..=20).map(record).collect();
+    for r in &written {
+        client.append("shared", r).await.unwrap();
+    }
+
+    let path = server.data_dir.join("shared").join("journal.jsonl");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len(&written));
+    let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, written, "read while the server runs");
 }

@@ -80,13 +80,14 @@ async fn tail(
     Ok(())
 }
 
-async fn run(max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(max_bytes: u64, preallocate: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.jsonl");
     // Large enough that retention never deletes: the model keeps everything.
     let opts = MiniStoreOptions::new()
         .max_bytes_per_segment(max_bytes)
-        .max_segments(100_000);
+        .max_segments(100_000)
+        .preallocate(preallocate);
     let mut store = opts.clone().open(&path).await.unwrap();
     let mut model: Vec<String> = Vec::new();
     let (mut durable_next, mut on_disk_next) = (1, 1);
@@ -141,12 +142,13 @@ proptest! {
     #[test]
     fn the_journal_agrees_with_a_vec_of_its_records(
         max_bytes in 80u64..800,
+        preallocate in any::<bool>(),
         ops in prop::collection::vec(op(), 1..40),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(run(max_bytes, ops))?;
+        runtime.block_on(run(max_bytes, preallocate, ops))?;
     }
 }

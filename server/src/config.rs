@@ -39,6 +39,13 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_MAX_SEGMENTS", default_value_t = 16)]
     pub max_segments: usize,
 
+    /// Do not write zeros ahead of the records: every active file then ends at its last
+    /// record, even while open, for programs built on the published ministore 0.1.7 that
+    /// read journals while this server writes them. Appends get slower (each fdatasync
+    /// then also commits the file's new size).
+    #[arg(long, env = "MINISTORE_NO_PREALLOCATE")]
+    pub no_preallocate: bool,
+
     /// Largest record accepted, in bytes of JSON. Larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "MINISTORE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
@@ -140,6 +147,7 @@ impl Config {
                 0 => usize::MAX,
                 n => n,
             })
+            .preallocate(!self.no_preallocate)
     }
 
     /// One line saying how much each journal keeps, for the startup log.
