@@ -168,4 +168,7 @@ pub mod proto {
     /// The encoded file descriptor set of the proto, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("ministore_descriptor");
+
+    /// The journal a request means when it leaves `journal` empty (see the proto).
+    pub const DEFAULT_JOURNAL: &str = "default";
 }

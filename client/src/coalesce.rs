@@ -16,14 +16,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ministore::proto::{AppendBatchRequest, AppendRequest, append_request};
+use ministore::proto::{AppendBatchRequest, AppendRequest, DEFAULT_JOURNAL, append_request};
 use tokio::sync::oneshot;
 use tonic::Code;
 
 use crate::{ClientError, Rpc};
-
-/// The journal an empty name means, on the server.
-const DEFAULT_JOURNAL: &str = "default";
 
 /// Most records one batch carries.
 const MAX_BATCH_RECORDS: usize = 1024;
@@ -74,7 +71,7 @@ impl Coalescer {
         if self.max_in_flight == 0 {
             return append_one(&self.rpc, journal, payload).await;
         }
-        // The server's name for "", so that both spellings share one lane.
+        // What the server takes "" for, so that both spellings share one lane.
         let journal = if journal.is_empty() {
             DEFAULT_JOURNAL
         } else {

@@ -13,8 +13,9 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::error::ServerError;
 
-/// The name used when a request leaves `journal` empty.
-pub const DEFAULT_JOURNAL: &str = "default";
+/// The name used when a request leaves `journal` empty (the wire contract's).
+pub use ministore::proto::DEFAULT_JOURNAL;
+
 /// Longest journal name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 /// Appends waiting for a journal's writer; beyond this, callers wait (backpressure).
