@@ -184,19 +184,32 @@ async fn scripted_with_client() -> (Arc<Scripted>, Client) {
 /// holds while appends of `texts` start and wait behind it; then the server lets it go.
 /// Returns the waiting appends, which go out as one batch once awaited.
 async fn waiting_behind_a_held_append(texts: &[&str]) -> (Arc<Scripted>, Client, Vec<Append>) {
+    let appends: Vec<(&str, &str)> = texts.iter().map(|t| ("j", *t)).collect();
+    waiting_behind_a_held_append_to("j", &appends).await
+}
+
+/// Like [`waiting_behind_a_held_append`], with the held append going to `held_journal`
+/// and each waiting one to its own journal: `(journal, text)`.
+async fn waiting_behind_a_held_append_to(
+    held_journal: &str,
+    appends: &[(&str, &str)],
+) -> (Arc<Scripted>, Client, Vec<Append>) {
     let (server, client) = scripted_with_client().await;
     let held = tokio::spawn({
-        let client = client.clone();
-        async move { client.append("j", "hold").await }
+        let (client, journal) = (client.clone(), held_journal.to_owned());
+        async move { client.append(&journal, "hold").await }
     });
     server.received_hold.notified().await;
 
-    let mut waiting: Vec<Append> = texts.iter().map(|t| append(&client, t)).collect();
+    let mut waiting: Vec<Append> = appends
+        .iter()
+        .map(|(journal, text)| append_to(&client, journal, text))
+        .collect();
     start_all(&mut waiting).await;
     assert_eq!(
         server.calls(),
         vec![Call::Append("hold".into())],
-        "the others must wait while one append is in flight"
+        "the others must wait while one append to their journal is in flight"
     );
     server.release.notify_one();
     assert_eq!(held.await.unwrap().unwrap(), 1);
@@ -362,25 +375,9 @@ async fn many_concurrent_appends_to_the_real_server_each_get_the_seq_of_their_re
 
 #[tokio::test]
 async fn an_empty_journal_name_and_default_share_one_lane() {
-    let (server, client) = scripted_with_client().await;
-    let held = tokio::spawn({
-        let client = client.clone();
-        async move { client.append("", "hold").await }
-    });
-    server.received_hold.notified().await;
-
-    let mut waiting = vec![
-        append_to(&client, "default", "a"),
-        append_to(&client, "", "b"),
-    ];
-    start_all(&mut waiting).await;
-    assert_eq!(
-        server.calls(),
-        vec![Call::Append("hold".into())],
-        "\"\" is the journal \"default\": appends to either wait behind the one in flight"
-    );
-    server.release.notify_one();
-    assert_eq!(held.await.unwrap().unwrap(), 1);
+    // "" is the journal "default": appends to either wait behind the one in flight.
+    let (server, _client, waiting) =
+        waiting_behind_a_held_append_to("", &[("default", "a"), ("", "b")]).await;
 
     let seqs: Vec<u64> = results(waiting)
         .await
