@@ -9,6 +9,7 @@ use std::process::Command;
 use ministore::proto::ReplayRequest;
 use ministore::proto::journal_client::JournalClient;
 use ministore::proto::record::Body;
+use ministore_tests::docs::fenced_block;
 use ministore_tests::server::ServerProcess;
 use ministore_tests::tools::{self, printed};
 use serde_json::Value;
@@ -144,18 +145,6 @@ fn python_client_appends_replays_follows_and_gets_error_codes() {
         .collect();
     let texts: Vec<&str> = expected.iter().map(|(_, json)| json.as_str()).collect();
     assert_eq!(lines, texts, "{}", file.display());
-}
-
-/// The body of the first fenced block of `markdown` opened with exactly `fence`, at or
-/// after byte `from`; and where that block ends.
-fn fenced_block(markdown: &str, fence: &str, from: usize) -> (String, usize) {
-    let open = format!("\n{fence}\n");
-    let start = markdown[from..]
-        .find(&open)
-        .map(|i| from + i + open.len())
-        .unwrap_or_else(|| panic!("no {fence} block"));
-    let len = markdown[start..].find("```").expect("the block's end");
-    (markdown[start..start + len].to_owned(), start + len)
 }
 
 #[test]

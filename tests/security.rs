@@ -7,7 +7,7 @@ use std::time::Duration;
 use ministore::proto::StreamRequest;
 use ministore_client::{Client, ClientBuilder};
 use ministore_server::Config;
-use ministore_tests::docs::{console_steps, run_as_typed};
+use ministore_tests::docs::{console_steps, fenced_block, run_as_typed};
 use ministore_tests::server::{ServerProcess, TestServer};
 use ministore_tests::tools;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -456,16 +456,6 @@ async fn the_request_timeout_does_not_cut_a_following_stream() {
     assert_eq!(tail.message().await.unwrap().unwrap().seq, 2);
 }
 
-/// The block of `markdown` that starts with the line `first` (inside a fence) and ends at
-/// the closing fence, without either.
-fn fenced_block_starting(markdown: &str, first: &str) -> String {
-    let start = markdown
-        .find(&format!("```text\n{first}\n"))
-        .unwrap_or_else(|| panic!("no ```text block starting with {first:?}"));
-    let body = &markdown[start + "```text\n".len()..];
-    body[..body.find("```").expect("closing fence")].to_owned()
-}
-
 #[test]
 fn the_tls_and_token_session_in_the_readme_prints_what_it_shows() {
     let readme = std::fs::read_to_string(tools::workspace_root().join("README.md")).unwrap();
@@ -474,11 +464,11 @@ fn the_tls_and_token_session_in_the_readme_prints_what_it_shows() {
     // The files the session names, in the directory it runs in: the CA, the server's
     // certificate and key, and the token file shown above the session.
     pki.issue("server", &["localhost"]);
-    std::fs::write(
-        pki.dir.join("tokens"),
-        fenced_block_starting(&readme, "# tokens"),
-    )
-    .unwrap();
+    let tokens_at = readme
+        .find("\n```text\n# tokens\n")
+        .expect("the README's token file");
+    let (tokens, _) = fenced_block(&readme, "```text", tokens_at);
+    std::fs::write(pki.dir.join("tokens"), tokens).unwrap();
     let steps: Vec<_> = console_steps(&readme)
         .into_iter()
         .skip_while(|s| !s.command.starts_with("ministore-server --tls-cert"))

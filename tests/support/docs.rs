@@ -5,6 +5,18 @@ use std::process::{Command, Stdio};
 
 use crate::tools;
 
+/// The body of the first fenced block of `markdown` opened with exactly `fence`, at or
+/// after byte `from`; and where that block ends.
+pub fn fenced_block(markdown: &str, fence: &str, from: usize) -> (String, usize) {
+    let open = format!("\n{fence}\n");
+    let start = markdown[from..]
+        .find(&open)
+        .map(|i| from + i + open.len())
+        .unwrap_or_else(|| panic!("no {fence} block"));
+    let len = markdown[start..].find("```").expect("the block's end");
+    (markdown[start..start + len].to_owned(), start + len)
+}
+
 /// One `$ command` of a console block in the docs, and the output shown after it.
 pub struct DocStep {
     /// The command, its `\`-continued lines joined.
