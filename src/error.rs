@@ -114,6 +114,33 @@ pub enum MiniStoreError {
         /// The oldest sequence number still on disk.
         oldest: u64,
     },
+
+    /// Records that should be on disk are not: a segment was deleted from the middle of
+    /// the journal, lost lines, or ends before the next one starts, or the active file is
+    /// shorter than what was made durable. Nothing is repaired: the files are left as they
+    /// are for inspection.
+    #[error("{path}: record {expected} is missing: {reason}")]
+    Missing {
+        /// The journal's active file.
+        path: PathBuf,
+        /// The sequence number that could not be found where it belongs.
+        expected: u64,
+        /// Which file ends where, and which starts where.
+        reason: String,
+    },
+
+    /// A record is larger than the reader was allowed to hold in memory.
+    #[error(
+        "{path}: record {seq} is longer than {max} bytes, the most this reader holds in memory"
+    )]
+    RecordTooLarge {
+        /// The segment file.
+        path: PathBuf,
+        /// The record's sequence number.
+        seq: u64,
+        /// The limit it exceeds.
+        max: usize,
+    },
 }
 
 impl MiniStoreError {

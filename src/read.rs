@@ -56,6 +56,13 @@ impl Record {
 /// usable index is read from its start. A reader that falls so far behind that
 /// retention deletes the segment it needs next gets [`MiniStoreError::Truncated`], never a
 /// silent gap.
+///
+/// Every read ends: each record read is the next sequence number, and moving on to the
+/// next file happens only when it starts exactly where the last one ended. A segment
+/// deleted from the middle, a segment that lost lines or ends early, and (for a reader
+/// made by [`MiniStore::reader`](crate::MiniStore::reader)) an active file shorter than
+/// what its writer made durable are [`MiniStoreError::Missing`], naming the files and
+/// sequence numbers; never an empty batch that would be asked for again and again.
 #[derive(Debug)]
 pub struct JournalReader {
     base: PathBuf,
@@ -89,14 +96,58 @@ impl JournalReader {
         self.cursor.as_ref().map_or(0, |c| c.next_seq)
     }
 
+    /// Refuses records longer than `max` bytes with [`MiniStoreError::RecordTooLarge`]
+    /// instead of holding them in memory (by default any length is read). A server sets
+    /// this so that no file, however it was written, makes it hold more than it budgets.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("j.jsonl");
+    /// let mut store = ministore::MiniStore::open(&path).await.unwrap();
+    /// store.append(&"x".repeat(100)).await.unwrap();
+    /// let mut reader = store.reader(1).max_record_bytes(64);
+    /// let err = reader.next_batch(10).await.unwrap_err();
+    /// assert!(matches!(err, ministore::MiniStoreError::RecordTooLarge { seq: 1, .. }));
+    /// # }
+    /// ```
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        if let Some(cursor) = &mut self.cursor {
+            cursor.max_line = max;
+        }
+        self
+    }
+
     /// Reads up to `max` records. An empty batch means there is nothing more to read now.
     /// Records read before a failure are returned first; the failure comes with the next
     /// call (and every call after it, until its cause is gone).
     ///
     /// # Errors
-    /// I/O errors, a bad segment header, a line that is not UTF-8, and
-    /// [`MiniStoreError::Truncated`] when retention deleted records this reader still needed.
+    /// I/O errors, a bad segment header, a line that is not UTF-8,
+    /// [`MiniStoreError::Truncated`] when retention deleted records this reader still
+    /// needed, and [`MiniStoreError::Missing`] when records are missing from the files.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {
+        self.next_batch_within(max, usize::MAX).await
+    }
+
+    /// Like [`next_batch`](Self::next_batch), but also stops once the records read hold
+    /// `max_bytes` bytes of JSON (a batch always holds at least one record, if there is
+    /// one): memory is budgeted in bytes, whatever the size of the records.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("j.jsonl");
+    /// let mut store = ministore::MiniStore::open(&path).await.unwrap();
+    /// store.append_batch(&["a".repeat(1000), "b".repeat(1000), "c".repeat(1000)]).await.unwrap();
+    /// let mut reader = store.reader(1);
+    /// assert_eq!(reader.next_batch_within(100, 1500).await.unwrap().len(), 2);
+    /// assert_eq!(reader.next_batch_within(100, 10).await.unwrap().len(), 1);
+    /// # }
+    /// ```
+    pub async fn next_batch_within(&mut self, max: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let limit = self.durable.as_ref().map(|d| *d.borrow());
         let mut cursor = self.cursor.take().ok_or_else(|| MiniStoreError::Io {
             op: "reading",
@@ -104,7 +155,7 @@ impl JournalReader {
             source: std::io::Error::other("an earlier read of this reader was cancelled"),
         })?;
         let (cursor, result) = blocking(move || {
-            let result = cursor.read_batch(max, limit);
+            let result = cursor.read_batch(max, max_bytes, limit);
             Ok((cursor, result))
         })
         .await?;
@@ -154,6 +205,8 @@ struct Cursor {
     /// be deleted, which opening it notices), so moving on to one needs no new listing:
     /// reading `n` segments lists the directory a few times, not `n` times.
     listed: Vec<Segment>,
+    /// Longest record held in memory; longer ones are refused.
+    max_line: usize,
 }
 
 #[derive(Debug)]
@@ -183,7 +236,32 @@ impl Cursor {
             open: None,
             recent: Vec::new(),
             listed: Vec::new(),
+            max_line: usize::MAX,
         }
+    }
+
+    fn missing(&self, reason: String) -> MiniStoreError {
+        MiniStoreError::Missing {
+            path: self.base.clone(),
+            expected: self.next_seq,
+            reason,
+        }
+    }
+
+    /// The first seq and path of the segment after the one starting at `first_seq`, listing
+    /// the directory again if the last listing shows none (it may predate a rotation).
+    fn segment_after(&mut self, first_seq: u64) -> Result<Option<(u64, PathBuf)>> {
+        let find = |listed: &[Segment]| {
+            listed
+                .iter()
+                .find(|s| s.first_seq > first_seq)
+                .map(|s| (s.first_seq, s.path.clone()))
+        };
+        if let Some(next) = find(&self.listed) {
+            return Ok(Some(next));
+        }
+        self.listed = segment::catalog(&self.base)?;
+        Ok(find(&self.listed))
     }
 
     /// The file and line of `seq`, if it was read in the current batch.
@@ -195,13 +273,22 @@ impl Cursor {
             .map(|(first, path)| (path.clone(), seq - first + 2))
     }
 
-    fn read_batch(&mut self, max: usize, durable: Option<Durable>) -> Result<Vec<Record>> {
+    fn read_batch(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        durable: Option<Durable>,
+    ) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         self.recent.clear();
         if let Some(open) = &self.open {
             self.recent.push((open.first_seq, open.path.clone()));
         }
-        match self.read_into(&mut out, max, durable) {
+        let result = self.read_into(&mut out, max, max_bytes, durable);
+        if let Some(open) = &mut self.open {
+            open.release_large_buffer();
+        }
+        match result {
             // Records read before a failure go to the caller first: dropping them with the
             // error would lose them for good, as the cursor has moved past them. It stays
             // on what failed, so the next call reports the failure.
@@ -210,14 +297,22 @@ impl Cursor {
         }
     }
 
+    /// Reads records into `out` until `max` records or `max_bytes` bytes, the end of what is
+    /// readable, or (with `durable`) its last durable record.
+    ///
+    /// It ends: each turn either reads the record `next_seq` (bounded by `max`), moves to a
+    /// segment that starts exactly at `next_seq` (there are finitely many, each starting
+    /// after the last), or leaves the loop with the end or an error.
     fn read_into(
         &mut self,
         out: &mut Vec<Record>,
         max: usize,
+        max_bytes: usize,
         durable: Option<Durable>,
     ) -> Result<()> {
         let last = durable.map_or(u64::MAX, |d| d.last_seq);
-        while out.len() < max && self.next_seq <= last {
+        let mut bytes = 0;
+        while out.len() < max && bytes < max_bytes && self.next_seq <= last {
             if self.open.is_none() && !self.position(durable)? {
                 break;
             }
@@ -227,30 +322,42 @@ impl Cursor {
             let cap = durable
                 .filter(|d| d.active_first_seq == open.first_seq)
                 .map(|d| d.active_len);
-            match open.next_line(cap)? {
-                Some(json) => {
-                    out.push(Record {
-                        seq: self.next_seq,
-                        json,
-                    });
-                    self.next_seq += 1;
+            if let Some(json) = open.next_line(cap, self.max_line, self.next_seq)? {
+                bytes += json.len();
+                out.push(Record {
+                    seq: self.next_seq,
+                    json,
+                });
+                self.next_seq += 1;
+                continue;
+            }
+            // The end of this file. Go on only to a file that starts exactly here. The
+            // active segment of a durable reader's snapshot has none after it: no listing.
+            let (ended_first, ended_path, ended_at) = (open.first_seq, open.path.clone(), open.pos);
+            let next = match cap {
+                Some(_) => None,
+                None => self.segment_after(ended_first)?,
+            };
+            match next {
+                Some((next_first, _)) if next_first == self.next_seq => self.open = None,
+                Some((next_first, next_path)) => {
+                    return Err(self.missing(segment::describe_gap(
+                        &ended_path,
+                        ended_first,
+                        self.next_seq,
+                        &next_path,
+                        next_first,
+                    )));
                 }
                 None => {
-                    // The end of this file. If a newer segment exists, this one is sealed
-                    // and complete: go on to the next. Otherwise we are at the end.
-                    let sealed = match durable {
-                        Some(d) => d.active_first_seq > open.first_seq,
-                        None => {
-                            open.rotated
-                                || segment::catalog(&self.base)?
-                                    .iter()
-                                    .any(|s| s.first_seq > open.first_seq)
-                        }
-                    };
-                    if !sealed {
-                        break;
+                    // Records the writer made durable must be here.
+                    if let Some(len) = cap.filter(|&len| ended_at < len) {
+                        return Err(self.missing(format!(
+                            "{} ends at byte {ended_at} but its writer made {len} bytes durable",
+                            ended_path.display()
+                        )));
                     }
-                    self.open = None;
+                    break;
                 }
             }
         }
@@ -277,6 +384,10 @@ impl Cursor {
             }
             let segments = &self.listed;
             let Some(oldest) = segments.first() else {
+                // Records the writer reported durable are not supposed to vanish.
+                if durable.is_some() {
+                    return Err(self.missing("the journal has no files left".into()));
+                }
                 return Ok(false);
             };
             if self.next_seq < oldest.first_seq {
@@ -306,7 +417,27 @@ impl Cursor {
                 open.first_seq
             };
             let wanted = self.next_seq - at;
-            if open.skip_lines(wanted, cap)? < wanted {
+            let skipped = open.skip_lines(wanted, cap)?;
+            if skipped < wanted {
+                let end = at + skipped;
+                // A later file would have been chosen if it held `next_seq`: the records
+                // between this file's end and its start are gone.
+                if let Some(next) = segments.iter().find(|s| s.first_seq > open.first_seq) {
+                    return Err(self.missing(segment::describe_gap(
+                        &open.path,
+                        open.first_seq,
+                        end,
+                        &next.path,
+                        next.first_seq,
+                    )));
+                }
+                if let Some(d) = durable {
+                    return Err(self.missing(format!(
+                        "{} ends before record {end} but its writer reported records up to {} durable",
+                        open.path.display(),
+                        d.last_seq
+                    )));
+                }
                 // The target is past the end of the journal: nothing to read until it
                 // exists. Position again then, so every record returned has its true seq.
                 return Ok(false);
@@ -347,6 +478,16 @@ impl OpenSegment {
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
         }))
+    }
+
+    /// Gives back the memory a large record made the buffer grow to, between batches: a
+    /// reader that met one record of megabytes would otherwise keep that much for good.
+    fn release_large_buffer(&mut self) {
+        if self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+            self.buf.shrink_to(READ_CHUNK.max(self.buf.len()));
+        }
     }
 
     /// Moves to the greatest indexed record at or before `seq`, using the segment's sidecar
@@ -390,11 +531,20 @@ impl OpenSegment {
         Ok(self.first_seq)
     }
 
-    /// The next complete line, reading no further than `cap` bytes into the file. `None`
-    /// at the end of what is readable; an incomplete last line is left unread.
-    fn next_line(&mut self, cap: Option<u64>) -> Result<Option<String>> {
+    /// The next complete line (record `seq`), reading no further than `cap` bytes into the
+    /// file. `None` at the end of what is readable; an incomplete last line is left unread.
+    /// A line longer than `max_line` is refused before more of it is read.
+    fn next_line(&mut self, cap: Option<u64>, max_line: usize, seq: u64) -> Result<Option<String>> {
         loop {
-            if let Some(i) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
+            let newline = self.buf[self.start..].iter().position(|&b| b == b'\n');
+            if newline.unwrap_or(self.buf.len() - self.start) > max_line {
+                return Err(MiniStoreError::RecordTooLarge {
+                    path: self.path.clone(),
+                    seq,
+                    max: max_line,
+                });
+            }
+            if let Some(i) = newline {
                 let line = std::str::from_utf8(&self.buf[self.start..self.start + i])
                     .map_err(|e| MiniStoreError::Corrupt {
                         path: self.path.clone(),

@@ -388,6 +388,74 @@ pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
     Ok(segments)
 }
 
+/// How a gap between two files reads in errors and reports.
+pub(crate) fn describe_gap(
+    ended: &Path,
+    first: u64,
+    end: u64,
+    next: &Path,
+    next_first: u64,
+) -> String {
+    let held = match end.checked_sub(1) {
+        Some(last) if last >= first => format!("records {first}..={last}"),
+        _ => "no records".to_owned(),
+    };
+    format!(
+        "{} holds {held} but the next file, {}, starts at {next_first}",
+        ended.display(),
+        next.display()
+    )
+}
+
+/// The first place where a segment does not end exactly where the next one starts (a
+/// segment deleted from the middle, lost lines, extra lines), described for a person;
+/// `None` when the segments chain. A sealed segment is counted from its index's last
+/// entry when it has a usable one, so this reads less than 64 KiB of each.
+pub(crate) fn find_gap(segments: &[Segment]) -> Result<Option<String>> {
+    for pair in segments.windows(2) {
+        let (seg, next) = (&pair[0], &pair[1]);
+        if next.legacy {
+            continue; // its first_seq was derived by counting this one: it chains by definition
+        }
+        let end = seg.first_seq + count_sealed(seg)?;
+        if end != next.first_seq {
+            return Ok(Some(describe_gap(
+                &seg.path,
+                seg.first_seq,
+                end,
+                &next.path,
+                next.first_seq,
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Counts the records of a sealed segment, from the last entry of its index if it has a
+/// usable one (an entry is used only if a line break precedes it, as readers check).
+fn count_sealed(seg: &Segment) -> Result<u64> {
+    let file = File::open(&seg.path).map_err(|e| MiniStoreError::io("opening", &seg.path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| MiniStoreError::io("reading metadata of", &seg.path, e))?
+        .len();
+    let shape = crate::index::SegmentShape {
+        first_seq: seg.first_seq,
+        header_len: seg.header_len,
+        len,
+    };
+    let follows_line_break = |offset: u64| {
+        let mut byte = [0u8];
+        matches!(file.read_at(&mut byte, offset - 1), Ok(1) if byte[0] == b'\n')
+    };
+    let (seq, from) =
+        match crate::index::load_sidecar(&seg.path, shape).and_then(|i| i.lookup(u64::MAX)) {
+            Some(e) if follows_line_break(e.offset) => (e.seq, e.offset),
+            _ => (seg.first_seq, seg.header_len),
+        };
+    Ok(seq - seg.first_seq + scan_body(&file, &seg.path, from, false, None)?.records)
+}
+
 /// Counts the complete records of a segment.
 pub(crate) fn count_records(segment: &Segment) -> Result<u64> {
     let file =

@@ -77,6 +77,7 @@ pub struct MiniStore {
     /// `None` while a write runs on the blocking pool, or for good after a cancelled one.
     writer: Option<Box<Writer>>,
     durable: watch::Sender<Durable>,
+    damage: Option<String>,
 }
 
 /// How far a journal is durable: what readers in the writer's process may read.
@@ -148,6 +149,7 @@ impl MiniStore {
         let (durable, _) = watch::channel(writer.durable());
         Ok(MiniStore {
             path: path.to_path_buf(),
+            damage: writer.damage.clone(),
             writer: Some(Box::new(writer)),
             durable,
         })
@@ -280,6 +282,25 @@ impl MiniStore {
     /// dropped.
     pub fn watch_durable(&self) -> watch::Receiver<Durable> {
         self.durable.subscribe()
+    }
+
+    /// Where records are missing between the journal's segments, as found when it was
+    /// opened (a segment deleted from the middle, or one that lost or gained lines): `None`
+    /// for a journal whose segments chain. Appends go on; readers that cross the damage get
+    /// [`MiniStoreError::Missing`]. Open repairs only what a crash can leave, so this is
+    /// reported, never repaired.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ministore::MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = ministore::MiniStore::open(dir.path().join("j.jsonl")).await?;
+    /// assert_eq!(store.damage(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     /// The path of the journal's active file, as given to `open`.
@@ -489,6 +510,8 @@ struct Writer {
     index: SharedIndex,
     /// Set when a failure leaves the file in a state we cannot vouch for.
     poisoned: Option<String>,
+    /// Where records are missing between segments, as found at open.
+    damage: Option<String>,
     /// Held for the writer's lifetime: one writer per journal, across processes.
     _lock: File,
 }
@@ -523,6 +546,15 @@ impl Writer {
             if seg.legacy {
                 upgrade_legacy(seg)?;
             }
+        }
+
+        // Damage before the active file (a segment deleted from the middle, one that lost
+        // lines) is not ours to repair: appends go on, readers crossing it get `Missing`,
+        // and `MiniStore::damage` says where it is.
+        let chain: Vec<Segment> = segments.iter().chain([&active]).cloned().collect();
+        let damage = segment::find_gap(&chain)?;
+        if let Some(damage) = &damage {
+            tracing::error!(journal = %base.display(), %damage, "records are missing between segments");
         }
 
         let file = std::fs::OpenOptions::new()
@@ -563,6 +595,7 @@ impl Writer {
             next_seq: active.first_seq + body.records,
             index,
             poisoned: None,
+            damage,
             _lock: lock,
         })
     }
@@ -613,6 +646,22 @@ impl Writer {
         if let Err(e) = self.file.sync_data() {
             self.poisoned = Some(format!("fsync failed: {e}"));
             return Err(MiniStoreError::io("fsyncing", &self.base, e));
+        }
+        // 2b. A file deleted while open (its directory removed under the server) takes its
+        //    records with it when closed: they are not durable in any way that counts.
+        //    Refuse to acknowledge them, and refuse further writes until a reopen.
+        if let Ok(meta) = self.file.metadata()
+            && std::os::unix::fs::MetadataExt::nlink(&meta) == 0
+        {
+            self.poisoned = Some("the journal's file was deleted while it was open".into());
+            return Err(MiniStoreError::io(
+                "appending to",
+                &self.base,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the file was deleted while open; its records would be lost",
+                ),
+            ));
         }
         // 3. Only now do the records count: readers may see them, callers are told. The
         //    index only ever points at durable records.

@@ -277,6 +277,7 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
 
     let (long, huge) = ("a".repeat(65), "a".repeat(10_000));
     let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+    let deep128 = format!("{}{}", "[".repeat(128), "]".repeat(128));
     let past_the_end = "from_seq 1502 is past the end of journal \"big\": its last record is 1500, so from_seq may be at most 1501";
     let bad_name = "use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with '.'";
     use Code::{
@@ -292,7 +293,10 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
         row("empty payload", append("alive", b""), InvalidArgument, &["payload is not valid JSON: EOF while parsing a value"]),
         row("no record", Call::Append(AppendRequest { journal: "alive".into(), record: None }), InvalidArgument, &["has no record: set `payload`"]),
         row("oversize payload", append("alive", &[b' '; 5000]), ResourceExhausted, &["5000 bytes", "limit of 4096 bytes (--max-payload-bytes)"]),
-        row("JSON nested 2000 deep (valid, but no format could show it)", append("deep", deep.as_bytes()), InvalidArgument, &["nested deeper than 128 levels"]),
+        row("JSON nested 2000 deep (valid, but no format could show it)", append("deep", deep.as_bytes()), InvalidArgument, &["nested deeper than 127 levels"]),
+        row("JSON nested 128 deep (serde_json reads back 127)", append("deep", deep128.as_bytes()), InvalidArgument, &["nested deeper than 127 levels"]),
+        row("a number out of a double's range", append("alive", b"[1e999]"), InvalidArgument, &["common readers cannot read back", "numbers must fit a double"]),
+        row("a lone surrogate escape", append("alive", br#"{"s":"\ud800"}"#), InvalidArgument, &["common readers cannot read back", "lone surrogates"]),
         row("a NaN value", append_value(number(f64::NAN)), InvalidArgument, &["the number NaN, which JSON cannot represent"]),
         row("a value nested 200 deep", append_value(nested(200)), InvalidArgument, &["failed to decode Protobuf message", "recursion limit reached"]),
         row("a bad record in a batch", batch(&[b"1", b"{", b"3"], vec![]), InvalidArgument, &["record 1 of the batch", "payload is not valid JSON: EOF while parsing an object at line 1 column 1"]),

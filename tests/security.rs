@@ -215,6 +215,41 @@ async fn tokens_authenticate_and_their_rights_are_enforced() {
     );
 }
 
+#[tokio::test]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = token_server(tmp.path(), false).await;
+    let mut stub = server.stub().await;
+    for (n, scheme) in ["Bearer", "bearer", "BEARER", "bEaReR"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut request = tonic::Request::new(ministore::proto::AppendRequest {
+            journal: "cases".into(),
+            record: Some(ministore::proto::append_request::Record::Payload(
+                b"1".to_vec(),
+            )),
+        });
+        let header = format!("{scheme} admin-token-0123456789").parse().unwrap();
+        request.metadata_mut().insert("authorization", header);
+        let reply = stub.append(request).await;
+        assert_eq!(
+            reply.map(|r| r.into_inner().seq).ok(),
+            Some(n as u64 + 1),
+            "{scheme}"
+        );
+    }
+    let mut request = tonic::Request::new(ministore::proto::InfoRequest {
+        journal: "cases".into(),
+    });
+    let header = "Basic admin-token-0123456789".parse().unwrap();
+    request.metadata_mut().insert("authorization", header);
+    assert_eq!(
+        stub.info(request).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
 async fn health_code(server: &TestServer) -> Code {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
@@ -350,14 +385,20 @@ async fn streams_beyond_the_limits_are_resource_exhausted() {
     // Closing streams gives their places back; appends were served all along.
     open.clear();
     assert_eq!(client.append("s", &2).await.unwrap(), 2);
-    let mut stream = loop {
-        // The server notices a closed stream when its next send fails: wait for that.
-        match other_connection.stream(follow()).await {
-            Ok(stream) => break stream.into_inner(),
-            Err(e) => assert_eq!(e.code(), Code::ResourceExhausted),
+    // The server releases a stream's place when HTTP/2 tells it the client reset the
+    // stream, which happens after the drop above returns: retry, for a bounded time.
+    let reopen = async {
+        loop {
+            match other_connection.stream(follow()).await {
+                Ok(stream) => break stream.into_inner(),
+                Err(e) => assert_eq!(e.code(), Code::ResourceExhausted),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        tokio::task::yield_now().await;
     };
+    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), reopen)
+        .await
+        .expect("closed streams still held their places 5 s later");
     assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
 }
 

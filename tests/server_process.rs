@@ -130,11 +130,29 @@ fn help_explains_every_flag_and_how_much_is_kept() {
         "MINISTORE_DATA_DIR",
         "[default: 127.0.0.1:50051]",
         "[default: ./data]",
-        "16 x 64 MiB = 1 GiB",
         "DELETED",
     ] {
         assert!(help.contains(flag), "--help lacks {flag:?}:\n{help}");
     }
+    // The retention the help describes in words is the one the flags default to.
+    let defaults = ministore_server::Config::with_data_dir("unused");
+    let (segments, segment_bytes) = (defaults.max_segments, defaults.max_bytes_per_segment);
+    for default in [
+        format!("[default: {segments}]"),
+        format!("[default: {segment_bytes}]"),
+    ] {
+        assert!(help.contains(&default), "--help lacks {default:?}:\n{help}");
+    }
+    let said = help
+        .split("(by default ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("--help says how much is kept by default");
+    let (count, size) = said.split_once(" x ").expect("N x SIZE = TOTAL");
+    let (size, total) = size.split_once(" = ").expect("N x SIZE = TOTAL");
+    assert_eq!(count.parse::<usize>().unwrap(), segments, "{said}");
+    assert_eq!(parse_size(size), segment_bytes, "{said}");
+    assert_eq!(parse_size(total), segment_bytes * segments as u64, "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,4 +238,16 @@ async fn json_logs_are_one_json_object_per_line() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(value["fields"]["message"].is_string(), "{line}");
     }
+}
+
+/// `64 MiB`, `1 GiB`: a size as the help writes it.
+fn parse_size(text: &str) -> u64 {
+    let (n, unit) = text.trim().split_once(' ').expect("a number and a unit");
+    let scale = match unit {
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => panic!("unknown unit {other}"),
+    };
+    n.parse::<u64>().unwrap() * scale
 }

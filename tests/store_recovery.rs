@@ -780,3 +780,132 @@ async fn a_commit_whose_first_page_never_reached_the_disk_is_cut_with_the_rest_k
     drop(store);
     assert_reopens_with(&path, 40, MiniStoreOptions::new()).await;
 }
+
+// Damage in the middle of a journal: reported with the files and seqs, never an endless
+// read and never a silent gap.
+
+/// The lines of `file` without the one at `index` (0 is the header).
+fn drop_line(file: &Path, index: usize) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+    lines.remove(index);
+    std::fs::write(file, lines.concat()).unwrap();
+}
+
+/// Reads from `from` with `reader` until it fails; the records it returned first, and the
+/// error. Fails the test if the reader does not fail within a few seconds.
+async fn read_until_missing(mut reader: ministore::JournalReader) -> (Vec<u64>, MiniStoreError) {
+    let read = async {
+        let mut got = Vec::new();
+        loop {
+            match reader.next_batch(3).await {
+                Ok(batch) if batch.is_empty() => panic!("the reader ended quietly after {got:?}"),
+                Ok(batch) => got.extend(seqs(&batch)),
+                Err(e) => return (got, e),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("the reader neither ended nor failed within 5 s")
+}
+
+/// Checks that every reader of the damaged journal at `path` stops with `Missing` at
+/// `expected`, after exactly the records before it, and that open reports the damage.
+async fn assert_missing_from(path: &Path, expected: u64, damaged: &Path) {
+    let name = damaged.file_name().unwrap().to_str().unwrap().to_owned();
+    let check = |err: &MiniStoreError| match err {
+        MiniStoreError::Missing {
+            expected: e,
+            reason,
+            ..
+        } => {
+            assert_eq!(*e, expected, "{reason}");
+            assert!(reason.contains(&name), "{reason} does not name {name}");
+        }
+        other => panic!("expected Missing at {expected}, got {other}"),
+    };
+    let (got, err) = read_until_missing(MiniStore::read_from(path, 1)).await;
+    assert_eq!(got, (1..expected).collect::<Vec<_>>());
+    check(&err);
+    // Started inside the gap: the same error, no records.
+    let mut reader = MiniStore::read_from(path, expected);
+    check(&reader.next_batch(10).await.unwrap_err());
+    // The published API fails too, instead of returning a journal with a hole.
+    assert!(MiniStore::replay::<String, _>(path).await.is_err());
+
+    let store = small_segments().open(path).await.unwrap();
+    let damage = store.damage().expect("open reports the damage");
+    assert!(damage.contains(&name), "{damage}");
+    let (got, err) = read_until_missing(store.reader(1)).await;
+    assert_eq!(got, (1..expected).collect::<Vec<_>>());
+    check(&err);
+}
+
+#[tokio::test]
+async fn a_rotated_segment_missing_its_last_line_is_reported_not_read_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 30).await;
+    let second = rotated_segments(&path)[1].clone();
+    let lines = std::fs::read_to_string(&second).unwrap().lines().count();
+    let first_seq: u64 = header_first_seq(&second);
+    drop_line(&second, lines - 1);
+    assert_missing_from(&path, first_seq + lines as u64 - 2, &second).await;
+}
+
+#[tokio::test]
+async fn a_rotated_segment_missing_a_middle_line_is_reported_where_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 30).await;
+    let second = rotated_segments(&path)[1].clone();
+    let lines = std::fs::read_to_string(&second).unwrap().lines().count();
+    let first_seq = header_first_seq(&second);
+    drop_line(&second, 2);
+    // The reader cannot know which line went; the segment ends one record early.
+    assert_missing_from(&path, first_seq + lines as u64 - 2, &second).await;
+}
+
+#[tokio::test]
+async fn a_rotated_segment_deleted_from_the_middle_is_reported_by_readers_and_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_with(dir.path(), 30).await;
+    let segments = rotated_segments(&path);
+    let (first, second) = (segments[0].clone(), segments[1].clone());
+    let gap = header_first_seq(&second);
+    std::fs::remove_file(&second).unwrap();
+    assert_missing_from(&path, gap, &first).await;
+}
+
+#[tokio::test]
+async fn an_indexed_segment_deleted_from_the_middle_is_found_at_open_from_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    drop(indexed_journal(dir.path()).await);
+    let segments = indexed_segments(dir.path());
+    assert!(segments.len() >= 3);
+    std::fs::remove_file(&segments[1]).unwrap();
+    let store = indexed_options().open(&path).await.unwrap();
+    let damage = store.damage().expect("open reports the damage");
+    let name = segments[0].file_name().unwrap().to_str().unwrap();
+    assert!(damage.contains(name), "{damage}");
+    // A journal whose segments chain reports none.
+    let clean = tempfile::tempdir().unwrap();
+    drop(indexed_journal(clean.path()).await);
+    let store = indexed_options()
+        .open(clean.path().join("journal.jsonl"))
+        .await
+        .unwrap();
+    assert_eq!(store.damage(), None);
+}
+
+fn header_first_seq(segment: &Path) -> u64 {
+    let text = std::fs::read_to_string(segment).unwrap();
+    let header = text.lines().next().unwrap();
+    header
+        .rsplit("first_seq=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

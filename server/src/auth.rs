@@ -209,22 +209,29 @@ impl Authenticator {
                 .ok_or(ServerError::Unauthenticated(
                     "missing token: send the header `authorization: Bearer <token>`",
                 ))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .ok_or(ServerError::Unauthenticated(
-                "malformed authorization header: expected `Bearer <token>`",
-            ))?;
+        let token =
+            header
+                .to_str()
+                .ok()
+                .and_then(bearer_token)
+                .ok_or(ServerError::Unauthenticated(
+                    "malformed authorization header: expected `Bearer <token>`",
+                ))?;
         let grant = self
             .verify(token.trim())
             .ok_or(ServerError::Unauthenticated("unknown token"))?;
         request.extensions_mut().insert(grant);
         Ok(request)
     }
+}
+
+/// The token of an `authorization` header value `Bearer <token>`. The scheme is
+/// case-insensitive (RFC 7235 section 2.1), and any run of spaces may follow it.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -260,6 +267,16 @@ mod tests {
         assert_eq!(auth.verify("0123456789abcdef"), Some(Grant::all()));
         assert_eq!(auth.verify("0123456789abcdeF"), None);
         assert_eq!(auth.verify("0123456789abcde"), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "BeArEr  t0k"] {
+            assert_eq!(bearer_token(header), Some("t0k"), "{header}");
+        }
+        for header in ["Basic t0k", "Bearert0k", "t0k", ""] {
+            assert_eq!(bearer_token(header), None, "{header}");
+        }
     }
 
     #[test]

@@ -67,6 +67,13 @@ pub struct Config {
     )]
     pub max_streams_per_connection: usize,
 
+    /// Bytes of records held in memory for readers at once, across all Replay and Stream
+    /// RPCs (records read ahead of a client, pages being built). When it is spent, readers
+    /// wait for it (Replay pages get shorter): slow readers cost themselves time, not the
+    /// server memory. See the README's "Security and limits" for the whole memory bound.
+    #[arg(long, env = "MINISTORE_MAX_READ_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_read_bytes: usize,
+
     /// Journals open at once (each holds a file and a writer thread); appending to one more
     /// gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "MINISTORE_MAX_JOURNALS", default_value_t = 1024)]

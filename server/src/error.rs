@@ -91,6 +91,16 @@ pub enum ServerError {
         lock: std::path::PathBuf,
     },
 
+    /// The data directory was removed or replaced while the server ran: nothing written
+    /// now would survive a restart, so nothing more is acknowledged.
+    #[error(
+        "the data directory {path} was removed or replaced while the server ran; nothing more is acknowledged or served: restore it and restart the server"
+    )]
+    DataDirLost {
+        /// The data directory.
+        path: std::path::PathBuf,
+    },
+
     /// The server could not start: bind, create the data directory, ...
     #[error("{op} {path}: {source}")]
     Startup {
@@ -134,7 +144,7 @@ impl From<ServerError> for Status {
             ServerError::OutsideDataDir { .. } => Code::FailedPrecondition,
             ServerError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ServerError::PastEnd { .. } => Code::OutOfRange,
-            ServerError::ShuttingDown => Code::Unavailable,
+            ServerError::ShuttingDown | ServerError::DataDirLost { .. } => Code::Unavailable,
             ServerError::DataDirLocked { .. } | ServerError::Startup { .. } => Code::Internal,
             ServerError::Store { source, .. } => store_code(source),
         };
@@ -147,7 +157,8 @@ fn store_code(err: &MiniStoreError) -> Code {
         MiniStoreError::InvalidJson(_) | MiniStoreError::Serialize(_) => Code::InvalidArgument,
         MiniStoreError::InvalidArgument(_) => Code::InvalidArgument,
         MiniStoreError::Truncated { .. } => Code::OutOfRange,
-        MiniStoreError::Corrupt { .. } => Code::DataLoss,
+        MiniStoreError::Corrupt { .. } | MiniStoreError::Missing { .. } => Code::DataLoss,
+        MiniStoreError::RecordTooLarge { .. } => Code::ResourceExhausted,
         MiniStoreError::BadHeader { .. } | MiniStoreError::Locked { .. } => {
             Code::FailedPrecondition
         }
@@ -183,6 +194,12 @@ fn with_hint(err: &ServerError) -> String {
             }
             MiniStoreError::Corrupt { .. } | MiniStoreError::BadHeader { .. } => {
                 " (move the damaged file out of the data directory to serve the rest)"
+            }
+            MiniStoreError::Missing { .. } => {
+                " (the files are left as they are; read on from the next retained seq, or restore the missing records from a backup)"
+            }
+            MiniStoreError::RecordTooLarge { .. } => {
+                " (it is larger than --max-payload-bytes; restart the server with a larger limit to read it)"
             }
             _ => "",
         },

@@ -71,6 +71,8 @@ pub struct Journals {
     /// Serializes opening (and shutting down), which awaits the store's open.
     opening: Mutex<()>,
     shutting_down: AtomicBool,
+    /// Whether the data directory is still the one this server locked.
+    data_dir_check: Arc<DataDirCheck>,
     writers: Mutex<Vec<WriterHandle>>,
 }
 
@@ -81,6 +83,8 @@ pub struct Journal {
     path: PathBuf,
     appends: mpsc::Sender<WriterJob>,
     durable: watch::Receiver<Durable>,
+    /// Where records are missing between segments, as found when it was opened.
+    damage: Option<String>,
 }
 
 /// Records waiting to be committed, and where to send their sequence numbers.
@@ -99,6 +103,7 @@ impl Journals {
             open: std::sync::RwLock::new(HashMap::new()),
             opening: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
+            data_dir_check: Arc::new(DataDirCheck::default()),
             writers: Mutex::new(Vec::new()),
         }
     }
@@ -115,6 +120,7 @@ impl Journals {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(ServerError::ShuttingDown);
         }
+        self.check_data_dir()?;
         if let Some(journal) = self.lookup(name) {
             return Ok(journal);
         }
@@ -151,12 +157,15 @@ impl Journals {
             path: path.clone(),
             appends: appends.clone(),
             durable,
+            damage: store.damage().map(str::to_owned),
         });
         let writer = Writer {
             name: name.to_owned(),
             path: path.clone(),
             options: self.options.clone(),
             store: Some(store),
+            data_dir: self.data_dir.clone(),
+            data_dir_check: self.data_dir_check.clone(),
             runtime: tokio::runtime::Handle::current(),
             queue,
             durable: durable_tx,
@@ -168,6 +177,41 @@ impl Journals {
             .expect("journals lock")
             .insert(name.to_owned(), journal.clone());
         Ok(journal)
+    }
+
+    /// Watches the data directory through `lock`, this server's open lock file in it:
+    /// once the lock file's path names another file, or none, the directory was removed or
+    /// replaced under the server. A journal recreated then would hand out its sequence
+    /// numbers again, and records written into unlinked files vanish at restart, so from
+    /// then on every RPC is refused with UNAVAILABLE and no journal is reopened.
+    pub fn watch_data_dir(mut self, lock_path: PathBuf, lock: &std::fs::File) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let identity = lock.metadata().ok().map(|m| (m.dev(), m.ino()));
+        self.data_dir_check = Arc::new(DataDirCheck {
+            lock_path,
+            identity,
+            ..DataDirCheck::default()
+        });
+        self
+    }
+
+    /// Looks at the data directory now (a stat of its lock file); `false` once it is lost.
+    /// The server calls this every second; between calls, RPCs see the last answer.
+    pub fn check_data_dir_now(&self) -> bool {
+        let lost = self.data_dir_check.is_lost();
+        if lost && !self.data_dir_check.reported.swap(true, Ordering::AcqRel) {
+            tracing::error!(data_dir = %self.data_dir.display(), "the data directory was removed or replaced; refusing every request until restarted");
+        }
+        !lost
+    }
+
+    fn check_data_dir(&self) -> Result<(), ServerError> {
+        match self.data_dir_check.lost.load(Ordering::Acquire) {
+            true => Err(ServerError::DataDirLost {
+                path: self.data_dir.clone(),
+            }),
+            false => Ok(()),
+        }
     }
 
     fn lookup(&self, name: &str) -> Option<Arc<Journal>> {
@@ -245,6 +289,11 @@ impl Journal {
         *self.durable.borrow()
     }
 
+    /// Where records are missing between the journal's segments (`None` when healthy).
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
+    }
+
     /// A receiver of the durable position, for readers that follow the journal.
     pub fn watch_durable(&self) -> watch::Receiver<Durable> {
         self.durable.clone()
@@ -259,6 +308,38 @@ impl Journal {
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         result.await.map_err(|_| ServerError::ShuttingDown)?
+    }
+}
+
+/// The data directory's lock file as the server took it.
+#[derive(Debug, Default)]
+struct DataDirCheck {
+    lock_path: PathBuf,
+    /// Device and inode of the lock file; `None` when not watched (embedders, tests).
+    identity: Option<(u64, u64)>,
+    lost: AtomicBool,
+    reported: AtomicBool,
+}
+
+impl DataDirCheck {
+    /// Whether the lock file's path no longer names the file the server locked. Once lost,
+    /// always lost: a directory put back under the server is not the one it was writing.
+    fn is_lost(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.lost.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(identity) = self.identity else {
+            return false;
+        };
+        let now = std::fs::metadata(&self.lock_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let lost = now != Some(identity);
+        if lost {
+            self.lost.store(true, Ordering::Release);
+        }
+        lost
     }
 }
 
@@ -292,6 +373,10 @@ struct Writer {
     options: MiniStoreOptions,
     /// `None` after a failure that needs a reopen.
     store: Option<MiniStore>,
+    data_dir: PathBuf,
+    /// Never reopen into a data directory that is not ours any more: open would create
+    /// the journal afresh and hand out its sequence numbers again.
+    data_dir_check: Arc<DataDirCheck>,
     /// The runtime the server runs on, for the async `open` of a reopen.
     runtime: tokio::runtime::Handle,
     queue: mpsc::Receiver<WriterJob>,
@@ -385,6 +470,11 @@ impl Writer {
         let name = self.name.as_str();
         for attempt in 0..2 {
             if self.store.is_none() {
+                if self.data_dir_check.is_lost() {
+                    return Err(ServerError::DataDirLost {
+                        path: self.data_dir.clone(),
+                    });
+                }
                 match self.runtime.block_on(self.options.clone().open(&self.path)) {
                     Ok(reopened) => {
                         tracing::warn!(
@@ -405,6 +495,13 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::warn!(journal = name, error = %e, records = lines.len(), "append failed");
+                    // A file deleted under the writer usually means the whole directory
+                    // went: say so at once, to this caller and every RPC after it.
+                    if self.data_dir_check.is_lost() {
+                        return Err(ServerError::DataDirLost {
+                            path: self.data_dir.clone(),
+                        });
+                    }
                     return Err(ServerError::store(name, e));
                 }
                 Ok(range) => return Ok(range),

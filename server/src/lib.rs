@@ -27,7 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authenticator;
-use crate::limits::StreamLimits;
+use crate::limits::{ReadBudget, StreamLimits};
 
 pub use config::{Config, LogFormat};
 pub use error::ServerError;
@@ -120,18 +120,29 @@ impl Server {
             listener,
             auth,
             tls,
-            ..
+            _data_dir_lock: lock,
         } = self;
         let journals = Arc::new(
             Journals::new(&config.data_dir, config.store_options())
-                .with_max_open(config.max_journals),
+                .with_max_open(config.max_journals)
+                .watch_data_dir(config.data_dir.join(LOCK_FILE), &lock),
         );
+        let watchdog = tokio::spawn({
+            let journals = journals.clone();
+            async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                while journals.check_data_dir_now() {
+                    every.tick().await;
+                }
+            }
+        });
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let streams = StreamLimits::new(config.max_streams, config.max_streams_per_connection);
         let service = JournalService::new(
             journals.clone(),
             config.max_payload_bytes,
             streams,
+            ReadBudget::new(config.max_read_bytes),
             streams_stop,
         );
         let journal_server = JournalServer::new(service)
@@ -191,6 +202,7 @@ impl Server {
             .layer(tower::util::MapResponseLayer::new(
                 client_errors_keep_client_codes::<tonic::body::Body>,
             ))
+            .layer(tower::util::MapResponseLayer::new(limits::hold_until_sent))
             .add_service(InterceptedService::new(health_service, other_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1, other_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, other_auth))
@@ -217,7 +229,9 @@ impl Server {
                 Ok(())
             }
         };
+        watchdog.abort();
         journals.shut_down().await;
+        drop(lock);
         tracing::info!("stopped");
         served.map_err(|e| ServerError::Startup {
             op: "serving on",
@@ -295,6 +309,9 @@ fn load_security(
     Ok((auth, tls))
 }
 
+/// The data directory's lock file, held by the one server using it.
+const LOCK_FILE: &str = ".ministore.lock";
+
 /// Takes `data_dir/.ministore.lock`: two servers on one directory would interleave their
 /// writes. Held until the returned file is dropped.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
@@ -305,7 +322,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
     };
     std::fs::create_dir_all(data_dir)
         .map_err(|e| startup("creating data directory", data_dir, e))?;
-    let lock = data_dir.join(".ministore.lock");
+    let lock = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -1,6 +1,7 @@
 //! The `ministore.v1.Journal` service: request -> journal -> response. Each method checks
 //! its input, then delegates to [`Journals`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use ministore::proto::{
     append_request, record,
 };
 use ministore::{JournalReader, JsonLine};
-use tokio::sync::{mpsc, watch};
+use prost::Message;
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -21,21 +23,24 @@ use tracing::Instrument;
 use crate::auth::{Grant, Right, grant_of};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals, validate_name};
-use crate::limits::{StreamLimits, StreamPermit};
+use crate::limits::{Held, HeldForReply, ReadBudget, StreamLimits, StreamPermit};
 use crate::value;
 
 /// Records per Replay page when the request says 0.
 pub const DEFAULT_PAGE: u32 = 1000;
 /// Most records per Replay page.
 pub const MAX_PAGE: u32 = 10_000;
-/// Most JSON bytes per Replay page, under gRPC's common 4 MiB message limit. A page always
-/// holds at least one record.
-const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
-/// Records read from disk at a time by a stream.
-const STREAM_BATCH: usize = 256;
-/// Records buffered per stream: a slow reader holds at most this many (plus one batch),
-/// never the journal.
-const STREAM_BUFFER: usize = 64;
+/// Most bytes of records per Replay page in the form sent (encoded, in the requested
+/// format), under gRPC's common 4 MiB message limit. A page always holds at least one record.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Bytes of JSON a reader reads from disk at a time: a Stream holds at most this much
+/// (plus one record) read ahead of its client.
+pub const READ_STEP: usize = 256 * 1024;
+/// Records a Stream reads from disk at a time (bytes bound it first for records over 64 B).
+const STREAM_BATCH: usize = 4096;
+/// What a streamed record costs in memory, in multiples of its JSON: the record, and its
+/// encoded copy in HTTP/2's buffer until the client takes it.
+const STREAM_COPIES: usize = 2;
 
 /// The gRPC service over a set of journals.
 #[derive(Debug, Clone)]
@@ -43,24 +48,93 @@ pub struct JournalService {
     journals: Arc<Journals>,
     max_payload_bytes: usize,
     streams: Arc<StreamLimits>,
+    budget: ReadBudget,
     shutdown: watch::Receiver<bool>,
 }
 
 impl JournalService {
     /// A service over `journals` that refuses records larger than `max_payload_bytes`,
-    /// keeps open streams within `streams`, and ends them when `shutdown` turns true.
+    /// keeps open streams within `streams` and records held for readers within `budget`,
+    /// and ends streams when `shutdown` turns true.
     pub fn new(
         journals: Arc<Journals>,
         max_payload_bytes: usize,
         streams: Arc<StreamLimits>,
+        budget: ReadBudget,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         JournalService {
             journals,
             max_payload_bytes,
             streams,
+            budget,
             shutdown,
         }
+    }
+
+    /// A reader of `journal`'s durable records from `from_seq` that refuses records larger
+    /// than this server accepts, so no file makes it hold more than it budgets.
+    fn reader(&self, journal: &Journal, from_seq: u64) -> JournalReader {
+        JournalReader::with_durable(journal.path(), from_seq, journal.watch_durable())
+            .max_record_bytes(self.max_payload_bytes)
+    }
+
+    /// The memory one read from disk may need: a step of JSON plus the one record that may
+    /// end past it, twice (the records, and their encoded copy in the reply), and in the
+    /// value format one record's conversion.
+    fn read_reservation(&self, as_value: bool) -> usize {
+        2 * (READ_STEP + self.max_payload_bytes) + if as_value { value::MAX_VALUE_HEAP } else { 0 }
+    }
+
+    /// Reads one Replay page: up to `limit` records and [`MAX_PAGE_BYTES`] in the form
+    /// sent, holding read budget for them. The first reservation waits (holding nothing);
+    /// later ones are only taken if free, and the page ends where they are not: under
+    /// memory pressure pages get shorter instead of the server growing or readers
+    /// deadlocking on each other's reservations.
+    async fn read_page(
+        &self,
+        reader: &mut JournalReader,
+        journal: &str,
+        limit: usize,
+        as_value: bool,
+    ) -> Result<(Vec<Record>, Held), ServerError> {
+        let mut records = Vec::new();
+        let mut held = Held::default();
+        let (mut wire, mut memory) = (0, 0);
+        let want = self.read_reservation(as_value);
+        'page: while records.len() < limit {
+            match records.is_empty() {
+                true => held.merge(self.budget.reserve(want).await),
+                false => match self.budget.try_reserve(want) {
+                    Some(more) => held.merge(more),
+                    None => break,
+                },
+            }
+            let batch = reader
+                .next_batch_within(limit - records.len(), READ_STEP)
+                .await
+                .map_err(|e| ServerError::store(journal, e))?;
+            if batch.is_empty() {
+                break;
+            }
+            for stored in batch {
+                let (record, form) = to_wire(stored, as_value);
+                let len = record.encoded_len() + 8; // the field's tag and length
+                let cost = form + len; // and its encoded copy, made as the reply is sent
+                if !records.is_empty()
+                    && (wire + len > MAX_PAGE_BYTES || memory + cost > held.bytes())
+                {
+                    // Read but not sent: the page ends before it, and the next starts there.
+                    break 'page;
+                }
+                wire += len;
+                memory += cost;
+                records.push(record);
+            }
+            held.shrink_to(memory);
+        }
+        held.shrink_to(memory);
+        Ok((records, held))
     }
 
     fn check_size(&self, size: usize) -> Result<(), ServerError> {
@@ -77,7 +151,7 @@ impl JournalService {
     fn line_from_payload(&self, journal: &str, payload: &[u8]) -> Result<JsonLine, ServerError> {
         self.check_size(payload.len())?;
         let line = JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))?;
-        value::check_depth(&line)?;
+        value::check_readable(&line)?;
         Ok(line)
     }
 
@@ -90,6 +164,7 @@ impl JournalService {
         let line = JsonLine::from_value(&value::to_json(value)?)
             .map_err(|e| ServerError::store(journal, e))?;
         self.check_size(line.as_bytes().len())?;
+        value::check_readable(&line)?;
         Ok(line)
     }
 
@@ -126,30 +201,28 @@ async fn traced<T>(
     result.map_err(Status::from)
 }
 
-/// Converts a stored record to its wire form.
-fn to_wire(record: ministore::Record, format: RecordFormat) -> Result<Record, ServerError> {
-    let body = match format {
-        RecordFormat::Value => {
-            record::Body::Value(value::from_json_text(&record.json).map_err(|e| {
-                ServerError::InvalidArgument(format!(
-                    "record {} cannot be shown as a value ({e}); read it with RECORD_FORMAT_PAYLOAD",
-                    record.seq
-                ))
-            })?)
-        }
-        RecordFormat::Unspecified | RecordFormat::Payload => {
-            record::Body::Payload(record.json.into_bytes())
-        }
+/// A stored record in its wire form, and the memory that form holds.
+fn to_wire(record: ministore::Record, as_value: bool) -> (Record, usize) {
+    let body = value::to_wire(record.json, as_value);
+    let cost = match &body {
+        record::Body::Value(v) => value::heap_bytes(v),
+        record::Body::Payload(p) => p.len(),
     };
-    Ok(Record {
+    let record = Record {
         seq: record.seq,
         body: Some(body),
-    })
+    };
+    (record, cost)
 }
 
-fn format_of(raw: i32) -> Result<RecordFormat, ServerError> {
-    RecordFormat::try_from(raw)
-        .map_err(|_| ServerError::InvalidArgument(format!("unknown record format {raw}")))
+/// Whether records go as values: the requested format, checked.
+fn as_value(raw: i32) -> Result<bool, ServerError> {
+    match RecordFormat::try_from(raw) {
+        Ok(format) => Ok(format == RecordFormat::Value),
+        Err(_) => Err(ServerError::InvalidArgument(format!(
+            "unknown record format {raw}"
+        ))),
+    }
 }
 
 /// The stream of a Stream RPC: records as they are read, then the end or an error status.
@@ -233,7 +306,7 @@ impl JournalRpc for JournalService {
         let req = request.into_inner();
         traced("Replay", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Read)?;
-            let format = format_of(req.format)?;
+            let as_value = as_value(req.format)?;
             let limit = match req.limit {
                 0 => DEFAULT_PAGE,
                 n if n > MAX_PAGE => {
@@ -244,32 +317,18 @@ impl JournalRpc for JournalService {
                 n => n,
             } as usize;
             let journal = self.open_for_read(name, req.from_seq).await?;
-            let mut reader = JournalReader::with_durable(journal.path(), req.from_seq, journal.watch_durable());
+            let mut reader = self.reader(&journal, req.from_seq);
             let last_seq = journal.durable().last_seq;
-            let mut records = Vec::new();
-            let mut bytes = 0;
-            'pages: while records.len() < limit {
-                let batch = reader
-                    .next_batch((limit - records.len()).min(STREAM_BATCH))
-                    .await
-                    .map_err(|e| ServerError::store(name, e))?;
-                if batch.is_empty() {
-                    break;
-                }
-                for record in batch {
-                    bytes += record.json.len();
-                    if bytes > MAX_PAGE_BYTES && !records.is_empty() {
-                        break 'pages;
-                    }
-                    records.push(to_wire(record, format)?);
-                }
-            }
+            let (records, held) = self.read_page(&mut reader, name, limit, as_value).await?;
             let next_seq = records.last().map_or(reader.next_seq(), |r| r.seq + 1);
-            Ok(Response::new(ReplayResponse {
+            let mut response = Response::new(ReplayResponse {
                 records,
                 next_seq,
                 last_seq,
-            }))
+            });
+            // The page is in memory until it is sent, not only until we return it.
+            response.extensions_mut().insert(HeldForReply::new(held));
+            Ok(response)
         })
         .await
     }
@@ -283,33 +342,35 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let peer = request.remote_addr();
         let req = request.into_inner();
-        let (journal, format, permit) = traced("Stream", &req.journal, async {
+        let (journal, as_value, permit) = traced("Stream", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Read)?;
-            let format = format_of(req.format)?;
+            let as_value = as_value(req.format)?;
             let permit = self.streams.acquire(peer)?;
             Ok((
                 self.open_for_read(name, req.from_seq).await?,
-                format,
+                as_value,
                 permit,
             ))
         })
         .await?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let reader =
-            JournalReader::with_durable(journal.path(), req.from_seq, journal.watch_durable());
-        let task = feed_stream(
-            permit,
+        let feed = StreamFeed {
+            _permit: permit,
+            reader: self.reader(&journal, req.from_seq),
             journal,
-            reader,
-            format,
-            req.follow,
-            self.shutdown.clone(),
-            tx,
-        );
-        tokio::spawn(task.instrument(tracing::debug_span!("stream", journal = %req.journal)));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            as_value,
+            follow: req.follow,
+            shutdown: self.shutdown.clone(),
+            budget: self.budget.clone(),
+            reservation: self.read_reservation(false),
+            ahead: VecDeque::new(),
+            held: Held::default(),
+            sent: Held::default(),
+            ended: false,
+        };
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(
+            feed,
+            StreamFeed::next,
+        ))))
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
@@ -317,11 +378,13 @@ impl JournalRpc for JournalService {
         let req = request.into_inner();
         traced("Info", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Read)?;
-            let durable = self.journals.get(name, false).await?.durable();
+            let journal = self.journals.get(name, false).await?;
+            let durable = journal.durable();
             Ok(Response::new(InfoResponse {
                 first_seq: durable.first_seq,
                 last_seq: durable.last_seq,
                 segments: durable.segments as u32,
+                damage: journal.damage().unwrap_or_default().to_owned(),
             }))
         })
         .await
@@ -342,47 +405,83 @@ fn at_index(i: usize, err: ServerError) -> ServerError {
     ))
 }
 
-/// Feeds one Stream RPC: reads batches of durable records and sends them, waiting for new
-/// ones when following. Stops when the client goes away (`send` fails), at shutdown (with
-/// UNAVAILABLE), or on an error (sent as the final status).
-async fn feed_stream(
+/// One Stream RPC, read as its client takes records: nothing is read ahead of what the
+/// client consumes but one step of at most [`READ_STEP`] bytes of JSON (plus one record),
+/// held in the read budget. A client that stops reading leaves tonic not asking for more,
+/// so the stream holds that step and the one record in flight, never the journal; one
+/// that goes away drops the stream and everything it held.
+struct StreamFeed {
     // Held for the stream's lifetime: its place in the stream limits.
     _permit: StreamPermit,
     journal: Arc<Journal>,
-    mut reader: JournalReader,
-    format: RecordFormat,
+    reader: JournalReader,
+    as_value: bool,
     follow: bool,
-    mut shutdown: watch::Receiver<bool>,
-    tx: mpsc::Sender<Result<Record, Status>>,
-) {
-    let name = journal.name().to_owned();
-    let end = loop {
-        let batch = match reader.next_batch(STREAM_BATCH).await {
-            Ok(batch) => batch,
-            Err(e) => break Some(ServerError::store(&name, e)),
-        };
-        if batch.is_empty() {
-            if !follow {
-                break None;
+    shutdown: watch::Receiver<bool>,
+    budget: ReadBudget,
+    /// What one read from disk may take ([`JournalService::read_reservation`]).
+    reservation: usize,
+    /// Records read and not yet sent, and the budget they hold.
+    ahead: VecDeque<ministore::Record>,
+    held: Held,
+    /// The budget of the record sent last: kept until the client asks for the next, so it
+    /// covers the record while tonic and HTTP/2 still buffer it.
+    sent: Held,
+    ended: bool,
+}
+
+impl StreamFeed {
+    /// The next message of the stream: a record, or the final error; `None` at the end.
+    /// Stops at shutdown (UNAVAILABLE) and on an error, which is sent as the last message.
+    async fn next(mut self) -> Option<(Result<Record, Status>, StreamFeed)> {
+        if self.ended {
+            return None;
+        }
+        drop(std::mem::take(&mut self.sent));
+        match self.next_record().await {
+            Ok(Some(record)) => Some((Ok(record), self)),
+            Ok(None) => None,
+            Err(e) => {
+                self.ended = true;
+                Some((Err(e.into()), self))
+            }
+        }
+    }
+
+    async fn next_record(&mut self) -> Result<Option<Record>, ServerError> {
+        loop {
+            if let Some(stored) = self.ahead.pop_front() {
+                self.sent = self.held.take(STREAM_COPIES * stored.json.len());
+                // Converted only now, one at a time: a value takes several times its JSON.
+                return Ok(Some(to_wire(stored, self.as_value).0));
+            }
+            if *self.shutdown.borrow() {
+                return Err(ServerError::ShuttingDown);
+            }
+            let reserved = tokio::select! {
+                held = self.budget.reserve(self.reservation) => held,
+                _ = self.shutdown.wait_for(|stop| *stop) => return Err(ServerError::ShuttingDown),
+            };
+            self.held = reserved;
+            let batch = self
+                .reader
+                .next_batch_within(STREAM_BATCH, READ_STEP)
+                .await
+                .map_err(|e| ServerError::store(self.journal.name(), e))?;
+            self.held
+                .shrink_to(STREAM_COPIES * batch.iter().map(|r| r.json.len()).sum::<usize>());
+            if !batch.is_empty() {
+                self.ahead.extend(batch);
+                continue;
+            }
+            self.held = Held::default();
+            if !self.follow {
+                return Ok(None);
             }
             tokio::select! {
-                more = reader.wait() => if !more { break Some(ServerError::ShuttingDown) },
-                _ = shutdown.wait_for(|stop| *stop) => break Some(ServerError::ShuttingDown),
-                _ = tx.closed() => return,
-            }
-            continue;
-        }
-        for record in batch {
-            let item = to_wire(record, format).map_err(Status::from);
-            if tx.send(item).await.is_err() {
-                return; // the client went away
+                more = self.reader.wait() => if !more { return Err(ServerError::ShuttingDown) },
+                _ = self.shutdown.wait_for(|stop| *stop) => return Err(ServerError::ShuttingDown),
             }
         }
-        if *shutdown.borrow() {
-            break Some(ServerError::ShuttingDown);
-        }
-    };
-    if let Some(err) = end {
-        let _ = tx.send(Err(err.into())).await;
     }
 }

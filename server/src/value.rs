@@ -11,19 +11,142 @@ use crate::error::ServerError;
 /// without a fraction (`1`, not `1.0`), as a person typing them expects.
 const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 
-/// Deepest nesting of arrays and objects accepted in a record: what serde_json (and so
-/// the `value` form of Replay and Stream) can decode, and what protobuf decoders allow.
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects accepted in a record: what serde_json (the
+/// store's own `replay`, and most Rust programs) reads back; its limit of 128 includes
+/// the level that fails.
+pub const MAX_DEPTH: usize = 127;
 
-/// Refuses records nested deeper than [`MAX_DEPTH`]: every stored record must be readable
-/// in every format.
-pub fn check_depth(line: &ministore::JsonLine) -> Result<(), ServerError> {
+/// Deepest nesting sent as a `Value`. Protobuf decoders stop at 100 nested messages
+/// (Python's upb, grpcurl's Go decoder at 100 too), and each JSON level takes up to three
+/// (a `Value`, a `Struct`, a map entry) under the reply's own two: 32 levels fit.
+pub const MAX_VALUE_DEPTH: usize = 32;
+
+/// Largest record sent as a `Value`, in bytes of JSON. The value form is for people; it
+/// takes several times the memory of the JSON (up to ~28x for arrays of small numbers),
+/// and larger records come as exact payload. Its encoded form then stays far under the 4
+/// MiB message limit of gRPC clients' defaults.
+pub const MAX_VALUE_JSON: usize = 256 * 1024;
+
+/// Most memory the `Value` of a record of [`MAX_VALUE_JSON`] bytes can take, by
+/// [`heap_bytes`]: what a reader reserves for one converted record.
+pub const MAX_VALUE_HEAP: usize = 32 * MAX_VALUE_JSON;
+
+/// The one rule for what a record may be: JSON that every common reader reads back.
+/// Beyond being one JSON value (checked by the store), it is nested at most
+/// [`MAX_DEPTH`] levels, holds no number outside a double's range (`1e999`) and no string
+/// with a lone surrogate escape (`"\ud800"`), which serde_json, Python's `json` with
+/// protobuf, and JavaScript cannot all read (RFC 7493, I-JSON). Anything accepted can be
+/// read as payload, and as a value wherever a `Value` can carry it (see [`to_wire`]).
+pub fn check_readable(line: &ministore::JsonLine) -> Result<(), ServerError> {
     if line.nesting_depth() > MAX_DEPTH {
         return Err(ServerError::InvalidArgument(format!(
             "payload is nested deeper than {MAX_DEPTH} levels of arrays and objects"
         )));
     }
+    serde_json::from_str::<Readable>(line.as_str()).map_err(|e| {
+        ServerError::InvalidArgument(format!(
+            "payload is JSON that common readers cannot read back ({e}); numbers must fit a double and \\u escapes must not be lone surrogates"
+        ))
+    })?;
     Ok(())
+}
+
+/// Deserializes any JSON without keeping it, failing where serde_json's `Value` would:
+/// numbers out of a double's range and lone surrogates (serde_json's own `IgnoredAny` skips
+/// over both).
+struct Readable;
+
+impl<'de> serde::Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Readable)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Readable {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_unit<E>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map.next_entry::<Readable, Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+}
+
+/// The record's body in `format`. A record that a `Value` cannot carry to common clients
+/// (deeper than [`MAX_VALUE_DEPTH`], larger than [`MAX_VALUE_JSON`], or not readable as
+/// one, as records stored before [`check_readable`] may be) is sent as its exact payload
+/// even in the value format: every record is readable in every format.
+pub fn to_wire(json: String, as_value: bool) -> ministore::proto::record::Body {
+    use ministore::proto::record::Body;
+    if as_value && let Some(value) = value_form(&json) {
+        return Body::Value(value);
+    }
+    Body::Payload(json.into_bytes())
+}
+
+fn value_form(json: &str) -> Option<Value> {
+    if json.len() > MAX_VALUE_JSON {
+        return None;
+    }
+    let parsed: Json = serde_json::from_str(json).ok()?;
+    (depth(&parsed) <= MAX_VALUE_DEPTH).then(|| from_json(&parsed))
+}
+
+fn depth(json: &Json) -> usize {
+    match json {
+        Json::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Json::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The memory a `Value` holds, for the read budget: its nodes, strings and maps. A value
+/// takes several times its JSON text (about 16x for small numbers in arrays).
+pub fn heap_bytes(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    // A BTreeMap entry: the key and value inline, plus node overhead shared among ~11.
+    const ENTRY: usize = std::mem::size_of::<String>() + NODE + 16;
+    NODE + match &value.kind {
+        Some(Kind::StringValue(s)) => s.capacity(),
+        Some(Kind::ListValue(list)) => {
+            list.values.capacity() * NODE
+                + list
+                    .values
+                    .iter()
+                    .map(|v| heap_bytes(v) - NODE)
+                    .sum::<usize>()
+        }
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .map(|(k, v)| ENTRY + k.capacity() + heap_bytes(v) - NODE)
+            .sum(),
+        _ => 0,
+    }
 }
 
 /// The JSON value of a protobuf `Value`. An unset kind is `null`; NaN and infinities,
@@ -59,12 +182,8 @@ fn number(n: f64) -> Result<Json, ServerError> {
         })
 }
 
-/// The protobuf `Value` of stored JSON text. Numbers become doubles (as protobuf's JSON
+/// The protobuf `Value` of a JSON value. Numbers become doubles (as protobuf's JSON
 /// mapping does); use the payload form where integers beyond 2^53 must stay exact.
-pub fn from_json_text(text: &str) -> Result<Value, serde_json::Error> {
-    serde_json::from_str::<Json>(text).map(|json| from_json(&json))
-}
-
 fn from_json(json: &Json) -> Value {
     let kind = match json {
         Json::Null => Kind::NullValue(0),
@@ -97,15 +216,79 @@ mod tests {
         assert_eq!(to_json(&v).unwrap().to_string(), "0.5");
     }
 
+    fn line(s: &str) -> ministore::JsonLine {
+        ministore::JsonLine::from_slice(s.as_bytes()).unwrap()
+    }
+
     #[test]
-    fn nesting_is_limited_outside_strings_only() {
-        let line = |s: &str| ministore::JsonLine::from_slice(s.as_bytes()).unwrap();
+    fn nesting_is_limited_outside_strings_only_to_what_serde_json_reads_back() {
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert!(check_depth(&line(&ok)).is_ok());
+        assert!(check_readable(&line(&ok)).is_ok());
+        assert!(serde_json::from_str::<Json>(&ok).is_ok());
         let deep = format!("[{ok}]");
-        assert!(check_depth(&line(&deep)).is_err());
+        assert!(check_readable(&line(&deep)).is_err());
+        assert!(serde_json::from_str::<Json>(&deep).is_err());
         let in_string = format!("[\"{}\\\"\"]", "[".repeat(500));
-        assert!(check_depth(&line(&in_string)).is_ok());
+        assert!(check_readable(&line(&in_string)).is_ok());
+    }
+
+    #[test]
+    fn numbers_out_of_range_and_lone_surrogates_are_refused() {
+        for bad in ["1e999", "[-1e400]", r#""\ud800""#, r#"{"a":"x\udc00y"}"#] {
+            assert!(check_readable(&line(bad)).is_err(), "{bad} was accepted");
+        }
+        for good in [
+            "1e300",
+            r#""\ud83d\ude00""#,
+            "123456789012345678901234567890",
+            "-0.0",
+        ] {
+            assert!(check_readable(&line(good)).is_ok(), "{good} was refused");
+        }
+    }
+
+    #[test]
+    fn records_a_value_cannot_carry_are_sent_as_payload() {
+        use ministore::proto::record::Body;
+        let deep = |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+        assert!(matches!(
+            to_wire(deep(MAX_VALUE_DEPTH), true),
+            Body::Value(_)
+        ));
+        assert_eq!(
+            to_wire(deep(MAX_VALUE_DEPTH + 1), true),
+            Body::Payload(deep(MAX_VALUE_DEPTH + 1).into_bytes())
+        );
+        // Stored before the rule: sent as it is.
+        assert_eq!(
+            to_wire("1e999".into(), true),
+            Body::Payload(b"1e999".to_vec())
+        );
+        let big = format!("[{}1]", "1,".repeat(MAX_VALUE_JSON / 2));
+        assert!(matches!(to_wire(big, true), Body::Payload(_)));
+        assert!(matches!(to_wire("[1,2]".into(), true), Body::Value(_)));
+        assert!(matches!(to_wire("[1,2]".into(), false), Body::Payload(_)));
+    }
+
+    #[test]
+    fn heap_bytes_counts_nodes_and_strings_within_the_reserved_bound() {
+        let v = value_form(r#"["abcdef",1,{"k":2}]"#).unwrap();
+        let node = std::mem::size_of::<Value>();
+        // The list, its three items, the number in the object; the two strings.
+        assert!(heap_bytes(&v) >= 5 * node + "abcdef".len() + "k".len());
+        // The worst shapes of the largest record sent as a value stay within the bound.
+        let numbers = format!("[{}1]", "1,".repeat(MAX_VALUE_JSON / 2 - 2));
+        let fields = format!(
+            "{{{}\"\":1}}",
+            (0..MAX_VALUE_JSON / 12)
+                .map(|i| format!("\"{i:x}\":1,"))
+                .collect::<String>()
+        );
+        for json in [numbers, fields] {
+            assert!(json.len() <= MAX_VALUE_JSON);
+            let heap = heap_bytes(&value_form(&json).unwrap());
+            assert!(heap <= MAX_VALUE_HEAP, "{heap} > {MAX_VALUE_HEAP}");
+        }
     }
 
     #[test]
@@ -119,7 +302,7 @@ mod tests {
     #[test]
     fn round_trip_through_text() {
         let text = r#"{"a":[1,true,null,"x"],"b":{"c":2.5}}"#;
-        let value = from_json_text(text).unwrap();
+        let value = value_form(text).unwrap();
         let back = to_json(&value).unwrap();
         assert_eq!(back, serde_json::from_str::<Json>(text).unwrap());
     }
