@@ -115,6 +115,19 @@ async fn closed_within(connection: &mut TcpStream, within: Duration) -> Option<D
     .ok()
 }
 
+/// Whether the server logs `needle` within 2 s (its stderr is read by another thread, so a
+/// line it wrote may not be in [`ServerProcess::logs`] yet).
+async fn logs_soon(server: &ServerProcess, needle: &str) -> bool {
+    let started = Instant::now();
+    while !server.logs().contains(needle) {
+        if started.elapsed() > Duration::from_secs(2) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// A new client appends `value` to `journal`: each attempt gets `attempt_timeout`, and
 /// attempts go on until `within` has passed. Returns how long it took.
 async fn append_as_new_client(
@@ -159,10 +172,10 @@ async fn silent_connections_past_the_descriptor_limit_leave_room_for_clients_and
         .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
     eprintln!("a new client appended {took:?} after 1100 silent connections");
     assert!(took < Duration::from_secs(5), "{took:?}");
-    let logs = server.logs();
     assert!(
-        logs.contains("leaves room for only 16 connections"),
-        "the cap is lowered to fit 1024 descriptors: {logs}"
+        logs_soon(&server, "leaves room for only 16 connections").await,
+        "the cap is lowered to fit 1024 descriptors: {}",
+        server.logs()
     );
 
     // Descriptors are left for journal files: new journals open.
@@ -189,7 +202,7 @@ async fn silent_connections_past_the_descriptor_limit_leave_room_for_clients_and
     }
     assert!(closed >= 90, "only {closed} of the first 100 were closed");
     assert!(
-        server.logs().contains("closing the oldest connection"),
+        logs_soon(&server, "closing the oldest connection").await,
         "{}",
         server.logs()
     );
@@ -215,11 +228,12 @@ async fn out_of_descriptors_the_server_backs_off_instead_of_spinning_and_recover
         share * 100.0
     );
     assert!(share < 0.20, "{:.1}% of a core", share * 100.0);
-    let logs = server.logs();
     assert!(
-        logs.contains("accepting connections failed") && logs.contains("retrying in"),
-        "{logs}"
+        logs_soon(&server, "accepting connections failed").await,
+        "{}",
+        server.logs()
     );
+    let logs = server.logs();
     // Warned once, not once per failed accept.
     assert_eq!(
         logs.matches("accepting connections failed").count(),
@@ -268,6 +282,62 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout_and_a_served_
     // The following stream lives on the first connection: it still delivers.
     let other = Client::connect(server.url()).await.unwrap();
     other.append("tail", &2).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream is stuck")
+        .expect("the stream's connection was closed");
+    assert_eq!(next.unwrap().seq, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_silent_connection_is_closed_and_a_served_one_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A self-signed certificate is its own CA for the client.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let data = tmp.path().join("data");
+    let server = ServerProcess::start(
+        &data,
+        &[
+            "--handshake-timeout-seconds",
+            "1",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+
+    let client = ClientBuilder::new(format!("localhost:{}", server.addr.port()))
+        .tls_ca_file(&cert_path)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    client.append("tail", &1).await.unwrap();
+    let mut stream = client
+        .raw()
+        .stream(StreamRequest {
+            journal: "tail".into(),
+            from_seq: 1,
+            follow: true,
+            format: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+
+    // Not even a ClientHello: the TLS handshake waits for it until the timeout.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let closed = closed_within(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("the silent connection is still open after 5 s");
+    assert!(closed >= Duration::from_millis(900), "{closed:?}");
+
+    client.append("tail", &2).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("the stream is stuck")
@@ -330,7 +400,7 @@ async fn at_the_cap_with_every_connection_served_a_new_connection_is_closed_at_o
         .await
         .expect("a connection past the cap is still open");
     assert!(
-        server.logs().contains("refusing connections"),
+        logs_soon(&server, "refusing connections").await,
         "{}",
         server.logs()
     );

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -133,6 +134,9 @@ pub struct ConnectionLimits {
     max: usize,
     handshake_timeout: Duration,
     state: Mutex<State>,
+    /// `state.waiting.len()`, readable without the lock: with no connection waiting (the
+    /// usual case), a request costs one atomic load here rather than a lock and a lookup.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +168,7 @@ impl ConnectionLimits {
             max,
             handshake_timeout,
             state: Mutex::new(State::default()),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -270,6 +275,7 @@ impl ConnectionLimits {
             state.waiting.remove(&old.id);
             let _ = old.evict.send(());
         }
+        self.waiting.store(state.waiting.len(), Ordering::Release);
         drop(state);
         let info = TcpConnectInfo {
             local_addr: stream.local_addr().ok(),
@@ -290,18 +296,24 @@ impl ConnectionLimits {
 
     /// Closes the oldest waiting connection, to make room when descriptors ran out.
     fn evict_oldest(&self) -> bool {
-        self.state
-            .lock()
-            .expect("connection limits lock")
-            .evict_oldest()
+        let mut state = self.state.lock().expect("connection limits lock");
+        let evicted = state.evict_oldest();
+        self.waiting.store(state.waiting.len(), Ordering::Release);
+        evicted
     }
 
     /// The connection from `peer` sent a request: it is no longer waiting.
     fn first_request(&self, peer: SocketAddr) {
+        // A connection's entry is stored before tonic is handed the connection, so its
+        // requests see a count above zero until the entry is gone.
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut state = self.state.lock().expect("connection limits lock");
         if let Some(waiting) = state.by_peer.remove(&peer) {
             state.waiting.remove(&waiting.id);
             // Dropping `waiting.evict` wakes the connection, which then stops its timer.
+            self.waiting.store(state.waiting.len(), Ordering::Release);
         }
     }
 
@@ -310,6 +322,7 @@ impl ConnectionLimits {
         state.open -= 1;
         if state.waiting.remove(&id).is_some() {
             state.by_peer.remove(&peer);
+            self.waiting.store(state.waiting.len(), Ordering::Release);
         }
     }
 }
