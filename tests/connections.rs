@@ -251,13 +251,13 @@ async fn out_of_descriptors_the_server_backs_off_instead_of_spinning_and_recover
     eprintln!("a new client appended {took:?} after the limit was raised again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_is_closed_after_the_handshake_timeout_and_a_served_one_is_not() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(tmp.path(), &["--handshake-timeout-seconds", "1"]);
-
-    // A client that has sent requests follows a journal across the timeout.
-    let client = Client::connect(server.url()).await.unwrap();
+/// With a handshake timeout of 1 s: `client`, once it has sent a request, follows a
+/// journal across the timeout on its connection, while a connection that sends nothing (not
+/// even a TLS ClientHello) is closed after the timeout.
+async fn the_timeout_closes_a_silent_connection_and_spares_a_served_one(
+    server: &ServerProcess,
+    client: &Client,
+) {
     client.append("tail", &1).await.unwrap();
     let mut stream = client
         .raw()
@@ -279,14 +279,21 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout_and_a_served_
     eprintln!("the silent connection was closed after {closed:?}");
     assert!(closed >= Duration::from_millis(900), "{closed:?}");
 
-    // The following stream lives on the first connection: it still delivers.
-    let other = Client::connect(server.url()).await.unwrap();
-    other.append("tail", &2).await.unwrap();
+    // The stream lives on the client's connection, now older than the timeout.
+    client.append("tail", &2).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("the stream is stuck")
         .expect("the stream's connection was closed");
     assert_eq!(next.unwrap().seq, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout_and_a_served_one_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &["--handshake-timeout-seconds", "1"]);
+    let client = Client::connect(server.url()).await.unwrap();
+    the_timeout_closes_a_silent_connection_and_spares_a_served_one(&server, &client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,9 +304,8 @@ async fn over_tls_a_silent_connection_is_closed_and_a_served_one_is_not() {
     let (cert_path, key_path) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let data = tmp.path().join("data");
     let server = ServerProcess::start(
-        &data,
+        &tmp.path().join("data"),
         &[
             "--handshake-timeout-seconds",
             "1",
@@ -309,40 +315,13 @@ async fn over_tls_a_silent_connection_is_closed_and_a_served_one_is_not() {
             key_path.to_str().unwrap(),
         ],
     );
-
     let client = ClientBuilder::new(format!("localhost:{}", server.addr.port()))
         .tls_ca_file(&cert_path)
         .unwrap()
         .connect()
         .await
         .unwrap();
-    client.append("tail", &1).await.unwrap();
-    let mut stream = client
-        .raw()
-        .stream(StreamRequest {
-            journal: "tail".into(),
-            from_seq: 1,
-            follow: true,
-            format: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
-
-    // Not even a ClientHello: the TLS handshake waits for it until the timeout.
-    let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    let closed = closed_within(&mut silent, Duration::from_secs(5))
-        .await
-        .expect("the silent connection is still open after 5 s");
-    assert!(closed >= Duration::from_millis(900), "{closed:?}");
-
-    client.append("tail", &2).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .expect("the stream is stuck")
-        .expect("the stream's connection was closed");
-    assert_eq!(next.unwrap().seq, 2);
+    the_timeout_closes_a_silent_connection_and_spares_a_served_one(&server, &client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
