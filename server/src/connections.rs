@@ -304,11 +304,6 @@ impl ConnectionLimits {
 
     /// The connection from `peer` sent a request: it is no longer waiting.
     fn first_request(&self, peer: SocketAddr) {
-        // A connection's entry is stored before tonic is handed the connection, so its
-        // requests see a count above zero until the entry is gone.
-        if self.waiting.load(Ordering::Acquire) == 0 {
-            return;
-        }
         let mut state = self.state.lock().expect("connection limits lock");
         if let Some(waiting) = state.by_peer.remove(&peer) {
             state.waiting.remove(&waiting.id);
@@ -615,6 +610,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> S::Future {
+        // A connection's entry is stored before tonic is handed the connection, so its
+        // requests see a count above zero until the entry is gone.
+        if self.limits.waiting.load(Ordering::Acquire) == 0 {
+            return self.inner.call(request);
+        }
         let extensions = request.extensions();
         // tonic puts the connection's info here, wrapped when the connection is TLS.
         let peer = extensions
