@@ -79,6 +79,26 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_MAX_JOURNALS", default_value_t = 1024)]
     pub max_journals: usize,
 
+    /// TCP connections served at once. At the cap, a new connection closes the oldest one
+    /// that has not yet sent its first request, or is itself closed if there is none. The
+    /// server lowers the cap to fit its open-files limit (see README, "Security and limits").
+    #[arg(long, env = "MINISTORE_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection may take (TLS included) to send its first request before
+    /// it is closed.
+    #[arg(
+        long,
+        env = "MINISTORE_HANDSHAKE_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub handshake_timeout_seconds: u64,
+
+    /// HTTP/2 streams (RPCs in flight) one connection may open at once; the client waits
+    /// for one to finish before opening another.
+    #[arg(long, env = "MINISTORE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
     /// Deadline for each unary RPC, in seconds (a client's shorter grpc-timeout wins).
     /// Streams are not limited by it.
     #[arg(long, env = "MINISTORE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]

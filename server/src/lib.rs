@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod journals;
 pub mod limits;
@@ -27,6 +28,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authenticator;
+use crate::connections::ConnectionLimits;
 use crate::limits::{ReadBudget, StreamLimits};
 
 pub use config::{Config, LogFormat};
@@ -167,6 +169,7 @@ impl Server {
             .expect("the embedded descriptor set is valid");
 
         let local = listener.local_addr().ok();
+        let connections = ConnectionLimits::from_config(&config);
         tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
 
         let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
@@ -185,12 +188,12 @@ impl Server {
             let _ = signalled.send(());
         };
         let mut builder = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .timeout(std::time::Duration::from_secs(
                 config.request_timeout_seconds,
             ))
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .max_concurrent_streams(Some(config.max_concurrent_streams));
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).map_err(|e| ServerError::Startup {
                 op: "configuring TLS from",
@@ -199,6 +202,7 @@ impl Server {
             })?;
         }
         let serving = builder
+            .layer(connections.first_request_layer())
             .layer(tower::util::MapResponseLayer::new(
                 client_errors_keep_client_codes::<tonic::body::Body>,
             ))
@@ -207,12 +211,7 @@ impl Server {
             .add_service(InterceptedService::new(reflection_v1, other_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, other_auth))
             .add_service(InterceptedService::new(journal_server, journal_auth))
-            // The builder's tcp_nodelay applies only to listeners it binds itself; without
-            // it, small replies wait for Nagle's algorithm (40 ms per Replay page).
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
-            );
+            .serve_with_incoming_shutdown(connections.incoming(listener), signal);
         let grace = std::time::Duration::from_secs(config.shutdown_grace_seconds);
         // A client that never lets its connection close (frozen, or hostile) must not keep
         // the server from stopping: after the grace period, its connection is dropped.

@@ -41,6 +41,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), ServerError> {
+    // Before binding, so the connection cap is computed from the raised limit.
+    match ministore_server::connections::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-files limit to its hard limit"
+            );
+        }
+        Ok((_, limit)) => tracing::info!(limit, "open-files limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     let server = Server::bind(config).await?;
     if let Ok(addr) = server.local_addr() {
         // On stdout, one line, once the server holds its data directory and port, so
