@@ -119,6 +119,7 @@ def run(stub, journal):
     expect("Info", (info.first_seq, info.last_seq, info.segments), (1, 7, 1))
 
     follow(stub, journal, stored)
+    deep_records(stub, journal, stored)
 
     # Errors carry the status code a program can act on; nothing is written.
     detail = expect_error(
@@ -190,6 +191,30 @@ def follow(stub, journal, stored):
         fail("the Stream did not end after it was cancelled")
     if not received.empty():
         fail(f"the Stream delivered more than was appended: {received.get()!r}")
+
+
+def deep_records(stub, journal, stored):
+    """Every accepted record reads back in the value format with protobuf's default limits:
+    one a Value can carry comes as a value, a deeper one as its exact payload."""
+    def nested(depth):
+        return '{"a":' * depth + '"leaf"' + "}" * depth
+
+    texts = [nested(32), nested(33), "[" * 127 + "]" * 127]
+    reply = stub.AppendBatch(
+        pb.AppendBatchRequest(journal=journal, payloads=[t.encode() for t in texts]), timeout=TIMEOUT
+    )
+    first = reply.first_seq
+    stored.update({first + i: t for i, t in enumerate(texts)})
+    # Python's protobuf refuses messages nested more than 100 deep: a page holding a
+    # Value of 33 object levels would fail to decode here, and this call would raise.
+    page = stub.Replay(
+        pb.ReplayRequest(journal=journal, from_seq=first, format=pb.RECORD_FORMAT_VALUE), timeout=TIMEOUT
+    )
+    got = [(r.seq, r.WhichOneof("body")) for r in page.records]
+    expect("deep records as values or payloads", got, [(first, "value"), (first + 1, "payload"), (first + 2, "payload")])
+    expect("the deepest value", json.dumps(json_format.MessageToDict(page.records[0].value), separators=(",", ":")),
+           texts[0])
+    expect("the deeper records, exact", [r.payload.decode() for r in page.records[1:]], texts[1:])
 
 
 if __name__ == "__main__":
