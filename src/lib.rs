@@ -48,16 +48,17 @@
 //! - Every following `\n`-terminated line is one record: compact JSON, never containing a
 //!   raw newline. Record `k` of a file (from 0) has sequence number `first_seq + k`.
 //! - A last line without `\n` is not a record: it is a write that never completed.
-//! - A NUL byte (never part of JSON text) ends what is written. While a journal is open,
-//!   its active file ends in zeros after its last record: space the writer extends the
-//!   file with ahead of time (256 KiB at a time, never past `max_bytes_per_segment`) so that
-//!   appends overwrite allocated space in place and their `fdatasync` has no file size to
-//!   commit. Readers stop at the first NUL; a clean close cuts the zeros, so a journal at
-//!   rest (and every rotated segment) ends at its last record, as the published crate
-//!   writes it. After a crash the zeros stay until the next open cuts them. With
-//!   [`MiniStoreOptions::preallocate(false)`](MiniStoreOptions::preallocate()) no zeros
-//!   are written: the active file ends at its last record even while open, for readers
-//!   of the published crate.
+//! - A NUL byte (never part of JSON text) ends what is written. By default nothing is
+//!   written past the last record, so every file is plain JSON lines at every instant,
+//!   even right after a crash. With
+//!   [`MiniStoreOptions::preallocate(true)`](MiniStoreOptions::preallocate()), while a
+//!   journal is open its active file ends in zeros after its last record: space the writer
+//!   extends the file with ahead of time (256 KiB at a time, never past
+//!   `max_bytes_per_segment`) so that appends overwrite allocated space in place and their
+//!   `fdatasync` has no file size to commit. Readers stop at the first NUL; a clean close
+//!   cuts the zeros, so a journal at rest (and every rotated segment) ends at its last
+//!   record, as the published crate writes it. After a crash the zeros stay until the next
+//!   open cuts them.
 //!
 //! Sequence numbers start at 1, are contiguous, and never change: rotation and retention
 //! move and delete whole files, and each file carries its own `first_seq`. (A journal
@@ -89,8 +90,8 @@
 //! final.
 //!
 //! **The order of operations**, each step documented where it happens in `store.rs`:
-//! 1. append: when the records would go past the end of the active file, first extend it
-//!    with written zeros (if that fails, e.g. on a full disk, cut them off again and append
+//! 1. append: with preallocation, when the records would go past the end of the active
+//!    file, first extend it with written zeros (if that fails, e.g. on a full disk, cut them off again and append
 //!    as if there were none); `pwrite` the records at the end of the durable data, then
 //!    `fdatasync`, which covers the zeros too; only then are the records counted, shown to
 //!    readers and acknowledged. A failed write is truncated away (with the zeros); a

@@ -37,13 +37,13 @@ pub struct MiniStoreOptions {
     pub max_bytes_per_segment: u64,
     /// How many segment files to keep, the active one included. At least 1.
     pub max_segments: usize,
-    /// Whether the writer writes zeros ahead of its records in the active segment (on by
+    /// Whether the writer writes zeros ahead of its records in the active segment (off by
     /// default), so that a commit's fdatasync does not also commit a change of the file's
-    /// size (on ext4, 64-73 µs per append instead of 74-90 µs p50 in the README's
-    /// measurements). While the journal is open, and after a crash until the next open,
-    /// its active file then ends in zeros, which this crate's readers skip but the
-    /// published ministore 0.1.7 reads as a line that is not JSON.
-    /// Off: the active file always ends at its last record, for readers of that version.
+    /// size (on ext4, about 10 µs less per append in the README's measurements). While the
+    /// journal is open, and after a crash until the next open, its active file then ends
+    /// in zeros, which this crate's readers skip but `cat`, `tail -f | jq` and the
+    /// published ministore 0.1.7 do not. Off: the active file always ends at its last
+    /// record, plain JSON lines at every instant.
     pub preallocate: bool,
 }
 
@@ -54,12 +54,12 @@ impl Default for MiniStoreOptions {
 }
 
 impl MiniStoreOptions {
-    /// The defaults: 64 MiB segments, 3 segments kept.
+    /// The defaults: 64 MiB segments, 3 segments kept, no preallocation.
     pub fn new() -> Self {
         Self {
             max_bytes_per_segment: DEFAULT_MAX_BYTES_PER_SEGMENT,
             max_segments: DEFAULT_MAX_SEGMENTS,
-            preallocate: true,
+            preallocate: false,
         }
     }
 
@@ -77,12 +77,14 @@ impl MiniStoreOptions {
     }
 
     /// Sets whether zeros are written ahead of the records (see the field
-    /// [`preallocate`](field@Self::preallocate); on by default). Turn it off when programs
-    /// built on the published ministore 0.1.7 read the journal while it is open here.
+    /// [`preallocate`](field@Self::preallocate); off by default). Turn it on for a little
+    /// less latency per append when nothing but this crate reads the journal while it is
+    /// open.
     ///
     /// ```
-    /// let options = ministore::MiniStoreOptions::new().preallocate(false);
+    /// let options = ministore::MiniStoreOptions::new();
     /// assert!(!options.preallocate);
+    /// assert!(options.preallocate(true).preallocate);
     /// ```
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;

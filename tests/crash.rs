@@ -297,8 +297,7 @@ async fn write_journal(data: &Path, name: &str, min: u64, in_active: usize) -> u
     let client = Client::connect(server.url()).await.unwrap();
     let active = data.join(name).join("journal.jsonl");
     let mut n = 0;
-    // Acknowledged records are fsynced: reading the file now sees them. Complete lines
-    // only: while the server runs, the active file ends in zeros (written ahead).
+    // Acknowledged records are fsynced: reading the file now sees them.
     let complete_lines = || {
         let bytes = std::fs::read(&active).unwrap();
         bytes.iter().filter(|&&b| b == b'\n').count()

@@ -43,6 +43,27 @@ fn written(path: &Path) -> String {
     String::from_utf8(bytes[..end].to_vec()).unwrap()
 }
 
+/// Options that write zeros ahead of the records (off by default).
+fn preallocated() -> MiniStoreOptions {
+    MiniStoreOptions::new().preallocate(true)
+}
+
+#[tokio::test]
+async fn by_default_the_active_file_is_plain_json_lines_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    let mut store = MiniStore::open(&path).await.unwrap();
+    for i in 1..=3u64 {
+        store.append(&i).await.unwrap();
+        let text = read(&path);
+        let mut lines = text.lines();
+        assert_eq!(format!("{}\n", lines.next().unwrap()), header(1));
+        let records: Vec<u64> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(records, (1..=i).collect::<Vec<_>>());
+        assert!(text.ends_with('\n'));
+    }
+}
+
 /// A 20-character record: 23 bytes as a journal line (quotes and newline included).
 fn rec(i: u64) -> String {
     format!("r{i:019}")
@@ -1021,10 +1042,11 @@ fn live(i: u64) -> String {
 }
 
 #[tokio::test]
-async fn the_active_file_holds_zeros_ahead_of_its_records_while_open_and_none_after_close() {
+async fn with_preallocation_the_active_file_holds_zeros_ahead_of_its_records_while_open_and_none_after_close()
+ {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = MiniStore::open(&path).await.unwrap();
+    let mut store = preallocated().open(&path).await.unwrap();
     store.append_batch(&[1, 2, 3]).await.unwrap();
     let records = format!("{}1\n2\n3\n", header(1));
 
@@ -1043,7 +1065,7 @@ async fn a_reader_without_the_writer_follows_a_live_journal_over_its_zeros_exact
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
     // Small segments: the reader also crosses rotations, and the zeros of each segment.
-    let mut store = MiniStoreOptions::new()
+    let mut store = preallocated()
         .max_bytes_per_segment(256 * 1024)
         .max_segments(1000)
         .open(&path)
@@ -1094,7 +1116,7 @@ async fn a_reader_without_the_writer_follows_a_live_journal_over_its_zeros_exact
 async fn replay_of_a_live_journal_returns_its_records_not_its_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = MiniStore::open(&path).await.unwrap();
+    let mut store = preallocated().open(&path).await.unwrap();
     for i in 1..=50u64 {
         store.append(&live(i)).await.unwrap();
         let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
@@ -1123,9 +1145,9 @@ async fn rotation_seals_segments_that_end_at_their_last_record_while_the_writer_
             segment.display()
         );
     }
-    // The active file is the one with zeros ahead of its records.
+    // By default the active file, too, ends at its last record while open.
     let active = journal(&dir);
-    assert!(std::fs::metadata(&active).unwrap().len() > written(&active).len() as u64);
+    assert_eq!(std::fs::read(&active).unwrap().last(), Some(&b'\n'));
     let from = INDEXED_RECORDS / 2;
     let batch = MiniStore::read_from(journal(&dir), from)
         .next_batch(2)

@@ -195,8 +195,12 @@ async fn a_journal_closed_here_holds_no_preallocated_zeros_for_the_published_cra
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.jsonl");
     let written: Vec<Counter> = (1..=30).map(record).collect();
-    // Default segments: the writer writes zeros ahead of its records, 256 KiB at a time.
-    let mut store = MiniStore::open(&path).await.unwrap();
+    // Preallocated: the writer writes zeros ahead of its records, 256 KiB at a time.
+    let mut store = MiniStoreOptions::new()
+        .preallocate(true)
+        .open(&path)
+        .await
+        .unwrap();
     store.append_batch(&written).await.unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() > text_len(&written));
     drop(store);
@@ -207,15 +211,11 @@ async fn a_journal_closed_here_holds_no_preallocated_zeros_for_the_published_cra
 }
 
 #[tokio::test]
-async fn without_preallocation_the_published_crate_reads_a_journal_while_it_is_open_here() {
+async fn with_the_default_options_the_published_crate_reads_a_journal_while_it_is_open_here() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.jsonl");
     let mut written: Vec<Counter> = (1..=30).map(record).collect();
-    let mut store = MiniStoreOptions::new()
-        .preallocate(false)
-        .open(&path)
-        .await
-        .unwrap();
+    let mut store = MiniStore::open(&path).await.unwrap();
     store.append_batch(&written).await.unwrap();
 
     assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len(&written));
@@ -229,9 +229,9 @@ async fn without_preallocation_the_published_crate_reads_a_journal_while_it_is_o
 }
 
 #[tokio::test]
-async fn a_server_started_with_no_preallocate_keeps_its_journals_readable_by_the_published_crate() {
+async fn a_server_with_default_flags_keeps_its_journals_plain_json_lines_running_and_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&dir.path().join("data"), &["--no-preallocate"]);
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
     let client = Client::connect(server.addr.to_string()).await.unwrap();
     let written: Vec<Counter> = (1..=20).map(record).collect();
     for r in &written {
@@ -242,4 +242,18 @@ async fn a_server_started_with_no_preallocate_keeps_its_journals_readable_by_the
     assert_eq!(std::fs::metadata(&path).unwrap().len(), text_len(&written));
     let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
     assert_eq!(replayed, written, "read while the server runs");
+
+    // Right after kill -9: the header and complete JSON lines, nothing else.
+    server.signal("KILL");
+    let (code, _) = server.wait();
+    assert_eq!(code, None, "killed by a signal");
+    let replayed: Vec<Counter> = published::MiniStore::replay(&path).await.unwrap();
+    assert_eq!(replayed, written, "read after kill -9");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(header(1).trim_end()));
+    for (line, r) in lines.zip(&written) {
+        assert_eq!(&serde_json::from_str::<Counter>(line).unwrap(), r, "{line}");
+    }
+    assert!(text.ends_with('\n'));
 }

@@ -712,7 +712,11 @@ async fn open_deletes_indexes_whose_segment_is_gone_and_keeps_the_others() {
 async fn crashed_with_zeros(dir: &Path, n: u64) -> (PathBuf, u64) {
     let live = dir.join("live");
     let path = live.join("journal.jsonl");
-    let mut store = MiniStore::open(&path).await.unwrap();
+    let mut store = MiniStoreOptions::new()
+        .preallocate(true)
+        .open(&path)
+        .await
+        .unwrap();
     for chunk in recs(1..=n).chunks(7) {
         store.append_batch(chunk).await.unwrap();
     }

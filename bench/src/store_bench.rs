@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ministore::MiniStore;
+use ministore::MiniStoreOptions;
 
 /// Bytes per record on disk: a JSON string of 197 characters, its two quotes, a newline.
 pub const RECORD_BYTES: usize = 200;
@@ -68,8 +68,9 @@ impl Measurement {
 /// Name of the `MiniStore::append` measurement.
 pub const APPEND: &str = "MiniStore::append";
 
-/// Runs the four measurements in `dir`, `duration` each: raw (appending, then overwriting
-/// zeros), `append`, `append_batch`. The first is the floor every ratio is taken against.
+/// Runs the five measurements in `dir`, `duration` each: raw (appending, then overwriting
+/// zeros), `append` (the default, then with preallocation), `append_batch`. The first is
+/// the floor every ratio is taken against.
 pub async fn run(dir: &Path, duration: Duration) -> Result<Vec<Measurement>, Box<dyn Error>> {
     let raw_path = dir.join("raw.bin");
     let raw =
@@ -78,9 +79,10 @@ pub async fn run(dir: &Path, duration: Duration) -> Result<Vec<Measurement>, Box
     let zeroed =
         tokio::task::spawn_blocking(move || raw_overwrite_fdatasync(&zeroed_path, duration))
             .await??;
-    let append = store_appends(dir.join("append/journal.jsonl"), duration, 1).await?;
-    let batch = store_appends(dir.join("batch/journal.jsonl"), duration, BATCH).await?;
-    Ok(vec![raw, zeroed, append, batch])
+    let append = store_appends(dir.join("append/journal.jsonl"), duration, 1, false).await?;
+    let preallocated = store_appends(dir.join("prealloc/journal.jsonl"), duration, 1, true).await?;
+    let batch = store_appends(dir.join("batch/journal.jsonl"), duration, BATCH, false).await?;
+    Ok(vec![raw, zeroed, append, preallocated, batch])
 }
 
 /// The record every measurement writes, as the store serializes it (without the newline).
@@ -150,14 +152,19 @@ fn raw_overwrite_fdatasync(path: &Path, duration: Duration) -> std::io::Result<M
     ))
 }
 
-/// `append` (`per_call == 1`) or `append_batch` of `per_call` records, in a loop.
+/// `append` (`per_call == 1`) or `append_batch` of `per_call` records, in a loop, with
+/// or without preallocation.
 async fn store_appends(
     path: PathBuf,
     duration: Duration,
     per_call: usize,
+    preallocate: bool,
 ) -> Result<Measurement, ministore::MiniStoreError> {
     let batch = vec![record(); per_call];
-    let mut store = MiniStore::open(&path).await?;
+    let mut store = MiniStoreOptions::new()
+        .preallocate(preallocate)
+        .open(&path)
+        .await?;
     let mut latencies = Vec::with_capacity(1 << 16);
     let start = Instant::now();
     while start.elapsed() < duration {
@@ -170,7 +177,9 @@ async fn store_appends(
         latencies.push(t.elapsed());
     }
     let elapsed = start.elapsed();
-    let name = if per_call == 1 {
+    let name = if preallocate {
+        "  MiniStore::append, preallocated".to_string()
+    } else if per_call == 1 {
         APPEND.to_string()
     } else {
         format!("MiniStore::append_batch ({per_call}/call)")

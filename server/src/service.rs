@@ -33,9 +33,12 @@ pub const MAX_PAGE: u32 = 10_000;
 /// Most bytes of records per Replay page in the form sent (encoded, in the requested
 /// format), under gRPC's common 4 MiB message limit. A page always holds at least one record.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
-/// Bytes of JSON a reader reads from disk at a time: a Stream holds at most this much
-/// (plus one record) read ahead of its client.
+/// Bytes of JSON a Replay reads from disk at a time.
 pub const READ_STEP: usize = 256 * 1024;
+/// Bytes of JSON a Stream reads ahead of its client at most (or one record, if larger).
+/// Small enough that `--max-streams` unread streams of small records (1024 x 2 x 64 KiB =
+/// 128 MiB, record and encoded copy) cannot hold the default read budget between them.
+pub const STREAM_STEP: usize = 64 * 1024;
 /// Records a Stream reads from disk at a time (bytes bound it first for records over 64 B).
 const STREAM_BATCH: usize = 4096;
 /// What a streamed record costs in memory, in multiples of its JSON: the record, and its
@@ -79,11 +82,11 @@ impl JournalService {
             .max_record_bytes(self.max_payload_bytes)
     }
 
-    /// The memory one read from disk may need: a step of JSON plus the one record that may
-    /// end past it, twice (the records, and their encoded copy in the reply), and in the
-    /// value format one record's conversion.
-    fn read_reservation(&self, as_value: bool) -> usize {
-        2 * (READ_STEP + self.max_payload_bytes) + if as_value { value::MAX_VALUE_HEAP } else { 0 }
+    /// The memory one read of `step` bytes from disk may need: the step plus the one record
+    /// that may end past it, twice (the records, and their encoded copy in the reply), and
+    /// in the value format one record's conversion.
+    fn read_reservation(&self, step: usize, as_value: bool) -> usize {
+        2 * (step + self.max_payload_bytes) + if as_value { value::MAX_VALUE_HEAP } else { 0 }
     }
 
     /// Reads one Replay page: up to `limit` records and [`MAX_PAGE_BYTES`] in the form
@@ -101,7 +104,7 @@ impl JournalService {
         let mut records = Vec::new();
         let mut held = Held::default();
         let (mut wire, mut memory) = (0, 0);
-        let want = self.read_reservation(as_value);
+        let want = self.read_reservation(READ_STEP, as_value);
         'page: while records.len() < limit {
             match records.is_empty() {
                 true => held.merge(self.budget.reserve(want).await),
@@ -361,7 +364,7 @@ impl JournalRpc for JournalService {
             follow: req.follow,
             shutdown: self.shutdown.clone(),
             budget: self.budget.clone(),
-            reservation: self.read_reservation(false),
+            reservation: self.read_reservation(STREAM_STEP, false),
             ahead: VecDeque::new(),
             held: Held::default(),
             sent: Held::default(),
@@ -406,7 +409,7 @@ fn at_index(i: usize, err: ServerError) -> ServerError {
 }
 
 /// One Stream RPC, read as its client takes records: nothing is read ahead of what the
-/// client consumes but one step of at most [`READ_STEP`] bytes of JSON (plus one record),
+/// client consumes but one step of at most [`STREAM_STEP`] bytes of JSON (plus one record),
 /// held in the read budget. A client that stops reading leaves tonic not asking for more,
 /// so the stream holds that step and the one record in flight, never the journal; one
 /// that goes away drops the stream and everything it held.
@@ -465,7 +468,7 @@ impl StreamFeed {
             self.held = reserved;
             let batch = self
                 .reader
-                .next_batch_within(STREAM_BATCH, READ_STEP)
+                .next_batch_within(STREAM_BATCH, STREAM_STEP)
                 .await
                 .map_err(|e| ServerError::store(self.journal.name(), e))?;
             self.held
