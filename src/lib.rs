@@ -90,6 +90,9 @@
 //! final.
 //!
 //! **The order of operations**, each step documented where it happens in `store.rs`:
+//! 0. create: each missing directory of the journal's path is created and fsynced in its
+//!    parent, top down, before the journal's first file is created (and fsynced in it), so
+//!    a power loss cannot take a new journal's directory with its acknowledged records.
 //! 1. append: with preallocation, when the records would go past the end of the active
 //!    file, first extend it with written zeros (if that fails, e.g. on a full disk, cut them off again and append
 //!    as if there were none); `pwrite` the records at the end of the durable data, then

@@ -206,6 +206,33 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| MiniStoreError::io("fsyncing directory", dir, e))
 }
 
+/// Creates `dir` and its missing parents, durably: a new directory is only an entry in its
+/// parent until the parent is fsynced, so after a power loss a journal created without
+/// that could vanish with the acknowledged records in it. Each directory created is
+/// fsynced in its parent, from the top down; the journal's own files are fsynced in `dir`
+/// when they are created (`write_new_file`).
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    // Up to the first path that exists: if that is not a directory, creating below it
+    // fails with ENOTDIR, as it should.
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            // Made by someone else meanwhile: it exists, which is all we need of it; its
+            // parent's fsync below still covers the entry.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(e) => return Err(MiniStoreError::io("creating directory", path, e)),
+        }
+        sync_dir(dir_of(path))?;
+    }
+    Ok(())
+}
+
 /// Where the records of one segment end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Body {
@@ -481,6 +508,18 @@ pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_directories_are_created_from_the_top_down_and_existing_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&deep).unwrap();
+        std::fs::write(tmp.path().join("a/file"), b"x").unwrap();
+        let err = create_dir_durable(&tmp.path().join("a/file/d")).unwrap_err();
+        assert!(err.to_string().contains("creating directory"), "{err}");
+    }
 
     #[test]
     fn header_round_trips_and_keeps_the_published_prefix() {

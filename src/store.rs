@@ -519,8 +519,7 @@ struct Writer {
 impl Writer {
     fn open(base: PathBuf, opts: MiniStoreOptions) -> Result<Writer> {
         let dir = segment::dir_of(&base).to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| MiniStoreError::io("creating directory", &dir, e))?;
+        segment::create_dir_durable(&dir)?;
         if base.is_dir() {
             return Err(MiniStoreError::InvalidArgument(format!(
                 "{} is a directory; give the path of the journal file, e.g. {}",

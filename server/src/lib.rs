@@ -319,8 +319,16 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
         path: path.display().to_string(),
         source: Arc::new(e),
     };
+    let created = !data_dir.is_dir();
     std::fs::create_dir_all(data_dir)
         .map_err(|e| startup("creating data directory", data_dir, e))?;
+    // A new directory is only an entry in its parent until the parent is fsynced: without
+    // this, a power loss could take the data directory, and the records acknowledged in it.
+    if created && let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| startup("fsyncing the parent of the data directory", parent, e))?;
+    }
     let lock = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
