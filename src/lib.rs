@@ -97,8 +97,8 @@
 //!    file, first extend it with written zeros (if that fails, e.g. on a full disk, cut them off again and append
 //!    as if there were none); `pwrite` the records at the end of the durable data, then
 //!    `fdatasync`, which covers the zeros too; only then are the records counted, shown to
-//!    readers and acknowledged. A failed write is truncated away (with the zeros); a
-//!    failed fsync poisons the writer (see below).
+//!    readers and acknowledged. After a failed write or fsync the file is cut back to
+//!    its durable length (with the zeros) and that is fsynced (see below).
 //! 2. rotation (after an append reaches `max_bytes_per_segment`): cut any zeros after the
 //!    last record and fsync; rename the active file to
 //!    the next segment number, fsync the directory; write the sealed segment's index
@@ -131,9 +131,15 @@
 //! the file is not modified.
 //!
 //! **Errors.** An `Err` from an append means the records are not acknowledged: after a
-//! crash they may or may not be there. After a failed `fsync` the writer refuses further
-//! writes ([`MiniStoreError::Poisoned`]) until the journal is reopened: the kernel may have
-//! dropped the dirty pages, and retrying would report success over lost data.
+//! crash they may or may not be there. A failed `fsync` is never trusted or retried into
+//! success: the kernel may have dropped the dirty pages and marked them clean, so a later
+//! fsync would report success over lost data (PostgreSQL's "fsyncgate"). The writer knows
+//! the length the last successful fsync covered; after a failed write or fsync it cuts the
+//! active file back to it and fsyncs that, before anything reads or appends, and then goes
+//! on (the next append is written where the failed one was). If even that cut fails, it
+//! writes nothing until a later append manages it; it never reopens over the bytes, which
+//! a scan could take for records. Every file operation of the writer can be made to fail
+//! in tests ([`io`]).
 //!
 //! **Readers** made by [`MiniStore::reader`] (in the writer's process) never return a
 //! record that is not yet durable: they read only up to the length of the active segment
@@ -150,6 +156,7 @@
 
 mod error;
 mod index;
+pub mod io;
 mod json;
 mod options;
 mod read;

@@ -45,6 +45,10 @@ pub struct MiniStoreOptions {
     /// published ministore 0.1.7 do not. Off: the active file always ends at its last
     /// record, plain JSON lines at every instant.
     pub preallocate: bool,
+    /// Faults the writer's file operations meet (none by default): for tests of every
+    /// failure path. See [`inject_faults`](Self::inject_faults).
+    #[doc(hidden)]
+    pub faults: crate::io::Faults,
 }
 
 impl Default for MiniStoreOptions {
@@ -60,6 +64,7 @@ impl MiniStoreOptions {
             max_bytes_per_segment: DEFAULT_MAX_BYTES_PER_SEGMENT,
             max_segments: DEFAULT_MAX_SEGMENTS,
             preallocate: false,
+            faults: crate::io::Faults::default(),
         }
     }
 
@@ -88,6 +93,22 @@ impl MiniStoreOptions {
     /// ```
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
+        self
+    }
+
+    /// Makes the writer's file operations fail as `injector` says, for tests of what the
+    /// store does on a failed write, fsync, rename or directory fsync (see [`crate::io`]).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # #[derive(Debug)] struct Never;
+    /// # impl ministore::io::FaultInjector for Never {
+    /// #     fn fault(&self, _: ministore::io::FileOp, _: &std::path::Path) -> Option<ministore::io::Fault> { None }
+    /// # }
+    /// let options = ministore::MiniStoreOptions::new().inject_faults(Arc::new(Never));
+    /// ```
+    pub fn inject_faults(mut self, injector: std::sync::Arc<dyn crate::io::FaultInjector>) -> Self {
+        self.faults = crate::io::Faults::new(injector);
         self
     }
 

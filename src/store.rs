@@ -175,9 +175,9 @@ impl MiniStore {
     /// Returns an error if:
     /// - Serialization fails (e.g., unsupported type).
     /// - Disk write fails (e.g., full disk).
-    /// - `fsync` fails (e.g., I/O error). After a failed fsync the store refuses further
-    ///   writes ([`MiniStoreError::Poisoned`]) until it is reopened: the kernel may have
-    ///   dropped the unwritten data, so retrying could report success over a lost record.
+    /// - `fsync` fails (e.g., I/O error). The kernel may have dropped the unwritten data, so
+    ///   the store never retries it into success: it cuts the file back to what the last
+    ///   successful fsync covered, and the next append goes there.
     ///
     /// # Performance
     ///
@@ -510,6 +510,9 @@ struct Writer {
     index: SharedIndex,
     /// Set when a failure leaves the file in a state we cannot vouch for.
     poisoned: Option<String>,
+    /// Set while bytes of a failed commit could not be cut off the active file: nothing is
+    /// written after them until a commit manages the cut.
+    uncut: Option<String>,
     /// Where records are missing between segments, as found at open.
     damage: Option<String>,
     /// Held for the writer's lifetime: one writer per journal, across processes.
@@ -594,6 +597,7 @@ impl Writer {
             next_seq: active.first_seq + body.records,
             index,
             poisoned: None,
+            uncut: None,
             damage,
             _lock: lock,
         })
@@ -617,6 +621,19 @@ impl Writer {
                 reason: reason.clone(),
             });
         }
+        // Bytes of a failed commit are still there: try the cut again, and write nothing
+        // after them until it succeeds. (Not `Poisoned`: a reopen would scan the file and
+        // could count those bytes, which may be in the page cache only, as records.)
+        if self.uncut.is_some() {
+            self.restore_durable_length("an earlier failure");
+            if let Some(reason) = &self.uncut {
+                return Err(MiniStoreError::io(
+                    "cutting a failed write off",
+                    &self.base,
+                    std::io::Error::other(reason.clone()),
+                ));
+            }
+        }
         let first = self.next_seq;
         if count == 0 {
             return Ok(first..first);
@@ -626,24 +643,24 @@ impl Writer {
             self.preallocate(end);
         }
         // 1. Write at the end of the durable data (over zeros written ahead, if any). If the
-        //    write fails part-way (ENOSPC, EFBIG), cut the file back so no partial record
-        //    stays behind and the store can go on once the condition clears; the zeros
-        //    ahead go too. Should even the cut fail, a reopen repairs.
-        if let Err(e) = self.file.write_all_at(buf, self.len) {
-            if let Err(cut) = self.file.set_len(self.len) {
-                self.poisoned = Some(format!("a failed write could not be truncated: {cut}"));
-            }
-            self.allocated = self.len;
+        //    write fails part-way (ENOSPC, EFBIG, EIO), cut the file back to its durable
+        //    length so no partial record stays behind and the store goes on once the
+        //    condition clears; the zeros ahead go too.
+        let io = &self.opts.faults;
+        if let Err(e) = io.write_all_at(&self.file, &self.base, buf, self.len) {
+            self.restore_durable_length("a failed write");
             return Err(MiniStoreError::io("writing to", &self.base, e));
         }
         self.allocated = self.allocated.max(end);
         // 2. fdatasync: the records (and the file size, when this commit extended it: the
-        //    zeros ahead are made durable by the same call) are on stable storage. On failure the
-        //    kernel may have dropped the pages; a retried fsync could then "succeed" over
-        //    lost data (fsyncgate), so refuse all further writes until a reopen re-reads
-        //    the file.
-        if let Err(e) = self.file.sync_data() {
-            self.poisoned = Some(format!("fsync failed: {e}"));
+        //    zeros ahead are made durable by the same call) are on stable storage. On
+        //    failure the kernel may have dropped the pages and marked them clean, and a
+        //    later fsync would "succeed" over them (fsyncgate): they are never trusted.
+        //    What is durable is what the last successful fsync covered, `self.len`; the
+        //    file is cut back to it, and that made durable, before anything else reads or
+        //    appends. Readers never saw the lost bytes: they read up to `self.len` only.
+        if let Err(e) = io.sync_data(&self.file, &self.base) {
+            self.restore_durable_length("a failed fsync");
             return Err(MiniStoreError::io("fsyncing", &self.base, e));
         }
         // 2b. A file deleted while open (its directory removed under the server) takes its
@@ -707,7 +724,11 @@ impl Writer {
             return;
         }
         let zeros = vec![0u8; (target - from) as usize];
-        match self.file.write_all_at(&zeros, from) {
+        match self
+            .opts
+            .faults
+            .write_all_at(&self.file, &self.base, &zeros, from)
+        {
             Ok(()) => self.allocated = target,
             Err(e) => {
                 tracing::debug!(journal = %self.base.display(), error = %e, bytes = zeros.len(), "could not preallocate; appending");
@@ -727,13 +748,34 @@ impl Writer {
     /// ends exactly at its last record. A no-op when nothing was preallocated.
     fn cut_preallocated(&mut self) -> Result<()> {
         if self.allocated > self.len {
-            self.file
-                .set_len(self.len)
-                .and_then(|_| self.file.sync_all())
+            self.opts
+                .faults
+                .truncate_durably(&self.file, &self.base, self.len)
                 .map_err(|e| MiniStoreError::io("truncating", &self.base, e))?;
             self.allocated = self.len;
         }
         Ok(())
+    }
+
+    /// After a failed write or fsync: cuts the active file back to its durable length and
+    /// fsyncs that, so that no byte of the failed commit can be read or kept. If even that
+    /// fails, the writer refuses writes until a later commit manages the cut (see
+    /// `commit`), so nothing is ever appended after bytes that are not durable.
+    fn restore_durable_length(&mut self, after: &str) {
+        match self
+            .opts
+            .faults
+            .truncate_durably(&self.file, &self.base, self.len)
+        {
+            Ok(()) => {
+                self.allocated = self.len;
+                self.uncut = None;
+            }
+            Err(e) => {
+                tracing::error!(journal = %self.base.display(), error = %e, durable_len = self.len, "{after}, and cutting the file back to its durable length failed; refusing writes until it succeeds");
+                self.uncut = Some(format!("{after} left bytes that could not be cut: {e}"));
+            }
+        }
     }
 
     /// Seals the active segment under the next number and starts a new one.
@@ -750,11 +792,13 @@ impl Writer {
         //    A failure here fails the rotation (see `commit`).
         self.cut_preallocated()?;
         // 2. Rename it to its segment name. Crash here: either name exists, both complete.
-        std::fs::rename(&self.base, &sealed)
+        let io = &self.opts.faults;
+        io.rename(&self.base, &sealed)
             .map_err(|e| MiniStoreError::io("renaming segment to", &sealed, e))?;
         // 3. Make the rename durable. Crash before this: after reboot the file may be back
         //    under the active name, still a valid active segment.
-        segment::sync_dir(&dir)?;
+        io.sync_dir(&dir)
+            .map_err(|e| MiniStoreError::io("fsyncing directory", &dir, e))?;
         // 4. Write the sealed segment's index beside it (`index::write_sidecar`: derived
         //    data, not fsynced). A failure costs readers a scan, so it is only logged.
         //    Crash here: a segment without an index, or with one that fails its checks.
@@ -771,6 +815,8 @@ impl Writer {
         // 5. Create the new active segment: header with its first seq, fsync the file and
         //    the directory. Crash here: no active file, or one with a partial header; open
         //    then creates it from the end of the newest rotated segment.
+        io.check_create(&self.base)
+            .map_err(|e| MiniStoreError::io("creating", &self.base, e))?;
         self.file = segment::write_new_file(&self.base, header.as_bytes())?;
         self.len = header.len() as u64;
         self.allocated = self.len;
@@ -785,7 +831,8 @@ impl Writer {
         while self.rotated.len() > keep {
             let (_, first_seq, path) = self.rotated.pop_front().expect("len > keep >= 0");
             index::remove_sidecar(&path);
-            std::fs::remove_file(&path).map_err(|e| MiniStoreError::io("deleting", &path, e))?;
+            io.remove_file(&path)
+                .map_err(|e| MiniStoreError::io("deleting", &path, e))?;
             tracing::info!(
                 segment = %path.display(),
                 first_seq,
@@ -796,7 +843,8 @@ impl Writer {
             deleted = true;
         }
         if deleted {
-            segment::sync_dir(&dir)?;
+            io.sync_dir(&dir)
+                .map_err(|e| MiniStoreError::io("fsyncing directory", &dir, e))?;
         }
         Ok(())
     }
@@ -811,6 +859,10 @@ impl Drop for Writer {
         // A poisoned writer no longer vouches for the file: leave it to the reopen, as a
         // crash would, which re-reads it and keeps exactly its complete records.
         if self.poisoned.is_some() {
+            return;
+        }
+        if self.uncut.is_some() {
+            self.restore_durable_length("closing");
             return;
         }
         if let Err(e) = self.cut_preallocated() {

@@ -1,0 +1,288 @@
+//! Every file operation of the writer, made to fail (`ministore::io`): the caller gets the
+//! error, nothing acknowledged is lost, nothing unacknowledged is ever read or kept, and the
+//! journal goes on once the fault clears. A failed fsync is never trusted: the file is cut
+//! back to what the last good fsync covered.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ministore::io::{Fault, FaultInjector, FileOp};
+use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore_tests::files::header;
+use ministore_tests::records::{read_all, seqs};
+
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
+/// Faults the test switches on and off: each rule fails its operation `times` times.
+#[derive(Debug, Default)]
+struct Script {
+    rules: Mutex<Vec<Rule>>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    op: FileOp,
+    errno: i32,
+    /// For writes: bytes written before failing.
+    short: Option<usize>,
+    times: usize,
+}
+
+impl Script {
+    fn fail(&self, op: FileOp, errno: i32, times: usize) {
+        self.add(Rule {
+            op,
+            errno,
+            short: None,
+            times,
+        });
+    }
+
+    fn fail_short(&self, written: usize, errno: i32) {
+        self.add(Rule {
+            op: FileOp::Write,
+            errno,
+            short: Some(written),
+            times: 1,
+        });
+    }
+
+    fn add(&self, rule: Rule) {
+        self.rules.lock().unwrap().push(rule);
+    }
+
+    fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+}
+
+impl FaultInjector for Script {
+    fn fault(&self, op: FileOp, _path: &Path) -> Option<Fault> {
+        let mut rules = self.rules.lock().unwrap();
+        let rule = rules.iter_mut().find(|r| r.op == op && r.times > 0)?;
+        rule.times -= 1;
+        let error = std::io::Error::from_raw_os_error(rule.errno);
+        Some(match rule.short {
+            Some(written) => Fault::Short { written, error },
+            None => Fault::Fail(error),
+        })
+    }
+}
+
+fn rec(i: u64) -> String {
+    format!("record {i}")
+}
+
+/// A journal with records 1..=3, whose writer meets the faults of the returned script.
+async fn journal(dir: &Path, options: MiniStoreOptions) -> (MiniStore, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    let mut store = options
+        .inject_faults(script.clone())
+        .open(dir.join("journal.jsonl"))
+        .await
+        .unwrap();
+    store.append_batch(&[rec(1), rec(2), rec(3)]).await.unwrap();
+    (store, script)
+}
+
+/// The active file holds exactly the header and records `1..=n`: nothing of a failed write.
+fn holds_exactly(path: &Path, n: u64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let expected: String = (1..=n).map(|i| format!("\"{}\"\n", rec(i))).collect();
+    assert_eq!(
+        text,
+        format!("{}{expected}", header(1)),
+        "{}",
+        path.display()
+    );
+}
+
+/// `store` serves records 1..=n to readers, and the next append goes on at n + 1.
+async fn goes_on_after(store: &mut MiniStore, n: u64) {
+    let read = read_all(&mut store.reader(1), 100).await;
+    assert_eq!(seqs(&read), (1..=n).collect::<Vec<_>>());
+    assert_eq!(
+        store.append_batch(&[rec(n + 1)]).await.unwrap(),
+        n + 1..n + 2
+    );
+}
+
+#[tokio::test]
+async fn a_failed_fsync_is_cut_back_to_the_durable_length_and_appends_go_on() {
+    for preallocate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, script) =
+            journal(dir.path(), MiniStoreOptions::new().preallocate(preallocate)).await;
+        script.fail(FileOp::Fsync, EIO, 1);
+        let err = store.append(&rec(4)).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
+        // The bytes the failed fsync may or may not have written are gone from the file,
+        // not merely hidden: a reopen, or a reader of the file, cannot find them.
+        holds_exactly(store.path(), 3);
+        assert_eq!(store.last_seq(), 3);
+        goes_on_after(&mut store, 3).await;
+        drop(store);
+        let reopened: Vec<String> = MiniStore::replay(dir.path().join("journal.jsonl"))
+            .await
+            .unwrap();
+        assert_eq!(
+            reopened,
+            (1..=4).map(rec).collect::<Vec<_>>(),
+            "preallocate={preallocate}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_write_or_a_short_one_leaves_nothing_behind() {
+    for (what, short) in [("EIO", None), ("ENOSPC after 5 bytes", Some(5))] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, script) = journal(dir.path(), MiniStoreOptions::new()).await;
+        match short {
+            Some(written) => script.fail_short(written, ENOSPC),
+            None => script.fail(FileOp::Write, EIO, 1),
+        }
+        let err = store.append_batch(&[rec(4), rec(5)]).await.unwrap_err();
+        let errno = if short.is_some() { ENOSPC } else { EIO };
+        assert_eq!(err.raw_os_error(), Some(errno), "{what}: {err}");
+        holds_exactly(store.path(), 3);
+        goes_on_after(&mut store, 3).await;
+    }
+}
+
+#[tokio::test]
+async fn when_even_the_cut_back_fails_nothing_is_written_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, script) = journal(dir.path(), MiniStoreOptions::new()).await;
+    script.fail(FileOp::Fsync, EIO, 1);
+    script.fail(FileOp::Truncate, EIO, 2);
+    assert_eq!(
+        store.append(&rec(4)).await.unwrap_err().raw_os_error(),
+        Some(EIO)
+    );
+    // The cut is tried again, fails again: refused, and nothing written after those bytes.
+    let len = std::fs::metadata(store.path()).unwrap().len();
+    let err = store.append(&rec(5)).await.unwrap_err();
+    assert!(err.to_string().contains("could not be cut"), "{err}");
+    assert_eq!(std::fs::metadata(store.path()).unwrap().len(), len);
+    // Readers never see the failed bytes, even while they are in the file.
+    let read = read_all(&mut store.reader(1), 100).await;
+    assert_eq!(seqs(&read), vec![1, 2, 3]);
+    // The fault clears: the cut succeeds, and the journal goes on where it was durable.
+    script.clear();
+    goes_on_after(&mut store, 3).await;
+    holds_exactly(store.path(), 4);
+}
+
+#[tokio::test]
+async fn a_rotation_failing_at_any_step_keeps_every_record_and_is_finished_by_a_reopen() {
+    for op in [
+        FileOp::Rename,
+        FileOp::SyncDir,
+        FileOp::Create,
+        FileOp::Delete,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let script = Arc::new(Script::default());
+        // Segments of ~60 bytes, two kept: every few records rotate, and retention deletes.
+        let options = MiniStoreOptions::new()
+            .max_bytes_per_segment(60)
+            .max_segments(2);
+        let mut store = options
+            .clone()
+            .inject_faults(script.clone())
+            .open(&path)
+            .await
+            .unwrap();
+        let mut acknowledged = Vec::new();
+        let mut refused = false;
+        script.fail(op, EIO, 1);
+        for i in 1..=12u64 {
+            match store.append(&rec(i)).await {
+                Ok(()) => acknowledged.push(i),
+                Err(e) => {
+                    // The records were durable before the rotation failed: they were
+                    // acknowledged, and only later appends are refused.
+                    assert!(matches!(e, MiniStoreError::Poisoned { .. }), "{op:?}: {e}");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "{op:?}: the fault never fired");
+        drop(store);
+        let store = options.open(&path).await.unwrap();
+        assert_eq!(store.last_seq(), *acknowledged.last().unwrap(), "{op:?}");
+        let oldest = store.durable().first_seq;
+        let read = read_all(&mut store.reader(1), 100).await;
+        let expected: Vec<u64> = acknowledged
+            .iter()
+            .copied()
+            .filter(|&s| s >= oldest)
+            .collect();
+        assert_eq!(seqs(&read), expected, "{op:?}");
+        for r in &read {
+            assert_eq!(r.parse::<String>().unwrap(), rec(r.seq));
+        }
+    }
+}
+
+#[tokio::test]
+async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_on() {
+    use ministore_server::Journals;
+    use tonic::Code;
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Script::default());
+    let journals = Journals::new(
+        dir.path(),
+        MiniStoreOptions::new().inject_faults(script.clone()),
+    );
+    let journal = journals.get("j", true).await.unwrap();
+    let line = |s: &str| JsonLine::from_slice(s.as_bytes()).unwrap();
+    assert_eq!(journal.append(vec![line("1")]).await.unwrap(), 1..2);
+    for (fault, code) in [
+        (
+            Rule {
+                op: FileOp::Fsync,
+                errno: EIO,
+                short: None,
+                times: 1,
+            },
+            Code::Unavailable,
+        ),
+        (
+            Rule {
+                op: FileOp::Write,
+                errno: ENOSPC,
+                short: Some(1),
+                times: 1,
+            },
+            Code::ResourceExhausted,
+        ),
+        (
+            Rule {
+                op: FileOp::Write,
+                errno: EIO,
+                short: None,
+                times: 1,
+            },
+            Code::Unavailable,
+        ),
+    ] {
+        script.add(fault.clone());
+        let err = journal
+            .append(vec![line("2"), line("3")])
+            .await
+            .unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), code, "{fault:?}");
+        assert_eq!(journal.durable().last_seq, 1, "{fault:?}");
+    }
+    assert_eq!(journal.append(vec![line("2")]).await.unwrap(), 2..3);
+    journals.shut_down().await;
+    let stored: Vec<u64> = MiniStore::replay(dir.path().join("j/journal.jsonl"))
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![1, 2]);
+}
