@@ -201,6 +201,65 @@ fn an_unusable_listen_address_exits_with_a_clear_error() {
         err.contains(&format!("listening on {addr}")) && err.contains("in use"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("in use").count(),
+        1,
+        "the startup error is printed once: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_address_may_name_a_host_and_the_log_shows_the_address_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &["--listen", "localhost:0"]);
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+    let client = Client::connect(format!("localhost:{}", server.addr.port()))
+        .await
+        .unwrap();
+    assert_eq!(client.append("named", &1).await.unwrap(), 1);
+    server.signal("TERM");
+    let (code, logs) = server.wait();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(
+        logs.contains(&format!("addr={}", server_addr_of(&logs))),
+        "{logs}"
+    );
+    assert!(!logs.contains("addr=Some("), "{logs}");
+}
+
+/// The address in the "serving" log line.
+fn server_addr_of(logs: &str) -> String {
+    let line = logs
+        .lines()
+        .find(|l| l.contains("serving;"))
+        .expect("a serving line");
+    let at = line.find("addr=").expect("addr=") + 5;
+    line[at..].split_whitespace().next().unwrap().to_owned()
+}
+
+#[test]
+fn short_and_long_help_describe_the_server_alike() {
+    let run = |flag: &str| {
+        let out = std::process::Command::new(ministore_tests::server::server_binary())
+            .arg(flag)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (short, long) = (run("-h"), run("--help"));
+    // clap drops the full stop from the short form's summary.
+    let first = |text: &str| {
+        text.lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_owned()
+    };
+    assert_eq!(first(&short), first(&long));
+    assert!(
+        first(&short).contains("durable JSON journals over gRPC"),
+        "{short}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

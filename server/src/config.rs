@@ -1,6 +1,5 @@
 //! Command-line flags: one clap struct, every flag also an environment variable.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -18,12 +17,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// oldest segment is DELETED (and the deletion logged). Use --max-segments 0 to
 /// keep everything.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ministore-server", version, about, long_about)]
+// No `about` from Cargo.toml: `-h` shows the first line of the text below, `--help` all of it.
+#[command(name = "ministore-server", version)]
 pub struct Config {
-    /// Address to listen on (host:port). Use port 0 to pick a free port; the chosen
+    /// Address to listen on (host:port, the host a name or an IP address, e.g.
+    /// localhost:50051 or [::1]:50051). Use port 0 to pick a free port; the chosen
     /// address is printed on startup as "listening on ADDR".
     #[arg(long, env = "MINISTORE_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    pub listen: String,
 
     /// Directory holding one subdirectory per journal. Created if missing; only one
     /// server may use it at a time.

@@ -77,14 +77,13 @@ impl Server {
     /// [`ServerError::DataDirLocked`], or [`ServerError::Startup`] naming the directory,
     /// file or address that failed.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| ServerError::Startup {
-                    op: "listening on",
-                    path: config.listen.to_string(),
-                    source: Arc::new(e),
-                })?;
+        let listener = TcpListener::bind(config.listen.as_str())
+            .await
+            .map_err(|e| ServerError::Startup {
+                op: "listening on",
+                path: config.listen.to_string(),
+                source: Arc::new(e),
+            })?;
         Server::from_listener(config, listener)
     }
 
@@ -168,9 +167,11 @@ impl Server {
             .build_v1alpha()
             .expect("the embedded descriptor set is valid");
 
-        let local = listener.local_addr().ok();
+        let local = listener
+            .local_addr()
+            .map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
         let connections = ConnectionLimits::from_config(&config);
-        tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
+        tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
 
         let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -234,7 +235,7 @@ impl Server {
         tracing::info!("stopped");
         served.map_err(|e| ServerError::Startup {
             op: "serving on",
-            path: format!("{local:?}"),
+            path: local,
             source: Arc::new(std::io::Error::other(e)),
         })
     }

@@ -32,9 +32,9 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Logged once, on stderr like every log line (a second `eprintln!` printed it twice).
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ministore-server: {e}");
             std::process::ExitCode::FAILURE
         }
     }
