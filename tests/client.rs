@@ -150,5 +150,61 @@ async fn an_unreachable_server_is_a_retryable_connect_error() {
         .unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     assert!(err.is_retryable());
+    // One readable line: the address, and the reason down to the operating system's.
+    let text = err.to_string();
+    assert!(
+        text.contains(&port.to_string()) && text.contains("Connection refused"),
+        "{text}"
+    );
     assert!(Client::connect("not a uri").await.is_err());
+
+    // A lazy client fails its calls the same way, with a code to match on without tonic.
+    let lazy = ClientBuilder::new(port.to_string()).connect_lazy().unwrap();
+    let err = lazy.append("j", &1).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ministore_client::Code::Unavailable),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("cannot reach ministore-server at {port}"))
+            && text.contains("Connection refused"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_a_pending_call_within_the_documented_bound_and_works_once_thawed() {
+    use ministore_tests::server::ServerProcess;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &[]);
+    // The client as the README shows it: no deadline, no options.
+    let client = Client::connect(server.url()).await.unwrap();
+    assert_eq!(client.append("frozen", &1).await.unwrap(), 1);
+
+    server.signal("STOP");
+    let started = std::time::Instant::now();
+    let pending = client.append("frozen", &2);
+    let err = tokio::time::timeout(
+        ministore_client::FAILS_WITHIN + Duration::from_secs(5),
+        pending,
+    )
+    .await
+    .expect("the append to a frozen server was still pending past the documented bound")
+    .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited <= ministore_client::FAILS_WITHIN,
+        "failed only after {waited:?}"
+    );
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains(&server.addr.to_string()), "{err}");
+
+    server.signal("CONT");
+    // The frozen server may still have taken the append it had buffered: the next one is
+    // record 2 or 3, and the client works again without being rebuilt.
+    let seq = client.append("frozen", &3).await.unwrap();
+    assert!(seq == 2 || seq == 3, "{seq}");
 }

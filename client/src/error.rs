@@ -20,7 +20,7 @@ pub enum ClientError {
     Config(String),
 
     /// The server could not be reached.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {}", crate::connection::with_causes(.source))]
     Connect {
         /// The address tried.
         addr: String,

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 mod coalesce;
+mod connection;
 mod error;
 mod stream;
 
@@ -48,15 +49,19 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub use connection::Connection;
 pub use error::ClientError;
 /// The generated gRPC messages and stubs (`ministore.v1`), for raw use.
 pub use ministore::proto;
 pub use stream::RecordStream;
+/// gRPC status codes, as [`ClientError::code`] gives them: match on them without a
+/// dependency on tonic.
+pub use tonic::Code;
 
 use coalesce::Coalescer;
 
 /// The generated stub over the client's connection.
-pub(crate) type Rpc = JournalClient<InterceptedService<Channel, BearerToken>>;
+pub(crate) type Rpc = JournalClient<InterceptedService<Connection, BearerToken>>;
 
 /// Appends to one journal sent at once by default; more wait and share one AppendBatch.
 pub const DEFAULT_APPENDS_IN_FLIGHT: usize = 2;
@@ -127,6 +132,18 @@ pub struct Page<T> {
     pub last_seq: u64,
 }
 
+/// HTTP/2 keepalive pings of the default client: a ping after this long without a frame
+/// from the server...
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...which the server must answer within this long, or the connection is closed and the
+/// calls on it fail with `UNAVAILABLE` (retryable). So a call to a server that stopped
+/// answering (frozen, a host that lost power, a dropped network path) fails within about
+/// 20 s, and never later than [`FAILS_WITHIN`], without a deadline of the caller's.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The documented bound on how long a call to a server that stopped answering can hang
+/// with the default options: keepalive interval and timeout, with room for scheduling.
+pub const FAILS_WITHIN: Duration = Duration::from_secs(30);
+
 /// Options for [`Client`]: timeouts and reconnection.
 ///
 /// ```no_run
@@ -147,6 +164,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     timeout: Option<Duration>,
     reconnect: Backoff,
+    keepalive: Option<(Duration, Duration)>,
     tls: Option<ClientTlsConfig>,
     token: Option<String>,
     appends_in_flight: usize,
@@ -163,10 +181,27 @@ impl ClientBuilder {
                 first: Duration::from_millis(50),
                 max: Duration::from_secs(2),
             },
+            keepalive: Some((DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT)),
             tls: None,
             token: None,
             appends_in_flight: DEFAULT_APPENDS_IN_FLIGHT,
         }
+    }
+
+    /// HTTP/2 keepalive: a ping after `interval` without a frame from the server, which
+    /// must be answered within `timeout` or the connection is closed and its calls fail
+    /// with `UNAVAILABLE` (defaults [`DEFAULT_KEEPALIVE_INTERVAL`] and
+    /// [`DEFAULT_KEEPALIVE_TIMEOUT`]). `None` turns it off: a call to a server that stopped
+    /// answering then waits for its deadline ([`timeout`](Self::timeout)), if any.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = ministore_client::ClientBuilder::new("127.0.0.1:50051")
+    ///     .keepalive(Some((Duration::from_secs(5), Duration::from_secs(5))));
+    /// ```
+    pub fn keepalive(mut self, ping: Option<(Duration, Duration)>) -> Self {
+        self.keepalive = ping;
+        self
     }
 
     /// Connects over TLS, trusting the CA certificate(s) in `ca_pem` (PEM). The server's
@@ -277,6 +312,14 @@ impl ClientBuilder {
         if let Some(timeout) = self.timeout {
             endpoint = endpoint.timeout(timeout);
         }
+        if let Some((interval, timeout)) = self.keepalive {
+            // While idle too: a follower waiting for records is exactly the call that would
+            // otherwise wait for ever on a server that went away.
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
@@ -294,7 +337,8 @@ impl ClientBuilder {
             ),
             None => None,
         };
-        let rpc = JournalClient::with_interceptor(channel, BearerToken(token))
+        let connection = Connection::new(channel, &self.addr);
+        let rpc = JournalClient::with_interceptor(connection, BearerToken(token))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         Ok(Client {
@@ -314,7 +358,7 @@ impl Client {
 
     /// The generated stub over this client's connection, for calls the typed layer does not
     /// cover.
-    pub fn raw(&self) -> JournalClient<InterceptedService<Channel, BearerToken>> {
+    pub fn raw(&self) -> JournalClient<InterceptedService<Connection, BearerToken>> {
         self.rpc.clone()
     }
 
