@@ -10,6 +10,7 @@ use ministore::proto::{
     AppendBatchRequest, AppendRequest, AppendResponse, InfoRequest, ReplayRequest, StreamRequest,
     append_request,
 };
+use ministore_tests::events::Records;
 use ministore_tests::files::{file_names, header};
 use ministore_tests::server::ServerProcess;
 use prost::Message;
@@ -91,6 +92,7 @@ fn replay(journal: &str, from_seq: u64, limit: u32) -> Call {
 
 fn stream(journal: &str, from_seq: u64) -> Call {
     Call::Stream(StreamRequest {
+        heartbeat_seconds: 0,
         journal: journal.into(),
         from_seq,
         follow: false,
@@ -187,7 +189,7 @@ async fn run(channel: &Channel, call: Call) -> Result<String, Status> {
         Call::Stream(request) => {
             let mut records = stub.stream(request).await?.into_inner();
             let mut seqs = Vec::new();
-            while let Some(record) = records.message().await? {
+            while let Some(record) = records.record().await? {
                 seqs.push(record.seq);
             }
             format!("{} records from seq {:?}", seqs.len(), seqs.first())
@@ -338,7 +340,7 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
         row("from_seq 0", replay("retained", 0, 0), Code::Ok, &[&retained]),
         row("Stream from before the oldest retained", stream("retained", 1), Code::Ok, &[&retained]),
         row("unknown record format in Replay", Call::Replay(ReplayRequest { journal: "big".into(), from_seq: 1, limit: 1, format: 7 }), InvalidArgument, &["unknown record format 7"]),
-        row("unknown record format in Stream", Call::Stream(StreamRequest { journal: "big".into(), from_seq: 1, follow: false, format: 7 }), InvalidArgument, &["unknown record format 7"]),
+        row("unknown record format in Stream", Call::Stream(StreamRequest { heartbeat_seconds: 0, journal: "big".into(), from_seq: 1, follow: false, format: 7 }), InvalidArgument, &["unknown record format 7"]),
         row("Replay of a journal never written", replay("missing", 0, 0), NotFound, &["journal \"missing\" does not exist; it is created by its first Append"]),
         row("Stream of a journal never written", stream("missing", 0), NotFound, &["does not exist"]),
         row("Info of a journal never written", Call::Info("missing".into()), NotFound, &["does not exist"]),

@@ -110,13 +110,28 @@ async fn a_refusal_keeps_its_code_and_message() {
     let err = client.replay::<u64>("missing", 0).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
 
-    let mut stream = client.stream::<u64>("missing", 0, true);
+    let mut stream = client.stream::<u64>("missing", 0, false);
     let err = stream.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
     assert!(
         stream.next().await.is_none(),
         "a stream ends after an error"
     );
+}
+
+#[tokio::test]
+async fn a_follower_of_a_journal_not_yet_written_waits_for_its_first_record() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let mut tail = client.stream::<u64>("soon", 0, true);
+    let first = tokio::spawn(async move { tail.next().await });
+    // The follower is waiting (its journal does not exist); the first append reaches it.
+    assert_eq!(client.append("soon", &42u64).await.unwrap(), 1);
+    let got = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the follower got nothing within 10 s")
+        .unwrap();
+    assert_eq!(got.unwrap().unwrap(), (1, 42));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::task::Poll;
 use ministore::proto::journal_server::{Journal, JournalServer};
 use ministore::proto::{
     AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
-    InfoResponse, Record, ReplayRequest, ReplayResponse, StreamRequest, append_request,
+    InfoResponse, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest, append_request,
 };
 use ministore_client::{Client, ClientBuilder, ClientError};
 use ministore_tests::server::TestServer;
@@ -113,7 +113,7 @@ impl Journal for Service {
         Err(Status::unimplemented("appends only"))
     }
 
-    type StreamStream = Pin<Box<dyn Stream<Item = Result<Record, Status>> + Send>>;
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Status>> + Send>>;
 
     async fn stream(
         &self,

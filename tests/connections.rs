@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ministore::proto::StreamRequest;
 use ministore_client::{Client, ClientBuilder};
+use ministore_tests::events::Records;
 use ministore_tests::server::ServerProcess;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -262,6 +263,7 @@ async fn the_timeout_closes_a_silent_connection_and_spares_a_served_one(
     let mut stream = client
         .raw()
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "tail".into(),
             from_seq: 1,
             follow: true,
@@ -270,7 +272,7 @@ async fn the_timeout_closes_a_silent_connection_and_spares_a_served_one(
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+    assert_eq!(stream.record().await.unwrap().unwrap().seq, 1);
 
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let closed = closed_within(&mut silent, Duration::from_secs(5))
@@ -281,7 +283,7 @@ async fn the_timeout_closes_a_silent_connection_and_spares_a_served_one(
 
     // The stream lives on the client's connection, now older than the timeout.
     client.append("tail", &2).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.record())
         .await
         .expect("the stream is stuck")
         .expect("the stream's connection was closed");

@@ -154,7 +154,7 @@ fn describe_shows_every_rpc_with_the_comments_of_the_proto() {
         "rpc Append ( .ministore.v1.AppendRequest ) returns ( .ministore.v1.AppendResponse );",
         "rpc AppendBatch ( .ministore.v1.AppendBatchRequest ) returns ( .ministore.v1.AppendBatchResponse );",
         "rpc Replay ( .ministore.v1.ReplayRequest ) returns ( .ministore.v1.ReplayResponse );",
-        "rpc Stream ( .ministore.v1.StreamRequest ) returns ( stream .ministore.v1.Record );",
+        "rpc Stream ( .ministore.v1.StreamRequest ) returns ( stream .ministore.v1.StreamEvent );",
         "rpc Info ( .ministore.v1.InfoRequest ) returns ( .ministore.v1.InfoResponse );",
     ] {
         assert!(journal.contains(rpc), "{rpc:?} missing from:\n{journal}");
@@ -341,9 +341,9 @@ fn stream_without_follow_prints_each_record_as_plain_json_and_ends() {
     assert_eq!(
         records,
         [
-            json!({ "seq": "1", "value": { "n": 1 } }),
-            json!({ "seq": "2", "value": { "n": 2 } }),
-            json!({ "seq": "3", "value": { "n": 3 } }),
+            json!({ "record": { "seq": "1", "value": { "n": 1 } } }),
+            json!({ "record": { "seq": "2", "value": { "n": 2 } } }),
+            json!({ "record": { "seq": "3", "value": { "n": 3 } } }),
         ]
     );
     let from_two = call_stream(
@@ -354,8 +354,8 @@ fn stream_without_follow_prints_each_record_as_plain_json_and_ends() {
     assert_eq!(
         from_two,
         [
-            json!({ "seq": "2", "payload": base64(br#"{"n":2}"#) }),
-            json!({ "seq": "3", "payload": base64(br#"{"n":3}"#) }),
+            json!({ "record": { "seq": "2", "payload": base64(br#"{"n":2}"#) } }),
+            json!({ "record": { "seq": "3", "payload": base64(br#"{"n":3}"#) } }),
         ]
     );
 }
@@ -395,17 +395,19 @@ fn stream_with_follow_prints_records_appended_after_it_opened() {
     // append happens after it started.
     assert_eq!(
         next("from before the stream"),
-        json!({ "seq": "1", "value": { "n": 1 } })
+        json!({ "record": { "seq": "1", "value": { "n": 1 } } })
     );
+    // Then where it is: everything durable delivered.
+    assert_eq!(next("caught up"), json!({ "caughtUp": { "lastSeq": "1" } }));
     append_value(&server, "demo", json!({ "n": 2 }));
     assert_eq!(
         next("appended while following"),
-        json!({ "seq": "2", "value": { "n": 2 } })
+        json!({ "record": { "seq": "2", "value": { "n": 2 } } })
     );
     append_value(&server, "demo", json!({ "n": 3 }));
     assert_eq!(
         next("appended while following"),
-        json!({ "seq": "3", "value": { "n": 3 } })
+        json!({ "record": { "seq": "3", "value": { "n": 3 } } })
     );
 
     assert!(

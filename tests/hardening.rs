@@ -13,6 +13,7 @@ use ministore::proto::{
     StreamRequest, append_request, record,
 };
 use ministore_server::Config;
+use ministore_tests::events::Records;
 use ministore_tests::files::rotated_segments;
 use ministore_tests::server::{ServerProcess, TestServer};
 use tonic::Code;
@@ -44,6 +45,7 @@ fn replay(journal: &str, from_seq: u64, value: bool) -> ReplayRequest {
 
 fn stream(journal: &str, from_seq: u64, value: bool, follow: bool) -> StreamRequest {
     StreamRequest {
+        heartbeat_seconds: 0,
         journal: journal.into(),
         from_seq,
         follow,
@@ -149,7 +151,7 @@ async fn unread_streams_and_concurrent_large_replays_stay_within_the_memory_boun
                 .await
                 .unwrap()
                 .into_inner();
-            assert_eq!(records.message().await.unwrap().unwrap().seq, 1);
+            assert_eq!(records.record().await.unwrap().unwrap().seq, 1);
             unread.push((reader, records));
         }
     }
@@ -219,7 +221,7 @@ async fn unread_streams_and_concurrent_large_replays_stay_within_the_memory_boun
 
     // The unread streams still work once read.
     for (_, mut records) in unread {
-        assert_eq!(records.message().await.unwrap().unwrap().seq, 2);
+        assert_eq!(records.record().await.unwrap().unwrap().seq, 2);
     }
 }
 
@@ -348,7 +350,7 @@ async fn a_segment_missing_from_the_middle_is_data_loss_at_once_and_sigterm_stil
                     Err(status) => return status,
                 };
                 loop {
-                    match records.message().await {
+                    match records.record().await {
                         Ok(Some(_)) => continue,
                         Ok(None) => panic!("the stream ended without an error"),
                         Err(status) => return status,
@@ -367,7 +369,7 @@ async fn a_segment_missing_from_the_middle_is_data_loss_at_once_and_sigterm_stil
         .unwrap()
         .into_inner();
     server.signal("TERM");
-    let ended = tokio::time::timeout(Duration::from_secs(5), follower.message()).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), follower.record()).await;
     assert!(
         matches!(ended, Ok(Err(ref s)) if s.code() == Code::Unavailable),
         "{ended:?}"
@@ -410,7 +412,7 @@ async fn every_accepted_record_reads_back_in_both_formats_within_client_limits()
         .await
         .unwrap()
         .into_inner();
-    while let Some(record) = values.message().await.unwrap() {
+    while let Some(record) = values.record().await.unwrap() {
         streamed.push(body(record));
     }
     assert_eq!(streamed, expected, "Stream sends what Replay sends");

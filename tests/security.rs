@@ -8,6 +8,7 @@ use ministore::proto::StreamRequest;
 use ministore_client::{Client, ClientBuilder};
 use ministore_server::Config;
 use ministore_tests::docs::{console_steps, fenced_block, run_as_typed};
+use ministore_tests::events::Records;
 use ministore_tests::server::{ServerProcess, TestServer};
 use ministore_tests::tools;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -344,6 +345,7 @@ async fn streams_beyond_the_limits_are_resource_exhausted() {
     client.append("s", &1).await.unwrap();
 
     let follow = || StreamRequest {
+        heartbeat_seconds: 0,
         journal: "s".into(),
         from_seq: 1,
         follow: true,
@@ -353,7 +355,7 @@ async fn streams_beyond_the_limits_are_resource_exhausted() {
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut stream = one_connection.stream(follow()).await.unwrap().into_inner();
-        stream.message().await.unwrap().unwrap();
+        stream.record().await.unwrap().unwrap();
         open.push(stream);
     }
     let err = one_connection.stream(follow()).await.unwrap_err();
@@ -399,7 +401,7 @@ async fn streams_beyond_the_limits_are_resource_exhausted() {
     let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), reopen)
         .await
         .expect("closed streams still held their places 5 s later");
-    assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+    assert_eq!(stream.record().await.unwrap().unwrap().seq, 1);
 }
 
 #[tokio::test]
@@ -482,6 +484,7 @@ async fn the_request_timeout_does_not_cut_a_following_stream() {
     let mut tail = client
         .raw()
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "t".into(),
             from_seq: 1,
             follow: true,
@@ -490,11 +493,11 @@ async fn the_request_timeout_does_not_cut_a_following_stream() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(tail.message().await.unwrap().unwrap().seq, 1);
+    assert_eq!(tail.record().await.unwrap().unwrap().seq, 1);
     // Outlive the timeout, then prove the same stream still delivers.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     client.append("t", &2).await.unwrap();
-    assert_eq!(tail.message().await.unwrap().unwrap().seq, 2);
+    assert_eq!(tail.record().await.unwrap().unwrap().seq, 2);
 }
 
 #[test]

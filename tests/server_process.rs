@@ -2,6 +2,7 @@
 //! and the data-directory lock.
 
 use ministore_client::Client;
+use ministore_tests::events::Records;
 use ministore_tests::server::{ServerProcess, server_binary};
 use tokio_stream::StreamExt;
 
@@ -22,6 +23,7 @@ async fn shuts_down_cleanly_on(signal: &str) {
     let mut tail = client.raw();
     let mut stream = tail
         .stream(ministore::proto::StreamRequest {
+            heartbeat_seconds: 0,
             journal: "sig".into(),
             from_seq: 20,
             follow: true,
@@ -30,10 +32,10 @@ async fn shuts_down_cleanly_on(signal: &str) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().seq, 20);
+    assert_eq!(stream.record().await.unwrap().unwrap().seq, 20);
 
     server.signal(signal);
-    let err = stream.message().await.unwrap_err();
+    let err = stream.record().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     let (code, logs) = server.wait();
     assert_eq!(code, Some(0), "{logs}");

@@ -7,6 +7,7 @@ use ministore::proto::{
     StreamRequest, append_request, record,
 };
 use ministore_server::Config;
+use ministore_tests::events::Records;
 use ministore_tests::server::TestServer;
 use prost_types::value::Kind;
 use tonic::Code;
@@ -307,6 +308,7 @@ async fn reading_an_unknown_journal_is_not_found_and_creates_nothing() {
     assert!(err.message().contains("created by its first Append"));
     let err = stub
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "nope".into(),
             ..Default::default()
         })
@@ -394,6 +396,7 @@ async fn from_seq_past_the_end_is_out_of_range_and_one_past_is_an_empty_page() {
     assert!(err.message().contains("at most 4"), "{}", err.message());
     let err = stub
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "e".into(),
             from_seq: 99,
             ..Default::default()
@@ -451,6 +454,7 @@ async fn stream_without_follow_returns_everything_then_ends() {
     }
     let mut stream = stub
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "s".into(),
             from_seq: 100,
             ..Default::default()
@@ -459,7 +463,7 @@ async fn stream_without_follow_returns_everything_then_ends() {
         .unwrap()
         .into_inner();
     let mut seqs = Vec::new();
-    while let Some(record) = stream.message().await.unwrap() {
+    while let Some(record) = stream.record().await.unwrap() {
         assert_eq!(payload_of(&record), record.seq.to_string());
         seqs.push(record.seq);
     }
@@ -473,6 +477,7 @@ async fn stream_with_follow_delivers_records_appended_after_it_started() {
     append(&mut stub, "f", "\"before\"").await.unwrap();
     let mut stream = stub
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "f".into(),
             from_seq: 1,
             follow: true,
@@ -481,7 +486,7 @@ async fn stream_with_follow_delivers_records_appended_after_it_started() {
         .await
         .unwrap()
         .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
+    let first = stream.record().await.unwrap().unwrap();
     assert_eq!(
         (first.seq, first.body),
         (1, Some(record::Body::Value(string_value("before"))))
@@ -494,7 +499,7 @@ async fn stream_with_follow_delivers_records_appended_after_it_started() {
             .unwrap();
     }
     for i in 0..50u64 {
-        let record = stream.message().await.unwrap().unwrap();
+        let record = stream.record().await.unwrap().unwrap();
         assert_eq!(record.seq, 2 + i);
         assert_eq!(
             record.body,
@@ -510,6 +515,7 @@ async fn a_following_stream_ends_with_unavailable_at_shutdown() {
     append(&mut stub, "x", "1").await.unwrap();
     let mut stream = stub
         .stream(StreamRequest {
+            heartbeat_seconds: 0,
             journal: "x".into(),
             follow: true,
             ..Default::default()
@@ -517,9 +523,9 @@ async fn a_following_stream_ends_with_unavailable_at_shutdown() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+    assert_eq!(stream.record().await.unwrap().unwrap().seq, 1);
     let stopping = tokio::spawn(server.stop());
-    let err = stream.message().await.unwrap_err();
+    let err = stream.record().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("shutting down"), "{}", err.message());
     stopping.await.unwrap().unwrap();

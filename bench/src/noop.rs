@@ -12,7 +12,7 @@ use std::time::Duration;
 use ministore::proto::journal_server::{Journal, JournalServer};
 use ministore::proto::{
     AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
-    InfoResponse, Record, ReplayRequest, ReplayResponse, StreamRequest,
+    InfoResponse, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
@@ -55,7 +55,7 @@ impl Journal for NoopJournal {
         Err(Status::unimplemented("the no-op server only appends"))
     }
 
-    type StreamStream = Pin<Box<dyn Stream<Item = Result<Record, Status>> + Send>>;
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Status>> + Send>>;
 
     async fn stream(
         &self,

@@ -188,6 +188,7 @@ async fn read_typed(client: &Client, expected: u64) -> Result<Read, BoxError> {
 async fn read_raw(client: &Client, expected: u64) -> Result<Read, BoxError> {
     let started = Instant::now();
     let request = StreamRequest {
+        heartbeat_seconds: 0,
         journal: JOURNAL.into(),
         from_seq: 1,
         follow: false,

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ministore::proto::{self, RecordFormat, StreamRequest};
+use ministore::proto::{self, RecordFormat, StreamRequest, stream_event};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -79,13 +79,18 @@ async fn pump(
             from_seq: next,
             follow,
             format: RecordFormat::Payload as i32,
+            heartbeat_seconds: 0,
         };
         let failure = match client.rpc.clone().stream(request).await {
             Ok(response) => {
                 let mut records = response.into_inner();
                 loop {
                     match records.message().await {
-                        Ok(Some(record)) => {
+                        // Where the stream is (caught up, alive): this typed stream yields
+                        // records only; the keepalive pings notice a dead connection.
+                        Ok(Some(proto::StreamEvent {
+                            event: Some(stream_event::Event::Record(record)),
+                        })) => {
                             if record.seq < next {
                                 continue; // already delivered before a reconnect
                             }
@@ -96,6 +101,7 @@ async fn pump(
                                 return; // the consumer went away
                             }
                         }
+                        Ok(Some(_)) => continue,
                         // Without follow, the end of the journal. With follow, the server
                         // closed the stream without an error: ask again.
                         Ok(None) if !follow => return,

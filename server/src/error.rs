@@ -148,9 +148,21 @@ impl From<ServerError> for Status {
             ServerError::DataDirLocked { .. } | ServerError::Startup { .. } => Code::Internal,
             ServerError::Store { source, .. } => store_code(source),
         };
-        Status::new(code, with_hint(&err))
+        let mut status = Status::new(code, with_hint(&err));
+        // Where a reader overtaken by retention can resume, for programs: a trailer.
+        if let ServerError::Store { source, .. } = &err
+            && let MiniStoreError::Truncated { oldest, .. } = source.as_ref()
+            && let Ok(value) = oldest.to_string().parse()
+        {
+            status.metadata_mut().insert(FIRST_SEQ_TRAILER, value);
+        }
+        status
     }
 }
+
+/// The trailer of an OUT_OF_RANGE status for records deleted by retention: the oldest
+/// retained seq, where the reader can resume.
+pub const FIRST_SEQ_TRAILER: &str = "ministore-first-seq";
 
 fn store_code(err: &MiniStoreError) -> Code {
     match err {

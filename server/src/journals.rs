@@ -73,6 +73,8 @@ pub struct Journals {
     shutting_down: AtomicBool,
     /// Whether the data directory is still the one this server locked.
     data_dir_check: Arc<DataDirCheck>,
+    /// Bumped each time a journal is opened, for followers waiting for theirs to exist.
+    opened: watch::Sender<u64>,
     writers: Mutex<Vec<WriterHandle>>,
 }
 
@@ -104,6 +106,7 @@ impl Journals {
             opening: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             data_dir_check: Arc::new(DataDirCheck::default()),
+            opened: watch::Sender::new(0),
             writers: Mutex::new(Vec::new()),
         }
     }
@@ -176,7 +179,14 @@ impl Journals {
             .write()
             .expect("journals lock")
             .insert(name.to_owned(), journal.clone());
+        self.opened.send_modify(|n| *n += 1);
         Ok(journal)
+    }
+
+    /// A receiver that changes each time a journal is opened (created by its first append,
+    /// or opened to be read): a follower of a journal that does not exist yet waits on it.
+    pub fn watch_opened(&self) -> watch::Receiver<u64> {
+        self.opened.subscribe()
     }
 
     /// Watches the data directory through `lock`, this server's open lock file in it:

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use ministore::proto::journal_server::Journal as JournalRpc;
 use ministore::proto::{
-    AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
-    InfoResponse, Record, RecordFormat, ReplayRequest, ReplayResponse, StreamRequest,
-    append_request, record,
+    AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, CaughtUp, Heartbeat,
+    InfoRequest, InfoResponse, Record, RecordFormat, ReplayRequest, ReplayResponse, StreamEvent,
+    StreamRequest, append_request, record, stream_event,
 };
 use ministore::{JournalReader, JsonLine};
 use prost::Message;
@@ -228,8 +228,14 @@ fn as_value(raw: i32) -> Result<bool, ServerError> {
     }
 }
 
-/// The stream of a Stream RPC: records as they are read, then the end or an error status.
-pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Record, Status>> + Send>>;
+/// The stream of a Stream RPC: records (and, when following, where it is) as they are read,
+/// then the end or an error status.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Status>> + Send>>;
+
+/// Seconds of silence before a following stream's heartbeat, when the request says 0.
+pub const DEFAULT_HEARTBEAT_SECONDS: u32 = 30;
+/// The longest heartbeat interval a request may ask for.
+pub const MAX_HEARTBEAT_SECONDS: u32 = 3600;
 
 #[tonic::async_trait]
 impl JournalRpc for JournalService {
@@ -336,7 +342,7 @@ impl JournalRpc for JournalService {
         .await
     }
 
-    type StreamStream = RecordStream;
+    type StreamStream = EventStream;
 
     async fn stream(
         &self,
@@ -345,21 +351,39 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let peer = request.remote_addr();
         let req = request.into_inner();
-        let (journal, as_value, permit) = traced("Stream", &req.journal, async {
-            let name = authorize(&grant, &req.journal, Right::Read)?;
+        let (name, journal, as_value, permit) = traced("Stream", &req.journal, async {
+            let name = authorize(&grant, &req.journal, Right::Read)?.to_owned();
             let as_value = as_value(req.format)?;
+            let heartbeat = req.heartbeat_seconds;
+            if heartbeat > MAX_HEARTBEAT_SECONDS {
+                return Err(ServerError::InvalidArgument(format!(
+                    "heartbeat_seconds {heartbeat} is more than {MAX_HEARTBEAT_SECONDS}; 0 means {DEFAULT_HEARTBEAT_SECONDS}"
+                )));
+            }
             let permit = self.streams.acquire(peer)?;
-            Ok((
-                self.open_for_read(name, req.from_seq).await?,
-                as_value,
-                permit,
-            ))
+            // A follower may start before its journal exists: it waits for it in the feed.
+            let journal = match self.open_for_read(&name, req.from_seq).await {
+                Ok(journal) => Some(journal),
+                Err(ServerError::JournalNotFound(_)) if req.follow && req.from_seq <= 1 => None,
+                Err(e) => return Err(e),
+            };
+            Ok((name, journal, as_value, permit))
         })
         .await?;
+        let heartbeat = match req.heartbeat_seconds {
+            0 => DEFAULT_HEARTBEAT_SECONDS,
+            n => n,
+        };
         let feed = StreamFeed {
             _permit: permit,
-            reader: self.reader(&journal, req.from_seq),
+            reader: journal.as_deref().map(|j| self.reader(j, req.from_seq)),
             journal,
+            name,
+            from_seq: req.from_seq,
+            service: self.clone(),
+            opened: self.journals.watch_opened(),
+            heartbeat: std::time::Duration::from_secs(heartbeat.into()),
+            behind: true,
             as_value,
             follow: req.follow,
             shutdown: self.shutdown.clone(),
@@ -416,8 +440,18 @@ fn at_index(i: usize, err: ServerError) -> ServerError {
 struct StreamFeed {
     // Held for the stream's lifetime: its place in the stream limits.
     _permit: StreamPermit,
-    journal: Arc<Journal>,
-    reader: JournalReader,
+    /// `None` while a follower waits for its journal to exist.
+    journal: Option<Arc<Journal>>,
+    reader: Option<JournalReader>,
+    name: String,
+    from_seq: u64,
+    service: JournalService,
+    /// Changes when a journal is opened: what a follower without a journal waits on.
+    opened: watch::Receiver<u64>,
+    heartbeat: std::time::Duration,
+    /// Records were durable that this stream had not read at its last read: the next time
+    /// it reaches the end, it says `caught_up`.
+    behind: bool,
     as_value: bool,
     follow: bool,
     shutdown: watch::Receiver<bool>,
@@ -433,16 +467,24 @@ struct StreamFeed {
     ended: bool,
 }
 
+/// What a following stream waiting at the end (or for its journal) woke up for.
+enum Woke {
+    /// Records (or the journal) may be there now.
+    More,
+    /// Silence for the heartbeat interval.
+    Heartbeat,
+}
+
 impl StreamFeed {
-    /// The next message of the stream: a record, or the final error; `None` at the end.
-    /// Stops at shutdown (UNAVAILABLE) and on an error, which is sent as the last message.
-    async fn next(mut self) -> Option<(Result<Record, Status>, StreamFeed)> {
+    /// The next message of the stream: a record or an event, or the final error; `None` at
+    /// the end. Stops at shutdown (UNAVAILABLE) and on an error, sent as the last message.
+    async fn next(mut self) -> Option<(Result<StreamEvent, Status>, StreamFeed)> {
         if self.ended {
             return None;
         }
         drop(std::mem::take(&mut self.sent));
-        match self.next_record().await {
-            Ok(Some(record)) => Some((Ok(record), self)),
+        match self.next_event().await {
+            Ok(Some(event)) => Some((Ok(StreamEvent { event: Some(event) }), self)),
             Ok(None) => None,
             Err(e) => {
                 self.ended = true;
@@ -451,29 +493,68 @@ impl StreamFeed {
         }
     }
 
-    async fn next_record(&mut self) -> Result<Option<Record>, ServerError> {
+    fn last_seq(&self) -> u64 {
+        self.journal.as_ref().map_or(0, |j| j.durable().last_seq)
+    }
+
+    async fn next_event(&mut self) -> Result<Option<stream_event::Event>, ServerError> {
         loop {
             if let Some(stored) = self.ahead.pop_front() {
                 self.sent = self.held.take(STREAM_COPIES * stored.json.len());
                 // Converted only now, one at a time: a value takes several times its JSON.
-                return Ok(Some(to_wire(stored, self.as_value).0));
+                let (record, _) = to_wire(stored, self.as_value);
+                return Ok(Some(stream_event::Event::Record(record)));
             }
             if *self.shutdown.borrow() {
                 return Err(ServerError::ShuttingDown);
             }
+            let Some(reader) = self.reader.as_mut() else {
+                // A follower whose journal does not exist yet: look again whenever a
+                // journal is opened, until this one is.
+                match self.service.open_for_read(&self.name, self.from_seq).await {
+                    Ok(journal) => {
+                        self.reader = Some(self.service.reader(&journal, self.from_seq));
+                        self.journal = Some(journal);
+                        continue;
+                    }
+                    Err(ServerError::JournalNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                if self.behind {
+                    self.behind = false;
+                    return Ok(Some(stream_event::Event::CaughtUp(CaughtUp {
+                        last_seq: 0,
+                    })));
+                }
+                // This receiver, not a clone: `changed` marks what it has seen, so each
+                // journal opened wakes the follower once, never in a loop.
+                let opened = &mut self.opened;
+                let woke = wait(self.heartbeat, self.shutdown.clone(), async move {
+                    opened.changed().await.is_ok()
+                })
+                .await?;
+                if let Woke::Heartbeat = woke {
+                    return Ok(Some(self.heartbeat()));
+                }
+                continue;
+            };
             let reserved = tokio::select! {
                 held = self.budget.reserve(self.reservation) => held,
                 _ = self.shutdown.wait_for(|stop| *stop) => return Err(ServerError::ShuttingDown),
             };
             self.held = reserved;
-            let batch = self
-                .reader
+            let batch = reader
                 .next_batch_within(STREAM_BATCH, STREAM_STEP)
                 .await
-                .map_err(|e| ServerError::store(self.journal.name(), e))?;
+                .map_err(|e| ServerError::store(&self.name, e))?;
+            let reached = reader.next_seq();
             self.held
                 .shrink_to(STREAM_COPIES * batch.iter().map(|r| r.json.len()).sum::<usize>());
             if !batch.is_empty() {
+                // More was durable than one read took: the stream is behind.
+                if reached <= self.last_seq() {
+                    self.behind = true;
+                }
                 self.ahead.extend(batch);
                 continue;
             }
@@ -481,10 +562,39 @@ impl StreamFeed {
             if !self.follow {
                 return Ok(None);
             }
-            tokio::select! {
-                more = self.reader.wait() => if !more { return Err(ServerError::ShuttingDown) },
-                _ = self.shutdown.wait_for(|stop| *stop) => return Err(ServerError::ShuttingDown),
+            if self.behind {
+                self.behind = false;
+                let last_seq = self.last_seq();
+                return Ok(Some(stream_event::Event::CaughtUp(CaughtUp { last_seq })));
+            }
+            let reader = self.reader.as_mut().expect("checked above");
+            match wait(self.heartbeat, self.shutdown.clone(), reader.wait()).await? {
+                Woke::More => continue,
+                Woke::Heartbeat => return Ok(Some(self.heartbeat())),
             }
         }
+    }
+
+    fn heartbeat(&self) -> stream_event::Event {
+        stream_event::Event::Heartbeat(Heartbeat {
+            last_seq: self.last_seq(),
+        })
+    }
+}
+
+/// Waits for `more` (`false`: the journal's writer is gone, which means shutdown), for
+/// `heartbeat` of silence, or for shutdown.
+async fn wait(
+    heartbeat: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+    more: impl Future<Output = bool>,
+) -> Result<Woke, ServerError> {
+    tokio::select! {
+        more = more => match more {
+            true => Ok(Woke::More),
+            false => Err(ServerError::ShuttingDown),
+        },
+        _ = tokio::time::sleep(heartbeat) => Ok(Woke::Heartbeat),
+        _ = shutdown.wait_for(|stop| *stop) => Err(ServerError::ShuttingDown),
     }
 }

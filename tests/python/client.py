@@ -159,8 +159,12 @@ def follow(stub, journal, stored):
 
     def read():
         try:
-            for record in call:
-                received.put((record.seq, record.payload.decode()))
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "record":
+                    received.put((event.record.seq, event.record.payload.decode()))
+                else:
+                    received.put((kind, getattr(event, kind).last_seq))
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.CANCELLED:
                 received.put(err)
@@ -178,8 +182,10 @@ def follow(stub, journal, stored):
         return item
 
     # The record that was already there arriving proves the stream is open: everything
-    # appended from now on was appended after the stream started.
+    # appended from now on was appended after the stream started. Then the stream says it
+    # has caught up with the journal.
     expect("the first streamed record", next_record("from before the stream"), (last, stored[last]))
+    expect("the caught-up event", next_record("caught up"), ("caught_up", last))
     for n in range(3):
         reply = stub.Append(pb.AppendRequest(journal=journal, value=value_of({"live": n})), timeout=TIMEOUT)
         stored[reply.seq] = f'{{"live":{n}}}'

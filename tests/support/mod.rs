@@ -2,6 +2,7 @@
 //! one test file needs lives in that file.
 
 pub mod docs;
+pub mod events;
 pub mod files;
 pub mod records;
 pub mod server;
