@@ -368,7 +368,11 @@ impl DataDirReport {
     /// The most serious problem's severity, in any journal or the directory itself.
     pub fn worst(&self) -> Option<Severity> {
         let journals = self.journals.iter().filter_map(Report::worst);
-        self.problems.iter().map(|p| p.severity).chain(journals).max()
+        self.problems
+            .iter()
+            .map(|p| p.severity)
+            .chain(journals)
+            .max()
     }
 }
 
@@ -494,8 +498,10 @@ fn check_data_dir(dir: &Path, depth: Depth) -> Result<DataDirReport> {
             continue;
         }
         let journal = match path.is_dir() {
-            true => is_journal_dir(&path)
-                .and_then(|is| is.then(|| check_journal(&path.join(JOURNAL_FILE), depth)).transpose()),
+            true => is_journal_dir(&path).and_then(|is| {
+                is.then(|| check_journal(&path.join(JOURNAL_FILE), depth))
+                    .transpose()
+            }),
             false => Ok(None),
         };
         match journal {
@@ -506,16 +512,16 @@ fn check_data_dir(dir: &Path, depth: Depth) -> Result<DataDirReport> {
                 format!("cannot be checked: {e}"),
             )),
             Ok(None) => {
-            let what = if path.is_dir() {
-                "a directory without a journal (no journal.jsonl)"
-            } else {
-                "not a journal directory"
-            };
-            report.problems.push(Problem::new(
-                ProblemKind::UnknownFile,
-                &path,
-                format!("{what}: the server ignores it"),
-            ));
+                let what = if path.is_dir() {
+                    "a directory without a journal (no journal.jsonl)"
+                } else {
+                    "not a journal directory"
+                };
+                report.problems.push(Problem::new(
+                    ProblemKind::UnknownFile,
+                    &path,
+                    format!("{what}: the server ignores it"),
+                ));
             }
         }
     }
@@ -680,7 +686,15 @@ fn check_segment(
     let header = match segment::parse_header(path, &head) {
         Ok(header) => header,
         Err(e) => {
-            problems.push(header_problem(&file, path, &head, len, number, rotated_exist, &e));
+            problems.push(header_problem(
+                &file,
+                path,
+                &head,
+                len,
+                number,
+                rotated_exist,
+                &e,
+            ));
             return None;
         }
     };
@@ -849,7 +863,12 @@ impl Scan<'_> {
     ///
     /// It ends: `pos` grows by the bytes each read returns, a read of none stops it, and it
     /// never passes `len`, measured before.
-    fn run(&mut self, mut pos: u64, mut seq: u64, entries: Option<&[Entry]>) -> std::io::Result<u64> {
+    fn run(
+        &mut self,
+        mut pos: u64,
+        mut seq: u64,
+        entries: Option<&[Entry]>,
+    ) -> std::io::Result<u64> {
         let mut entries = entries.unwrap_or_default().iter().peekable();
         let mut wrong_entry: Option<Entry> = None;
         let mut buf = vec![0u8; CHUNK];
@@ -937,8 +956,7 @@ impl Scan<'_> {
                 line_start = line_end;
                 from = i + 1;
             }
-            if self.validate && carried + ((chunk.len() - from) as u64) <= MAX_CHECKED_LINE as u64
-            {
+            if self.validate && carried + ((chunk.len() - from) as u64) <= MAX_CHECKED_LINE as u64 {
                 carry.extend_from_slice(&chunk[from..]);
             }
             carried += (chunk.len() - from) as u64;
@@ -1057,8 +1075,7 @@ impl Scan<'_> {
             );
             return;
         }
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(format!(".broken-{end}"));
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
         self.problems.push(
             Problem::new(
                 ProblemKind::UnfinishedWrite,
@@ -1067,9 +1084,8 @@ impl Scan<'_> {
                     "the last {bytes} bytes are not complete records (record {seq} would start \
                      here): an unfinished write. If no server has this journal open, a crash \
                      left it, no acknowledged record is in it, and the next open cuts it (kept \
-                     as {} if it holds a line break); if one has it open, it may be a write in \
-                     progress",
-                    PathBuf::from(name).display()
+                     as {name}.broken-{end} if it holds a line break); if one has it open, it \
+                     may be a write in progress"
                 ),
             )
             .at(seq, line, end),
@@ -1161,7 +1177,9 @@ fn other_file(base_name: &str, file_name: &str, path: &Path) -> Problem {
         );
     }
     let meta = rest.and_then(|r| r.strip_suffix("meta")).is_some_and(|r| {
-        r.is_empty() || r.strip_suffix('.').is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        r.is_empty()
+            || r.strip_suffix('.')
+                .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
     });
     if meta {
         return Problem::new(
@@ -1210,7 +1228,10 @@ mod tests {
             std::fs::write(&path, &full.as_bytes()[..cut]).unwrap();
             for check in [verify_journal, inspect_journal] {
                 let report = check(&path).unwrap();
-                assert!(report.worst() <= Some(Severity::Warning), "cut {cut}: {report:?}");
+                assert!(
+                    report.worst() <= Some(Severity::Warning),
+                    "cut {cut}: {report:?}"
+                );
                 let lines = full.as_bytes()[header_len..cut]
                     .iter()
                     .filter(|&&b| b == b'\n')
