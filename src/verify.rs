@@ -281,7 +281,7 @@ pub struct SegmentInfo {
 impl SegmentInfo {
     /// The sequence number of its last record; `None` if it has none.
     pub fn last_seq(&self) -> Option<u64> {
-        (self.records > 0).then(|| self.first_seq + self.records - 1)
+        (self.records > 0).then(|| self.first_seq.saturating_add(self.records - 1))
     }
 }
 
@@ -592,7 +592,7 @@ fn check_once(base: &Path, depth: Depth) -> Result<Report> {
     for (number, path) in files {
         let before = report.segments.last();
         // A segment of the published crate has no first_seq: it follows the one before.
-        let next_seq = before.map_or(1, |s| s.first_seq + s.records);
+        let next_seq = before.map_or(1, |s| s.first_seq.saturating_add(s.records));
         if let Some(seg) = check_segment(
             &path,
             number,
@@ -613,7 +613,7 @@ fn check_once(base: &Path, depth: Depth) -> Result<Report> {
 fn check_chain(segments: &[SegmentInfo], problems: &mut Vec<Problem>) {
     for pair in segments.windows(2) {
         let (seg, next) = (&pair[0], &pair[1]);
-        let end = seg.first_seq + seg.records;
+        let end = seg.first_seq.saturating_add(seg.records);
         if end == next.first_seq {
             continue;
         }
@@ -854,7 +854,7 @@ struct Invalid {
 
 impl Scan<'_> {
     fn line_of(&self, seq: u64) -> u64 {
-        seq - self.first_seq + 2
+        (seq - self.first_seq).saturating_add(2)
     }
 
     /// Walks the lines from `offset`, where record `seq` starts, to the end of the file (or
@@ -884,6 +884,9 @@ impl Scan<'_> {
         let mut invalid_reported = 0usize;
         let mut invalid_more = 0u64;
         let mut nul_at: Option<u64> = None;
+        // Records counted from the file's first; `seq` saturates, for a header that claims
+        // a first seq near u64::MAX.
+        let mut lines = seq - self.first_seq;
         while pos < self.len {
             let want = CHUNK.min((self.len - pos) as usize);
             let n = self.file.read_at(&mut buf[..want], pos)?;
@@ -902,10 +905,11 @@ impl Scan<'_> {
             let mut from = 0;
             for i in memchr::memchr_iter(b'\n', chunk) {
                 let line_end = chunk_start + i as u64 + 1;
-                if let Some(e) = entries.next_if(|e| e.seq <= seq) {
-                    if (e.seq, e.offset) != (seq, line_start) && wrong_entry.is_none() {
-                        wrong_entry = Some(*e);
-                    }
+                if let Some(e) = entries.next_if(|e| e.seq <= seq)
+                    && (e.seq, e.offset) != (seq, line_start)
+                    && wrong_entry.is_none()
+                {
+                    wrong_entry = Some(*e);
                 }
                 if self.validate {
                     let verdict = if carried == 0 {
@@ -935,7 +939,7 @@ impl Scan<'_> {
                                 );
                             }
                             valid_end = line_end;
-                            valid_seq = seq + 1;
+                            valid_seq = seq.saturating_add(1);
                         }
                         Verdict::Invalid(reason) => match &mut pending {
                             Some(run) => run.lines += 1,
@@ -952,7 +956,8 @@ impl Scan<'_> {
                 }
                 carry.clear();
                 carried = 0;
-                seq += 1;
+                seq = seq.saturating_add(1);
+                lines += 1;
                 line_start = line_end;
                 from = i + 1;
             }
@@ -967,7 +972,7 @@ impl Scan<'_> {
         }
         // A last run of invalid lines is damage in a sealed segment, and part of the tail
         // that open cuts in the active file.
-        let records = seq - self.first_seq;
+        let records = lines;
         if !self.validate {
             (valid_end, valid_seq) = (line_start, seq);
         }
@@ -1276,6 +1281,47 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
         std::fs::write(&path, &bytes).unwrap();
         assert!(verify_journal(&path).unwrap().is_damaged());
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_end_of_u64_do_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        std::fs::write(
+            &path,
+            format!("{}1\n2\n3", segment::header_line(u64::MAX - 1)),
+        )
+        .unwrap();
+        let report = verify_journal(&path).unwrap();
+        assert_eq!(report.records(), 2);
+        assert_eq!(report.last_seq(), Some(u64::MAX));
+        assert_eq!(kinds(&report), vec![ProblemKind::UnfinishedWrite]);
+    }
+
+    #[test]
+    fn any_bytes_after_the_headers_are_reported_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join(JOURNAL_FILE);
+        let alphabet = [b'1', b'\n', b'\n', 0, b'{', b'"', b'x', 0xff, b' ', b'}'];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            for (path, first_seq) in [(base.with_extension("jsonl.000001"), 1), (base.clone(), 4)] {
+                let mut bytes = segment::header_line(first_seq).into_bytes();
+                let len = random() % 64;
+                bytes.extend((0..len).map(|_| alphabet[(random() % 10) as usize]));
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let full = verify_journal(&base).unwrap();
+            let quick = inspect_journal(&base).unwrap();
+            assert_eq!(full.segments, quick.segments);
+            assert!(full.worst() >= quick.worst(), "{full:?}\n{quick:?}");
+        }
     }
 
     #[test]
