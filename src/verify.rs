@@ -913,35 +913,40 @@ impl Scan<'_> {
                 }
                 if self.validate {
                     let verdict = if carried == 0 {
-                        check_line(&chunk[from..i])
+                        check_record(&chunk[from..i]).map(|()| true)
                     } else if carried + (i - from) as u64 <= MAX_CHECKED_LINE as u64 {
                         carry.extend_from_slice(&chunk[from..i]);
-                        check_line(&carry)
+                        check_record(&carry).map(|()| true)
                     } else {
-                        Verdict::TooLong
+                        Ok(false) // too long to hold: counted, not parsed
                     };
                     match verdict {
-                        Verdict::Valid | Verdict::TooLong => {
+                        Ok(checked) => {
                             if let Some(bad) = pending.take() {
                                 self.report_invalid(bad, &mut invalid_reported, &mut invalid_more);
                             }
-                            if matches!(verdict, Verdict::TooLong) {
+                            if !checked {
                                 self.problems.push(
                                     Problem::new(
                                         ProblemKind::NotChecked,
                                         self.path,
                                         format!(
-                                            "a line longer than {} MiB was counted as a record but not parsed",
+                                            "a line longer than {} MiB was counted as a record \
+                                             but not parsed",
                                             MAX_CHECKED_LINE >> 20
                                         ),
                                     )
-                                    .at(seq, self.line_of(seq), line_start),
+                                    .at(
+                                        seq,
+                                        self.line_of(seq),
+                                        line_start,
+                                    ),
                                 );
                             }
                             valid_end = line_end;
                             valid_seq = seq.saturating_add(1);
                         }
-                        Verdict::Invalid(reason) => match &mut pending {
+                        Err(reason) => match &mut pending {
                             Some(run) => run.lines += 1,
                             None => {
                                 pending = Some(Invalid {
@@ -1098,26 +1103,34 @@ impl Scan<'_> {
     }
 }
 
-enum Verdict {
-    Valid,
-    Invalid(String),
-    TooLong,
-}
-
-/// One line (without its `\n`): UTF-8 holding exactly one JSON value. A later per-record
-/// check (the CRC32C of the `.meta` sidecar, docs/metadata-design.md) belongs beside this.
-fn check_line(line: &[u8]) -> Verdict {
-    let text = match std::str::from_utf8(line) {
-        Ok(text) => text,
-        Err(e) => return Verdict::Invalid(format!("not UTF-8 ({e})")),
-    };
-    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-        Ok(_) => Verdict::Valid,
-        Err(e) if text.bytes().any(|b| b == 0) => {
-            Verdict::Invalid(format!("not JSON: holds NUL bytes ({e})"))
-        }
-        Err(e) => Verdict::Invalid(format!("not JSON ({e})")),
-    }
+/// The check every record line passes: UTF-8 holding exactly one JSON value (whitespace
+/// around it allowed), as `ministore verify` applies it to each line and `ministore dump` to
+/// each record it prints. `Err` says what is wrong, with the column (1-based, in bytes).
+/// A later per-record check (the CRC32C of the `.meta` sidecar, docs/metadata-design.md)
+/// belongs beside this one.
+///
+/// ```
+/// use ministore::verify::check_record;
+/// assert!(check_record(br#"{"id":7}"#).is_ok());
+/// assert_eq!(check_record(br#"{"id":7}x"#).unwrap_err(), "not JSON (trailing characters at column 9)");
+/// assert!(check_record(b"\xff").unwrap_err().starts_with("not UTF-8"));
+/// ```
+pub fn check_record(line: &[u8]) -> std::result::Result<(), String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 ({e})"))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(drop)
+        .map_err(|e| {
+            // serde_json counts lines inside the text: always line 1 here, which would read
+            // as the file's line 1.
+            let what = e.to_string();
+            let what = what.split(" at line ").next().unwrap_or_default();
+            let nul = if text.contains('\0') {
+                ", holds NUL bytes"
+            } else {
+                ""
+            };
+            format!("not JSON ({what} at column {}{nul})", e.column())
+        })
 }
 
 /// The other files beside the journal: evidence, orphan indexes, unknown files.

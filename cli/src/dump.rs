@@ -5,7 +5,6 @@ use std::io::Write;
 
 use ministore::MiniStore;
 use ministore::verify::{self, Target};
-use serde_json::value::RawValue;
 
 use crate::args::DumpArgs;
 use crate::error::CliError;
@@ -64,9 +63,9 @@ pub fn dump(args: &DumpArgs) -> Result<u8, CliError> {
                 if record.seq > to {
                     break 'read;
                 }
-                let raw: &RawValue = serde_json::from_str(&record.json)
-                    .map_err(|e| invalid_record(&base, record.seq, e))?;
-                writeln!(out, r#"{{"seq":{},"record":{}}}"#, record.seq, raw.get())
+                verify::check_record(record.json.as_bytes())
+                    .map_err(|reason| invalid_record(&base, record.seq, reason))?;
+                writeln!(out, r#"{{"seq":{},"record":{}}}"#, record.seq, record.json)
                     .map_err(CliError::Output)?;
             }
         }
@@ -76,7 +75,7 @@ pub fn dump(args: &DumpArgs) -> Result<u8, CliError> {
 }
 
 /// Names the file and line of record `seq`, found from the segments' headers and indexes.
-fn invalid_record(base: &std::path::Path, seq: u64, error: serde_json::Error) -> CliError {
+fn invalid_record(base: &std::path::Path, seq: u64, reason: String) -> CliError {
     let found = verify::inspect_journal(base).ok().and_then(|report| {
         report
             .segment_of(seq)
@@ -87,6 +86,6 @@ fn invalid_record(base: &std::path::Path, seq: u64, error: serde_json::Error) ->
         file,
         seq,
         line,
-        reason: error.to_string(),
+        reason,
     }
 }

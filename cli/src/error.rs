@@ -18,8 +18,8 @@ pub enum CliError {
 
     /// A stored record that is not one JSON value: damage.
     #[error(
-        "{file}: seq {seq} (line {line}) is not valid JSON ({reason}): the journal is damaged \
-         here; `ministore verify` reports every problem"
+        "{file}: seq {seq} (line {line}) is {reason}: the journal is damaged here; `ministore \
+         verify` reports every problem"
     )]
     InvalidRecord {
         /// The segment holding it.
@@ -28,7 +28,7 @@ pub enum CliError {
         seq: u64,
         /// Its line in `file`.
         line: u64,
-        /// What serde_json says.
+        /// What is wrong with it.
         reason: String,
     },
 
