@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use ministore::{JsonLine, MiniStore};
 use ministore_tests::binaries::ministore_binary;
-use ministore_tests::files::{SegmentIndex, index_path, rotated_segments};
+use ministore_tests::docs::{DocStep, console_steps};
+use ministore_tests::files::{SegmentIndex, header, index_path, rotated_segments};
 use ministore_tests::records::{INDEXED_RECORDS, fixed_width, indexed_journal};
 use ministore_tests::server::ServerProcess;
+use ministore_tests::tools;
 
 /// What a run of the tool gave: exit status, stdout, stderr.
 struct Run {
@@ -237,7 +239,7 @@ async fn a_flipped_byte_in_the_middle_of_a_segment_is_damage_at_its_seq_and_offs
     assert_eq!(dumped(&dump), expected(2..=seq - 1));
     assert!(
         dump.stderr.contains(&format!(
-            "{}: seq {seq} (line {}) is not valid JSON",
+            "{}: seq {seq} (line {}) is not JSON",
             segment.display(),
             k + 2
         )),
@@ -537,4 +539,67 @@ fn paths_that_are_not_there_or_not_a_journal_exit_2() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("is not a journal"), "{run:?}");
     assert_eq!(ministore(&["verify"]).code, Some(2));
+}
+
+#[test]
+fn the_session_in_the_readme_prints_what_it_shows() {
+    let readme = std::fs::read_to_string(tools::workspace_root().join("README.md")).unwrap();
+    let steps: Vec<DocStep> = console_steps(&readme)
+        .into_iter()
+        .filter(|s| s.command.starts_with("ministore "))
+        .collect();
+    assert_eq!(steps.len(), 5, "the README's ministore session");
+
+    // The data directory the session shows: two journals, `orders` in three files.
+    let tmp = tempfile::tempdir().unwrap();
+    let segment = |path: &str, first_seq: u64, records: &[String]| {
+        let path = tmp.path().join("data").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(path, header(first_seq) + &lines).unwrap();
+    };
+    let order = |id: u64, item: &str| format!(r#"{{"id":{id},"item":"{item}"}}"#);
+    let orders = |ids: std::ops::RangeInclusive<u64>, item: &str| -> Vec<String> {
+        ids.map(|id| order(id, item)).collect()
+    };
+    segment("orders/journal.jsonl.000001", 1, &orders(1..=3, "book"));
+    segment("orders/journal.jsonl.000002", 4, &orders(4..=6, "pen"));
+    segment("orders/journal.jsonl", 7, &orders(7..=8, "ink"));
+    segment(
+        "audit/journal.jsonl",
+        1,
+        &[r#"{"user":"alice","action":"login"}"#.to_owned()],
+    );
+
+    let bin_dir = ministore_binary().parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    for (i, step) in steps.iter().enumerate() {
+        if i == 3 {
+            // "After a byte of record 5 was flipped and a write was cut short":
+            let sealed = tmp.path().join("data/orders/journal.jsonl.000002");
+            let text = std::fs::read_to_string(&sealed).unwrap();
+            std::fs::write(&sealed, text.replace(r#"{"id":5"#, r#"x"id":5"#)).unwrap();
+            let active = tmp.path().join("data/orders/journal.jsonl");
+            let mut bytes = std::fs::read(&active).unwrap();
+            bytes.extend_from_slice(br#"{"id":9,"it"#);
+            std::fs::write(&active, bytes).unwrap();
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{{ {}; }} 2>&1", step.command))
+            .current_dir(tmp.path())
+            .env("PATH", &path)
+            .env_remove("MINISTORE_DATA_DIR")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            step.output,
+            "$ {}",
+            step.command
+        );
+    }
 }
