@@ -130,6 +130,11 @@ impl SparseIndex {
         self.entries.is_empty()
     }
 
+    /// The entries, in order (the implied one at the header excluded).
+    pub(crate) fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     /// The sidecar bytes of this index for a segment of `segment_len` bytes.
     fn encode(&self, segment_len: u64) -> Vec<u8> {
         let mut out =
@@ -255,6 +260,29 @@ pub(crate) fn write_sidecar(segment: &Path, index: &SparseIndex, segment_len: u6
 /// The sidecar index of the segment at `segment`, if it has one that fits it. Any problem
 /// (none, unreadable, torn, stale, foreign) means no index: the caller scans instead.
 pub(crate) fn load_sidecar(segment: &Path, seg: SegmentShape) -> Option<SparseIndex> {
+    match check_sidecar(segment, seg) {
+        Sidecar::Fits(index) => Some(index),
+        Sidecar::Missing => None,
+        Sidecar::Unfit(reason) => {
+            tracing::debug!(index = %sidecar_path(segment).display(), reason, "ignoring a segment index that does not fit its segment");
+            None
+        }
+    }
+}
+
+/// What the sidecar beside a segment is, as `load_sidecar` judges it.
+#[derive(Debug)]
+pub(crate) enum Sidecar {
+    /// There is none.
+    Missing,
+    /// It fits the segment (checksum, first seq, header and segment length, entry order).
+    Fits(SparseIndex),
+    /// It exists but cannot be read or does not fit: readers ignore it. Why, for a person.
+    Unfit(String),
+}
+
+/// Reads and checks the sidecar of the segment at `segment` against `seg`.
+pub(crate) fn check_sidecar(segment: &Path, seg: SegmentShape) -> Sidecar {
     let path = sidecar_path(segment);
     let bytes = match std::fs::metadata(&path) {
         Ok(m) if m.len() <= MAX_SIDECAR_LEN => std::fs::read(&path),
@@ -266,18 +294,12 @@ pub(crate) fn load_sidecar(segment: &Path, seg: SegmentShape) -> Option<SparseIn
     };
     let bytes = match bytes {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::debug!(index = %path.display(), error = %e, "ignoring an unreadable segment index");
-            return None;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Sidecar::Missing,
+        Err(e) => return Sidecar::Unfit(format!("cannot be read: {e}")),
     };
     match SparseIndex::decode(&bytes, &seg) {
-        Ok(index) => Some(index),
-        Err(reason) => {
-            tracing::debug!(index = %path.display(), reason, "ignoring a segment index that does not fit its segment");
-            None
-        }
+        Ok(index) => Sidecar::Fits(index),
+        Err(reason) => Sidecar::Unfit(reason),
     }
 }
 

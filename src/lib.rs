@@ -148,6 +148,11 @@
 //! and stopping at the first NUL byte of an active file (the zeros ahead of the records);
 //! they never keep those zeros, so they read the records written over them afterwards.
 //!
+//! **Checking files offline.** [`verify`] reads a journal's files without opening it (no
+//! lock, no repair, no write) and reports each problem with its file, seq and byte offset,
+//! telling damage apart from what a crash leaves and `open` repairs; the `ministore verify`
+//! command prints its report.
+//!
 //! **Not guaranteed**: protection against media corruption (lines carry no checksum, to
 //! stay compatible with the published format), or against another program writing to the
 //! files.
@@ -162,6 +167,7 @@ mod options;
 mod read;
 mod segment;
 mod store;
+pub mod verify;
 
 pub use error::{MiniStoreError, Result};
 pub use json::JsonLine;

@@ -137,7 +137,7 @@ pub(crate) enum Sibling {
 impl Sibling {
     /// What the file named `file_name` is to the journal whose active file is named
     /// `base_name`; `None` for anything else (the lock, `.broken-` evidence, other files).
-    fn classify(base_name: &str, file_name: &str) -> Option<Sibling> {
+    pub(crate) fn classify(base_name: &str, file_name: &str) -> Option<Sibling> {
         let rest = file_name.strip_prefix(base_name)?.strip_prefix('.')?;
         let (digits, kind): (&str, fn(u64) -> Sibling) =
             if let Some(d) = rest.strip_suffix(".idx.tmp") {

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests. Keep them small and generic: anything that only
 //! one test file needs lives in that file.
 
+pub mod binaries;
 pub mod docs;
 pub mod events;
 pub mod files;

@@ -103,50 +103,10 @@ impl Drop for TestServer {
     }
 }
 
-/// The `ministore-server` binary, built once per test process (cargo builds binaries for
-/// tests only of their own package, and these tests live in `tests/`).
+/// The `ministore-server` binary, built once per test process.
 pub fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // Not the variables cargo set for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...):
-        // build scripts that watch them (ring's does) would see them change, and every
-        // build, this one and the next `cargo test`, would recompile ring, rustls, tonic and
-        // the server (~20 s each).
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_")
-                || name.starts_with("CARGO_MANIFEST_")
-                || matches!(
-                    name.as_ref(),
-                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
-                )
-            {
-                build.env_remove(name.as_ref());
-            }
-        }
-        let status = build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "ministore-server",
-                "--bin",
-                "ministore-server",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building ministore-server failed");
-        let target = std::env::current_exe()
-            .expect("current_exe")
-            .parent() // deps/
-            .and_then(Path::parent) // debug/
-            .expect("target dir")
-            .to_path_buf();
-        target.join("ministore-server")
-    })
+    BINARY.get_or_init(|| crate::binaries::build("ministore-server", "ministore-server"))
 }
 
 /// The real `ministore-server` binary running as a child process.
