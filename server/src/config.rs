@@ -26,6 +26,12 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (host:port like --listen; port 0
+    /// picks a free port, printed on startup as "metrics on ADDR"). Off unless given.
+    /// Plain HTTP with no authentication: bind it to loopback or a private interface.
+    #[arg(long, env = "MINISTORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Directory holding one subdirectory per journal. Created if missing; only one
     /// server may use it at a time.
     #[arg(long, env = "MINISTORE_DATA_DIR", default_value = "./data")]

@@ -12,6 +12,7 @@ use ministore::{Durable, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::error::ServerError;
+use crate::metrics::Metrics;
 
 /// The name used when a request leaves `journal` empty (the wire contract's).
 pub use ministore::proto::DEFAULT_JOURNAL;
@@ -76,6 +77,7 @@ pub struct Journals {
     /// Bumped each time a journal is opened, for followers waiting for theirs to exist.
     opened: watch::Sender<u64>,
     writers: Mutex<Vec<WriterHandle>>,
+    metrics: Metrics,
 }
 
 /// One open journal: where it lives, its writer's queue, and how far it is durable.
@@ -108,7 +110,14 @@ impl Journals {
             data_dir_check: Arc::new(DataDirCheck::default()),
             opened: watch::Sender::new(0),
             writers: Mutex::new(Vec::new()),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records commits in `metrics` (by default, in metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// At most `max` journals open at once; opening one more is RESOURCE_EXHAUSTED.
@@ -172,6 +181,7 @@ impl Journals {
             runtime: tokio::runtime::Handle::current(),
             queue,
             durable: durable_tx,
+            metrics: self.metrics.clone(),
         };
         self.writers.lock().await.push(writer.spawn(appends)?);
         tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
@@ -222,6 +232,19 @@ impl Journals {
             }),
             false => Ok(()),
         }
+    }
+
+    /// The journals open now, by name.
+    pub fn open_journals(&self) -> Vec<Arc<Journal>> {
+        let mut open: Vec<_> = self
+            .open
+            .read()
+            .expect("journals lock")
+            .values()
+            .cloned()
+            .collect();
+        open.sort_by(|a, b| a.name.cmp(&b.name));
+        open
     }
 
     fn lookup(&self, name: &str) -> Option<Arc<Journal>> {
@@ -302,6 +325,11 @@ impl Journal {
     /// Where records are missing between the journal's segments (`None` when healthy).
     pub fn damage(&self) -> Option<&str> {
         self.damage.as_deref()
+    }
+
+    /// Appends waiting in the writer's queue (not counting the group it is committing).
+    pub fn queued_appends(&self) -> usize {
+        self.appends.max_capacity() - self.appends.capacity()
     }
 
     /// A receiver of the durable position, for readers that follow the journal.
@@ -391,6 +419,7 @@ struct Writer {
     runtime: tokio::runtime::Handle,
     queue: mpsc::Receiver<WriterJob>,
     durable: watch::Sender<Durable>,
+    metrics: Metrics,
 }
 
 impl Writer {
@@ -451,7 +480,10 @@ impl Writer {
             for job in &mut jobs {
                 lines.append(&mut job.lines);
             }
+            let started = std::time::Instant::now();
             let result = self.commit(&lines);
+            let (took, ok) = (started.elapsed(), result.is_ok());
+            self.metrics.committed(took, lines.len(), bytes, ok);
             lines.clear();
             // Publish before replying: a caller told "seq N" can read N back at once.
             if let Some(store) = &self.store {

@@ -15,6 +15,7 @@ pub mod connections;
 pub mod error;
 pub mod journals;
 pub mod limits;
+pub mod metrics;
 pub mod service;
 mod value;
 
@@ -30,6 +31,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::auth::Authenticator;
 use crate::connections::ConnectionLimits;
 use crate::limits::{ReadBudget, StreamLimits};
+use crate::metrics::Metrics;
 
 pub use config::{Config, LogFormat};
 pub use error::ServerError;
@@ -65,6 +67,8 @@ pub struct Server {
     listener: TcpListener,
     auth: Option<Authenticator>,
     tls: Option<ServerTlsConfig>,
+    /// Bound for `--metrics-listen`, served once running.
+    metrics_listener: Option<std::net::TcpListener>,
     _data_dir_lock: std::fs::File,
 }
 
@@ -92,11 +96,17 @@ impl Server {
     pub fn from_listener(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
         let lock = lock_data_dir(&config.data_dir)?;
         let (auth, tls) = load_security(&config)?;
+        let metrics_listener = config
+            .metrics_listen
+            .as_deref()
+            .map(bind_metrics)
+            .transpose()?;
         Ok(Server {
             config,
             listener,
             auth,
             tls,
+            metrics_listener,
             _data_dir_lock: lock,
         })
     }
@@ -104,6 +114,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the metrics endpoint, when `--metrics-listen` is given.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
     }
 
     /// Serves until `shutdown` resolves.
@@ -121,12 +136,15 @@ impl Server {
             listener,
             auth,
             tls,
+            metrics_listener,
             _data_dir_lock: lock,
         } = self;
+        let metrics = Metrics::default();
         let journals = Arc::new(
             Journals::new(&config.data_dir, config.store_options())
                 .with_max_open(config.max_journals)
-                .watch_data_dir(config.data_dir.join(LOCK_FILE), &lock),
+                .watch_data_dir(config.data_dir.join(LOCK_FILE), &lock)
+                .with_metrics(metrics.clone()),
         );
         let watchdog = tokio::spawn({
             let journals = journals.clone();
@@ -145,7 +163,8 @@ impl Server {
             streams,
             ReadBudget::new(config.max_read_bytes),
             streams_stop,
-        );
+        )
+        .with_metrics(metrics.clone());
         let journal_server = JournalServer::new(service)
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes.max(16 << 20));
@@ -167,6 +186,25 @@ impl Server {
             .build_v1alpha()
             .expect("the embedded descriptor set is valid");
 
+        let metrics_server = match metrics_listener {
+            Some(std_listener) => {
+                let metrics_addr = std_listener
+                    .local_addr()
+                    .map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
+                let listener =
+                    TcpListener::from_std(std_listener).map_err(|e| ServerError::Startup {
+                        op: "serving metrics on",
+                        path: metrics_addr.clone(),
+                        source: Arc::new(e),
+                    })?;
+                tracing::info!(addr = %metrics_addr, "serving metrics at /metrics");
+                Some(tokio::spawn(metrics::serve(
+                    listener,
+                    metrics.registry(journals.clone()),
+                )))
+            }
+            None => None,
+        };
         let local = listener
             .local_addr()
             .map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
@@ -204,6 +242,8 @@ impl Server {
         }
         let serving = builder
             .layer(connections.first_request_layer())
+            // Outside the layers below, so it records the status codes they correct.
+            .layer(metrics.rpc_layer())
             .layer(tower::util::MapResponseLayer::new(
                 client_errors_keep_client_codes::<tonic::body::Body>,
             ))
@@ -230,6 +270,9 @@ impl Server {
             }
         };
         watchdog.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         journals.shut_down().await;
         drop(lock);
         tracing::info!("stopped");
@@ -307,6 +350,18 @@ fn load_security(
         _ => None,
     };
     Ok((auth, tls))
+}
+
+/// Binds `--metrics-listen`: a startup failure like the main address's.
+fn bind_metrics(addr: &str) -> Result<std::net::TcpListener, ServerError> {
+    let startup = |e| ServerError::Startup {
+        op: "listening for metrics on",
+        path: addr.to_owned(),
+        source: Arc::new(e),
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(startup)?;
+    listener.set_nonblocking(true).map_err(startup)?;
+    Ok(listener)
 }
 
 /// The data directory's lock file, held by the one server using it.

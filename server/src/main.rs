@@ -58,6 +58,9 @@ async fn run(config: Config) -> Result<(), ServerError> {
         // On stdout, one line, once the server holds its data directory and port, so
         // scripts (and tests using port 0) know where it is.
         println!("listening on {addr}");
+        if let Some(metrics) = server.metrics_addr() {
+            println!("metrics on {metrics}");
+        }
         let _ = std::io::stdout().flush();
     }
     server.run(shutdown_signal()).await

@@ -24,6 +24,7 @@ use crate::auth::{Grant, Right, grant_of};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals, validate_name};
 use crate::limits::{Held, HeldForReply, ReadBudget, StreamLimits, StreamPermit};
+use crate::metrics::{Metrics, OpenStream};
 use crate::value;
 
 /// Records per Replay page when the request says 0.
@@ -53,6 +54,7 @@ pub struct JournalService {
     streams: Arc<StreamLimits>,
     budget: ReadBudget,
     shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
 }
 
 impl JournalService {
@@ -72,7 +74,14 @@ impl JournalService {
             streams,
             budget,
             shutdown,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts open streams in `metrics` (by default, in metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A reader of `journal`'s durable records from `from_seq` that refuses records larger
@@ -376,6 +385,7 @@ impl JournalRpc for JournalService {
         };
         let feed = StreamFeed {
             _permit: permit,
+            _open: self.metrics.stream_opened(req.follow),
             reader: journal.as_deref().map(|j| self.reader(j, req.from_seq)),
             journal,
             name,
@@ -440,6 +450,7 @@ fn at_index(i: usize, err: ServerError) -> ServerError {
 struct StreamFeed {
     // Held for the stream's lifetime: its place in the stream limits.
     _permit: StreamPermit,
+    _open: OpenStream,
     /// `None` while a follower waits for its journal to exist.
     journal: Option<Arc<Journal>>,
     reader: Option<JournalReader>,

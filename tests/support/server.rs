@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 
 use ministore::proto::journal_client::JournalClient;
@@ -117,6 +117,10 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Its stdout, past the "listening on" line.
+    stdout: BufReader<ChildStdout>,
+    /// Its metrics endpoint, once read from its "metrics on" line.
+    metrics_addr: Option<SocketAddr>,
     /// Everything it has logged so far (drained by a thread, so the pipe never fills).
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
     drain: Option<std::thread::JoinHandle<()>>,
@@ -178,11 +182,9 @@ impl ServerProcess {
             .stderr(Stdio::piped());
         setup(&mut command);
         let mut child = command.spawn().expect("spawn ministore-server");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
+        stdout.read_line(&mut line).expect("read stdout");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
@@ -198,6 +200,8 @@ impl ServerProcess {
             addr: "0.0.0.0:0".parse().unwrap(),
             child,
             data_dir: data_dir.to_path_buf(),
+            stdout,
+            metrics_addr: None,
             stderr,
             drain: Some(drain),
         };
@@ -211,6 +215,30 @@ impl ServerProcess {
                 Err(format!("exit {code:?}, stderr: {stderr}"))
             }
         }
+    }
+
+    /// The next line the server prints on stdout after "listening on"; `None` once it has
+    /// closed stdout (exited).
+    pub fn next_stdout_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line).expect("read stdout") {
+            0 => None,
+            _ => Some(line.trim_end().to_owned()),
+        }
+    }
+
+    /// Where its metrics endpoint listens, from the "metrics on ADDR" line it prints right
+    /// after "listening on" when started with `--metrics-listen`.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        if self.metrics_addr.is_none() {
+            let line = self.next_stdout_line();
+            let addr = line
+                .as_deref()
+                .and_then(|line| line.strip_prefix("metrics on "))
+                .unwrap_or_else(|| panic!("expected \"metrics on ADDR\", got {line:?}"));
+            self.metrics_addr = Some(addr.parse().expect("metrics address"));
+        }
+        self.metrics_addr.expect("read above")
     }
 
     /// What the server has logged so far.

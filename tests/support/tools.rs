@@ -2,6 +2,8 @@
 //! by the tests themselves into a virtual environment at `<workspace>/.tools/venv` from the
 //! exact pins of `tests/requirements.txt`. Nothing needs to be installed by hand but
 //! `python3` (with its `venv` module); only PyPI is contacted, and only when the pins change.
+//! Prometheus's `promtool` comes from Debian's `prometheus` package, unpacked into
+//! `<workspace>/.tools/prometheus` (see [`promtool`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -50,17 +52,8 @@ fn install() -> PathBuf {
         .unwrap_or_else(|e| panic!("reading {}: {e}", requirements.display()));
     fs::create_dir_all(&tools).unwrap_or_else(|e| panic!("creating {}: {e}", tools.display()));
 
-    let lock_path = tools.join("install.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
-    // Held until `lock` is dropped at the end of this function; the kernel releases it too
-    // if this process dies mid-install, so a crash never wedges the next run.
-    lock.lock()
-        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    // Held until the end of this function.
+    let lock = lock_exclusively(&tools.join("install.lock"));
 
     let stamp = venv.join("ministore-requirements.txt");
     let venv_python = venv.join("bin").join("python");
@@ -118,6 +111,131 @@ fn install() -> PathBuf {
     fs::rename(&partial, &stamp).unwrap_or_else(|e| panic!("writing {}: {e}", stamp.display()));
     drop::<File>(lock);
     venv
+}
+
+/// `promtool`, Prometheus's checker of the metrics text format, installed on first use.
+///
+/// It is taken, in this order, from `<workspace>/.tools/prometheus/usr/bin/promtool`, from
+/// `PATH`, or else from Debian's `prometheus` package: `apt-get download` fetches the
+/// package into `.tools/` without installing it (no root, no daemon started) and only
+/// `usr/bin/promtool` is unpacked from it. When the package lists are missing or stale
+/// and the tests run as root (as CI does), `apt-get update` is run once and the download
+/// retried. Like [`python_env`], the install holds a lock (`.tools/promtool.lock`) and
+/// becomes visible whole, by a rename, only once the binary runs.
+///
+/// # Panics
+/// When the package cannot be downloaded or unpacked; the message says which and includes
+/// the tool's output.
+pub fn promtool() -> &'static Path {
+    static PROMTOOL: OnceLock<PathBuf> = OnceLock::new();
+    PROMTOOL.get_or_init(install_promtool)
+}
+
+fn install_promtool() -> PathBuf {
+    let tools = workspace_root().join(".tools");
+    let installed = tools.join("prometheus");
+    let promtool = installed.join("usr").join("bin").join("promtool");
+    let runs = |path: &Path| {
+        Command::new(path)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    fs::create_dir_all(&tools).unwrap_or_else(|e| panic!("creating {}: {e}", tools.display()));
+    let _lock = lock_exclusively(&tools.join("promtool.lock"));
+    if runs(&promtool) {
+        return promtool;
+    }
+    if runs(Path::new("promtool")) {
+        return PathBuf::from("promtool");
+    }
+
+    let partial = tools.join("prometheus.partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).unwrap_or_else(|e| panic!("creating {}: {e}", partial.display()));
+    let mut download = Command::new("apt-get");
+    download
+        .args(["download", "--quiet", "prometheus"])
+        .current_dir(&partial);
+    let run = |cmd: &mut Command| {
+        cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {cmd:?} ({e}): the metrics tests need promtool, from Debian's \
+                 `prometheus` package or on PATH"
+            )
+        })
+    };
+    let mut out = run(&mut download);
+    if !out.status.success() && running_as_root() {
+        let mut update = Command::new("apt-get");
+        update.args(["update", "--quiet"]);
+        let updated = run(&mut update);
+        check(
+            "updating the package lists (apt-get update)",
+            &update,
+            &updated,
+        );
+        out = run(&mut download);
+    }
+    check(
+        "downloading Debian's prometheus package (apt-get download prometheus)",
+        &download,
+        &out,
+    );
+    let deb = fs::read_dir(&partial)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", partial.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .unwrap_or_else(|| panic!("apt-get download left no .deb in {}", partial.display()));
+    // Only promtool: the server, its web assets and its service files are not needed.
+    let mut unpack = Command::new("sh");
+    unpack
+        .args([
+            "-c",
+            r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./usr/bin/promtool"#,
+            "sh",
+        ])
+        .arg(&deb)
+        .arg(&partial);
+    let out = run(&mut unpack);
+    check(
+        "unpacking promtool from the prometheus package",
+        &unpack,
+        &out,
+    );
+    let _ = fs::remove_file(&deb);
+    let _ = fs::remove_dir_all(&installed);
+    fs::rename(&partial, &installed)
+        .unwrap_or_else(|e| panic!("moving {} into place: {e}", partial.display()));
+    assert!(
+        runs(&promtool),
+        "{} was unpacked but does not run",
+        promtool.display()
+    );
+    promtool
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+/// Takes an exclusive lock on `path`, creating it, for an install shared by every test
+/// process. Held until the returned file is dropped; the kernel releases it too if the
+/// process dies mid-install, so a crash never wedges the next run.
+fn lock_exclusively(path: &Path) -> File {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    lock
 }
 
 /// How a tool run ended and everything it printed, for failure messages.
