@@ -181,6 +181,19 @@ async fn startup_logs_say_how_much_each_journal_keeps() {
 }
 
 #[test]
+fn sigterm_right_after_the_listening_line_is_a_clean_shutdown() {
+    for signal in ["TERM", "INT"] {
+        let tmp = tempfile::tempdir().unwrap();
+        // `start` returns as soon as the server has printed "listening on ADDR".
+        let server = ServerProcess::start(tmp.path(), &[]);
+        server.signal(signal);
+        let (code, logs) = server.wait();
+        assert_eq!(code, Some(0), "SIG{signal}: {logs}");
+        assert!(logs.contains("stopped"), "SIG{signal}: {logs}");
+    }
+}
+
+#[test]
 fn a_second_server_on_the_same_data_directory_exits_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let _first = ServerProcess::start(tmp.path(), &[]);

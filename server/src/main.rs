@@ -54,6 +54,13 @@ async fn run(config: Config) -> Result<(), ServerError> {
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
     let server = Server::bind(config).await?;
+    // Installed before the server says where it listens: a SIGTERM right after that line
+    // is a clean shutdown, not the default action that kills the process.
+    let shutdown = shutdown_signal().map_err(|e| ServerError::Startup {
+        op: "installing the signal handlers of",
+        path: "SIGTERM and SIGINT".into(),
+        source: std::sync::Arc::new(e),
+    })?;
     if let Ok(addr) = server.local_addr() {
         // On stdout, one line, once the server holds its data directory and port, so
         // scripts (and tests using port 0) know where it is.
@@ -63,17 +70,21 @@ async fn run(config: Config) -> Result<(), ServerError> {
         }
         let _ = std::io::stdout().flush();
     }
-    server.run(shutdown_signal()).await
+    server.run(shutdown).await
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// A future that resolves on SIGINT (Ctrl-C) or SIGTERM; both handlers are installed when
+/// this returns, not when the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("received SIGINT"),
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+        }
+    })
 }
 
 fn init_tracing(config: &Config) {
