@@ -5,9 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ministore::proto::StreamRequest;
 use ministore_client::{Client, ClientBuilder};
-use ministore_tests::events::Records;
+use ministore_tests::events::{Records, follower};
 use ministore_tests::server::ServerProcess;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -260,19 +259,8 @@ async fn the_timeout_closes_a_silent_connection_and_spares_a_served_one(
     client: &Client,
 ) {
     client.append("tail", &1).await.unwrap();
-    let mut stream = client
-        .raw()
-        .stream(StreamRequest {
-            heartbeat_seconds: 0,
-            journal: "tail".into(),
-            from_seq: 1,
-            follow: true,
-            format: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stream.record().await.unwrap().unwrap().seq, 1);
+    let (mut stream, first) = follower(client, "tail", 1).await;
+    assert_eq!(first.seq, 1);
 
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let closed = closed_within(&mut silent, Duration::from_secs(5))

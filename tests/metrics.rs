@@ -6,10 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ministore::proto::{
-    AppendBatchRequest, AppendRequest, InfoRequest, ReplayRequest, StreamRequest, append_request,
+    AppendBatchRequest, AppendRequest, InfoRequest, ReplayRequest, append_request,
 };
 use ministore_client::Client;
-use ministore_tests::events::Records;
+use ministore_tests::events::{self, Records};
 use ministore_tests::server::ServerProcess;
 use ministore_tests::tools;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,18 +102,8 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
 
     // A follower, open and caught up: counted from the moment the server opened it.
     assert_eq!(client.append("orders", &0).await.unwrap(), 1);
-    let mut follower = raw
-        .stream(StreamRequest {
-            heartbeat_seconds: 0,
-            journal: "orders".into(),
-            from_seq: 1,
-            follow: true,
-            format: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(follower.record().await.unwrap().unwrap().seq, 1);
+    let (mut follower, first) = events::follower(&client, "orders", 1).await;
+    assert_eq!(first.seq, 1);
     let before = scrape(metrics).await;
     assert_eq!(value(&before, "ministore_streams_open"), 1.0, "{before}");
     assert_eq!(value(&before, "ministore_followers_open"), 1.0, "{before}");

@@ -8,7 +8,7 @@ use ministore::proto::StreamRequest;
 use ministore_client::{Client, ClientBuilder};
 use ministore_server::Config;
 use ministore_tests::docs::{console_steps, fenced_block, run_as_typed};
-use ministore_tests::events::Records;
+use ministore_tests::events::{Records, follower};
 use ministore_tests::server::{ServerProcess, TestServer};
 use ministore_tests::tools;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -481,19 +481,8 @@ async fn the_request_timeout_does_not_cut_a_following_stream() {
     let client = server.client().await;
     client.append("t", &1).await.unwrap();
     // The raw stub: the typed stream would hide a cut by reconnecting.
-    let mut tail = client
-        .raw()
-        .stream(StreamRequest {
-            heartbeat_seconds: 0,
-            journal: "t".into(),
-            from_seq: 1,
-            follow: true,
-            format: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(tail.record().await.unwrap().unwrap().seq, 1);
+    let (mut tail, first) = follower(&client, "t", 1).await;
+    assert_eq!(first.seq, 1);
     // Outlive the timeout, then prove the same stream still delivers.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     client.append("t", &2).await.unwrap();
