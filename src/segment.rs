@@ -42,6 +42,11 @@ pub(crate) struct Header {
     pub len: u64,
 }
 
+/// The largest `first_seq` a header may state. No journal gets near it (at a million
+/// records a second, 146,000 years), and below it no sum of a seq and a count of records
+/// in files can overflow a `u64`: a header claiming more is damage or forgery, refused.
+pub(crate) const MAX_FIRST_SEQ: u64 = 1 << 62;
+
 /// Parses the header at the start of `head` (the first bytes of the file at `path`).
 pub(crate) fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
     let bad = |reason: String| MiniStoreError::BadHeader {
@@ -73,7 +78,12 @@ pub(crate) fn parse_header(path: &Path, head: &[u8]) -> Result<Header> {
     for token in rest.split_whitespace().skip(1) {
         if let Some(v) = token.strip_prefix("first_seq=") {
             match v.parse::<u64>() {
-                Ok(n) if n >= 1 => first_seq = Some(n),
+                Ok(n) if (1..=MAX_FIRST_SEQ).contains(&n) => first_seq = Some(n),
+                Ok(n) if n > MAX_FIRST_SEQ => {
+                    return Err(bad(format!(
+                        "first_seq {n} is beyond what any journal reaches (at most 2^62)"
+                    )));
+                }
                 _ => return Err(bad(format!("invalid first_seq {v:?}"))),
             }
         }

@@ -913,3 +913,36 @@ fn header_first_seq(segment: &Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_header_claiming_a_seq_near_the_end_of_u64_is_refused_not_overflowed() {
+    for claimed in [u64::MAX, u64::MAX - 1, (1u64 << 62) + 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = journal_with(dir.path(), 12).await;
+        let rotated = rotated_segments(&path);
+        let text = std::fs::read_to_string(&rotated[1]).unwrap();
+        let forged = text.replacen(
+            &format!("first_seq={}", header_first_seq(&rotated[1])),
+            &format!("first_seq={claimed}"),
+            1,
+        );
+        std::fs::write(&rotated[1], &forged).unwrap();
+        let err = small_segments().open(&path).await.unwrap_err();
+        assert!(
+            matches!(err, MiniStoreError::BadHeader { .. }),
+            "{claimed}: {err}"
+        );
+        assert!(
+            err.to_string().contains("beyond what any journal reaches"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&rotated[1]).unwrap(),
+            forged,
+            "left untouched"
+        );
+        let read = MiniStore::read_from(&path, 1).next_batch(100).await;
+        assert!(read.is_err(), "{claimed}: {read:?}");
+        assert!(MiniStore::replay::<String, _>(&path).await.is_err());
+    }
+}
