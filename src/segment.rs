@@ -425,6 +425,58 @@ pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
     Ok(segments)
 }
 
+/// Whether the byte before `offset` is a line break: the test an index entry must pass
+/// before a reader, open or `verify` trusts it.
+pub(crate) fn follows_line_break(file: &File, offset: u64) -> bool {
+    let mut byte = [0u8];
+    offset > 0 && matches!(file.read_at(&mut byte, offset - 1), Ok(1) if byte[0] == b'\n')
+}
+
+/// Whether every byte of `file` from `from` to `until` (or its end, if sooner) is zero.
+/// Bounded by `until` as well as by the end, so it ends on a file that keeps growing.
+pub(crate) fn zeros_from(file: &File, path: &Path, mut from: u64, until: u64) -> Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    while from < until {
+        let want = buf
+            .len()
+            .min((until - from).min(usize::MAX as u64) as usize);
+        let n = file
+            .read_at(&mut buf[..want], from)
+            .map_err(|e| MiniStoreError::io("reading", path, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        from += n as u64;
+    }
+    Ok(true)
+}
+
+/// Whether the active file whose first bytes are `head` holds a header a crash cut short:
+/// a start of the magic (or the magic without its line break), then only zeros, as a file
+/// system can leave a new file's bytes before rotation's fsync. Zero bytes of header count
+/// only beside rotated segments (`rotated_exist`, asked only then): alone, nothing says the
+/// file is ours. `open` replaces such a header; `verify` reports it as what open repairs.
+/// The zeros are read up to `until` (or the end): `verify` passes the length it measured,
+/// so its read ends on a file that grows meanwhile.
+pub(crate) fn is_torn_header(
+    file: &File,
+    path: &Path,
+    head: &[u8],
+    until: u64,
+    rotated_exist: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    let written = &head[..memchr::memchr(0, head).unwrap_or(head.len())];
+    let magic = MAGIC_PREFIX.as_bytes();
+    Ok(!written.contains(&b'\n')
+        && written.len() < MAX_HEADER_LEN
+        && (magic.starts_with(written) || written.starts_with(magic))
+        && (!written.is_empty() || rotated_exist()?)
+        && zeros_from(file, path, written.len() as u64, until)?)
+}
+
 /// How a gap between two files reads in errors and reports.
 pub(crate) fn describe_gap(
     ended: &Path,
@@ -481,13 +533,9 @@ fn count_sealed(seg: &Segment) -> Result<u64> {
         header_len: seg.header_len,
         len,
     };
-    let follows_line_break = |offset: u64| {
-        let mut byte = [0u8];
-        matches!(file.read_at(&mut byte, offset - 1), Ok(1) if byte[0] == b'\n')
-    };
     let (seq, from) =
         match crate::index::load_sidecar(&seg.path, shape).and_then(|i| i.lookup(u64::MAX)) {
-            Some(e) if follows_line_break(e.offset) => (e.seq, e.offset),
+            Some(e) if follows_line_break(&file, e.offset) => (e.seq, e.offset),
             _ => (seg.first_seq, seg.header_len),
         };
     Ok(seq - seg.first_seq + scan_body(&file, &seg.path, from, false, None)?.records)

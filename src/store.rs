@@ -944,18 +944,14 @@ fn clear_torn_header(base: &Path) -> Result<()> {
         return Ok(()); // missing (created later) or unreadable (the catalog reports it)
     };
     let head = segment::read_head(&file, base)?;
-    let written = &head[..head.iter().position(|&b| b == 0).unwrap_or(head.len())];
-    let magic = segment::MAGIC_PREFIX.as_bytes();
     let torn = !head.is_empty()
-        && !written.contains(&b'\n')
-        && written.len() < 4096
-        && (magic.starts_with(written) || written.starts_with(magic))
-        && (!written.is_empty() || !segment::list_rotated(base)?.is_empty())
-        && zeros_from(&file, base, written.len() as u64)?;
+        && segment::is_torn_header(&file, base, &head, u64::MAX, || {
+            Ok(!segment::list_rotated(base)?.is_empty())
+        })?;
     if torn {
         tracing::warn!(
             file = %base.display(),
-            header_bytes = written.len(),
+            header_bytes = memchr::memchr(0, &head).unwrap_or(head.len()),
             file_bytes = file.metadata().map_or(0, |m| m.len()),
             "replacing a header cut short by a crash (the rest of the file is zeros)"
         );
@@ -964,23 +960,6 @@ fn clear_torn_header(base: &Path) -> Result<()> {
             .map_err(|e| MiniStoreError::io("truncating", base, e))?;
     }
     Ok(())
-}
-
-/// Whether every byte of `file` from `offset` to its end is zero (true if there are none).
-fn zeros_from(file: &File, path: &Path, mut offset: u64) -> Result<bool> {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = file
-            .read_at(&mut buf, offset)
-            .map_err(|e| MiniStoreError::io("reading", path, e))?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-        offset += n as u64;
-    }
 }
 
 /// Rewrites a segment of the published crate with a header that records its first seq.

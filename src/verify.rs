@@ -751,7 +751,7 @@ fn check_segment(
             // check); the entries are checked one by one only by a full check.
             let start = index
                 .lookup(u64::MAX)
-                .filter(|e| follows_line_break(&file, e.offset))
+                .filter(|e| segment::follows_line_break(&file, e.offset))
                 .map_or((header.len, first_seq), |e| (e.offset, e.seq));
             scan.run(start.0, start.1, None)
         }
@@ -762,11 +762,6 @@ fn check_segment(
         Err(e) => problems.push(unreadable(&e)),
     }
     Some(info)
-}
-
-fn follows_line_break(file: &File, offset: u64) -> bool {
-    let mut byte = [0u8];
-    offset > 0 && matches!(file.read_at(&mut byte, offset - 1), Ok(1) if byte[0] == b'\n')
 }
 
 /// What a file without a journal header is: a header a crash cut short in the active file
@@ -780,13 +775,10 @@ fn header_problem(
     rotated_exist: bool,
     error: &MiniStoreError,
 ) -> Problem {
-    let written = &head[..memchr::memchr(0, head).unwrap_or(head.len())];
-    let magic = segment::MAGIC_PREFIX.as_bytes();
+    let written = memchr::memchr(0, head).unwrap_or(head.len());
+    // The rule open repairs by, so verify calls torn exactly what open will replace.
     let torn_header = number.is_none()
-        && !written.contains(&b'\n')
-        && (magic.starts_with(written) || written.starts_with(magic))
-        && (!written.is_empty() || rotated_exist)
-        && zeros_from(file, written.len() as u64, len);
+        && segment::is_torn_header(file, path, head, len, || Ok(rotated_exist)).unwrap_or(false);
     if torn_header {
         return Problem::new(
             ProblemKind::TornHeader,
@@ -794,7 +786,7 @@ fn header_problem(
             format!(
                 "the header is cut short ({} bytes, then zeros): a crash while the file was \
                  being created; the next open replaces it",
-                written.len()
+                written
             ),
         );
     }
@@ -811,20 +803,6 @@ fn header_problem(
         ),
     )
     .at_line(1, 0)
-}
-
-/// Whether every byte of `file` from `from` to `len` is zero; `false` if unreadable.
-fn zeros_from(file: &File, mut from: u64, len: u64) -> bool {
-    let mut buf = vec![0u8; CHUNK];
-    while from < len {
-        let want = CHUNK.min((len - from) as usize);
-        match file.read_at(&mut buf[..want], from) {
-            Ok(0) => return true, // shrank under us
-            Ok(n) if buf[..n].iter().all(|&b| b == 0) => from += n as u64,
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// The walk over one file's lines.
@@ -1070,7 +1048,9 @@ impl Scan<'_> {
     fn report_active_tail(&mut self, end: u64, seq: u64, nul_at: Option<u64>) {
         let bytes = self.len - end;
         let line = self.line_of(seq);
-        if nul_at == Some(end) && zeros_from(self.file, end, self.len) {
+        if nul_at == Some(end)
+            && segment::zeros_from(self.file, self.path, end, self.len).unwrap_or(false)
+        {
             self.problems.push(
                 Problem::new(
                     ProblemKind::UnwrittenSpace,
