@@ -397,8 +397,6 @@ impl JournalRpc for JournalService {
             as_value,
             follow: req.follow,
             shutdown: self.shutdown.clone(),
-            budget: self.budget.clone(),
-            reservation: self.read_reservation(STREAM_STEP, false),
             ahead: VecDeque::new(),
             held: Held::default(),
             sent: Held::default(),
@@ -466,9 +464,6 @@ struct StreamFeed {
     as_value: bool,
     follow: bool,
     shutdown: watch::Receiver<bool>,
-    budget: ReadBudget,
-    /// What one read from disk may take ([`JournalService::read_reservation`]).
-    reservation: usize,
     /// Records read and not yet sent, and the budget they hold.
     ahead: VecDeque<ministore::Record>,
     held: Held,
@@ -550,7 +545,7 @@ impl StreamFeed {
                 continue;
             };
             let reserved = tokio::select! {
-                held = self.budget.reserve(self.reservation) => held,
+                held = self.service.budget.reserve(self.service.read_reservation(STREAM_STEP, false)) => held,
                 _ = self.shutdown.wait_for(|stop| *stop) => return Err(ServerError::ShuttingDown),
             };
             self.held = reserved;
