@@ -141,6 +141,41 @@ pub enum MiniStoreError {
         /// The limit it exceeds.
         max: usize,
     },
+
+    /// A metadata file (`journal.jsonl.from-<seq>.meta`, the keys, batch boundaries and
+    /// checksums beside a segment) is damaged or not one. It is left untouched.
+    #[error("{path} is not a usable ministore metadata file: {reason}")]
+    BadMeta {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The idempotency key of an append was already committed with different records: the
+    /// append is refused (nothing written). A retry of the same records gets the original
+    /// seqs instead ([`Appended::duplicate`](crate::Appended::duplicate)).
+    #[error(
+        "idempotency key {key:?} was already used for different records, committed at seq {first_seq}; use a new key for a new append"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The first seq of the records committed with it.
+        first_seq: u64,
+    },
+
+    /// An append's `expected_last_seq` is not the journal's last seq: another writer got
+    /// there first. Nothing was written.
+    #[error(
+        "expected the journal's last seq to be {expected}, but it is {last_seq}; nothing was written (read from {next} and decide again)", next = last_seq + 1
+    )]
+    LastSeqMismatch {
+        /// What the append expected.
+        expected: u64,
+        /// The journal's last seq when the append's turn came (0: no records).
+        last_seq: u64,
+    },
 }
 
 impl MiniStoreError {

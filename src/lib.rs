@@ -159,19 +159,27 @@
 
 #![warn(missing_docs)]
 
+mod append;
 mod error;
 mod index;
 pub mod io;
 mod json;
+mod keys;
+mod meta;
 mod options;
 mod read;
+mod recovery;
 mod segment;
 mod store;
 pub mod verify;
 
+pub use append::{Append, Appended};
 pub use error::{MiniStoreError, Result};
 pub use json::JsonLine;
-pub use options::{DEFAULT_MAX_BYTES_PER_SEGMENT, DEFAULT_MAX_SEGMENTS, MiniStoreOptions};
+pub use meta::MAX_KEY_BYTES;
+pub use options::{
+    DEFAULT_MAX_BYTES_PER_SEGMENT, DEFAULT_MAX_KEYS, DEFAULT_MAX_SEGMENTS, MiniStoreOptions,
+};
 pub use read::{JournalReader, JournalStream, Record};
 pub use store::{Durable, MiniStore};
 

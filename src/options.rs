@@ -6,6 +6,8 @@ use crate::{MiniStore, Result};
 
 /// Default size at which the active segment is rotated: 64 MiB.
 pub const DEFAULT_MAX_BYTES_PER_SEGMENT: u64 = 64 * 1024 * 1024;
+/// Default number of idempotency keys remembered per journal: 1,000,000.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Default number of segment files kept, the active one included: 3.
 pub const DEFAULT_MAX_SEGMENTS: usize = 3;
 
@@ -45,6 +47,10 @@ pub struct MiniStoreOptions {
     /// published ministore 0.1.7 do not. Off: the active file always ends at its last
     /// record, plain JSON lines at every instant.
     pub preallocate: bool,
+    /// How many idempotency keys the journal remembers (default 1,000,000): the newest,
+    /// among those of retained records. An older key is forgotten, and a retry with it is
+    /// written again. About 60 bytes of memory per key (measured in the benchmark).
+    pub max_keys: usize,
     /// Faults the writer's file operations meet (none by default): for tests of every
     /// failure path. See [`inject_faults`](Self::inject_faults).
     #[doc(hidden)]
@@ -64,6 +70,7 @@ impl MiniStoreOptions {
             max_bytes_per_segment: DEFAULT_MAX_BYTES_PER_SEGMENT,
             max_segments: DEFAULT_MAX_SEGMENTS,
             preallocate: false,
+            max_keys: DEFAULT_MAX_KEYS,
             faults: crate::io::Faults::default(),
         }
     }
@@ -93,6 +100,18 @@ impl MiniStoreOptions {
     /// ```
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
+        self
+    }
+
+    /// Sets how many idempotency keys the journal remembers (see the field
+    /// [`max_keys`](field@Self::max_keys)); 0 remembers none.
+    ///
+    /// ```
+    /// let options = ministore::MiniStoreOptions::new().max_keys(10);
+    /// assert_eq!(options.max_keys, 10);
+    /// ```
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
         self
     }
 

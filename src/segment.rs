@@ -142,6 +142,8 @@ pub(crate) enum Sibling {
     Index(u64),
     /// An index being written, or left by a crash while it was: `<base>.<digits>.idx.tmp`.
     IndexTmp(u64),
+    /// The metadata file whose first entry is seq `n`: `<base>.from-<n>.meta` (see `meta`).
+    Meta(u64),
 }
 
 impl Sibling {
@@ -149,6 +151,9 @@ impl Sibling {
     /// `base_name`; `None` for anything else (the lock, `.broken-` evidence, other files).
     pub(crate) fn classify(base_name: &str, file_name: &str) -> Option<Sibling> {
         let rest = file_name.strip_prefix(base_name)?.strip_prefix('.')?;
+        if let Some(seq) = crate::meta::parse_name(rest) {
+            return Some(Sibling::Meta(seq));
+        }
         let (digits, kind): (&str, fn(u64) -> Sibling) =
             if let Some(d) = rest.strip_suffix(".idx.tmp") {
                 (d, Sibling::IndexTmp)

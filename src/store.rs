@@ -11,9 +11,12 @@ use tokio::sync::watch;
 
 use crate::index::{self, SharedIndex, SparseIndex};
 use crate::json::JsonLine;
+use crate::keys::{self, Committed, KeyIndex};
+use crate::meta::{self, Entry};
 use crate::read::{JournalReader, JournalStream};
+use crate::recovery;
 use crate::segment::{self, Segment};
-use crate::{MiniStoreError, MiniStoreOptions, Result};
+use crate::{Append, Appended, MiniStoreError, MiniStoreOptions, Result};
 
 /// A durable, append-only log store for serializable records.
 ///
@@ -258,13 +261,97 @@ impl MiniStore {
     /// # }
     /// ```
     pub fn blocking_append_json(&mut self, lines: &[JsonLine]) -> Result<Range<u64>> {
-        let buf = encode_lines(lines);
+        let request = Request {
+            lines: Lines::Json(lines),
+            key: None,
+            expected_last_seq: None,
+        };
+        let mut results = self.blocking_commit(std::slice::from_ref(&request))?;
+        results
+            .pop()
+            .expect("one result per request")
+            .map(|a| a.seqs)
+    }
+
+    /// Commits append requests, each with its optional idempotency key and expected last
+    /// seq (see [`Append`]), with one write and one fsync of the records and of their
+    /// metadata: each request is atomic (all its records or none, through any crash), and
+    /// its key is committed with its records. Requests are taken in order: one that expects
+    /// a last seq sees the requests before it in `requests`.
+    ///
+    /// The outer `Err` is a failure of the commit itself (a failed write or fsync): no
+    /// request of the group is acknowledged. Otherwise each request has its own result:
+    /// [`Appended`] (written, or `duplicate`), or why it was refused without writing
+    /// anything ([`MiniStoreError::KeyReused`], [`MiniStoreError::LastSeqMismatch`],
+    /// [`MiniStoreError::InvalidArgument`] for a key longer than
+    /// [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES)).
+    ///
+    /// ```
+    /// use ministore::{Append, JsonLine, MiniStore, MiniStoreError};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut store = MiniStore::open(dir.path().join("j.jsonl")).await?;
+    /// let line = |text: &str| JsonLine::from_slice(text.as_bytes()).unwrap();
+    /// let results = store
+    ///     .append_requests(vec![
+    ///         Append::new(vec![line("1"), line("2")]).expected_last_seq(0),
+    ///         Append::new(vec![line("3")]).expected_last_seq(0), // seq 2 is last by now
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(results[0].as_ref().unwrap().seqs, 1..3);
+    /// assert!(matches!(results[1], Err(MiniStoreError::LastSeqMismatch { expected: 0, last_seq: 2 })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_requests(
+        &mut self,
+        requests: Vec<Append>,
+    ) -> Result<Vec<Result<Appended>>> {
+        let Some(mut writer) = self.writer.take() else {
+            return Err(self.cancelled());
+        };
+        let (writer, result) = blocking(move || {
+            let refs: Vec<Request<'_>> = requests.iter().map(Request::from).collect();
+            let result = writer.commit_group(&refs);
+            Ok((writer, result))
+        })
+        .await?;
+        self.durable.send_replace(writer.durable());
+        self.writer = Some(writer);
+        result
+    }
+
+    /// One request: [`append_requests`](Self::append_requests) with one [`Append`], its
+    /// refusal as the error.
+    pub async fn append_request(&mut self, request: Append) -> Result<Appended> {
+        let mut results = self.append_requests(vec![request]).await?;
+        results.pop().expect("one result per request")
+    }
+
+    /// [`append_requests`](Self::append_requests) on the calling thread, for a thread that
+    /// does nothing but write (see [`blocking_append_json`](Self::blocking_append_json)).
+    pub fn blocking_append_requests(
+        &mut self,
+        requests: &[Append],
+    ) -> Result<Vec<Result<Appended>>> {
+        let refs: Vec<Request<'_>> = requests.iter().map(Request::from).collect();
+        self.blocking_commit(&refs)
+    }
+
+    fn blocking_commit(&mut self, requests: &[Request<'_>]) -> Result<Vec<Result<Appended>>> {
         let Some(writer) = self.writer.as_mut() else {
             return Err(self.cancelled());
         };
-        let result = writer.commit(&buf, lines.len() as u64);
+        let result = writer.commit_group(requests);
         self.durable.send_replace(writer.durable());
         result
+    }
+
+    /// How many idempotency keys the journal remembers now (at most
+    /// [`MiniStoreOptions::max_keys`]).
+    pub fn remembered_keys(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.keys.len())
     }
 
     /// The sequence number of the last appended record (0 if the journal has none).
@@ -440,13 +527,22 @@ impl MiniStore {
             return Err(self.cancelled());
         };
         let (writer, result) = blocking(move || {
-            let result = writer.commit(&buf, count);
+            let request = Request {
+                lines: Lines::Encoded { buf: &buf, count },
+                key: None,
+                expected_last_seq: None,
+            };
+            let result = writer.commit_group(std::slice::from_ref(&request));
             Ok((writer, result))
         })
         .await?;
         self.durable.send_replace(writer.durable());
         self.writer = Some(writer);
-        result
+        let mut results = result?;
+        results
+            .pop()
+            .expect("one result per request")
+            .map(|a| a.seqs)
     }
 
     /// Why a store whose writer is gone (an async append dropped mid-way) refuses appends.
@@ -466,6 +562,62 @@ fn encode_lines(lines: &[JsonLine]) -> Vec<u8> {
         buf.push(b'\n');
     }
     buf
+}
+
+/// One request of a commit group, as the writer takes it: its records, already encoded
+/// (one `\n`-terminated line each) or as JSON lines, its key and its expectation.
+pub(crate) struct Request<'a> {
+    lines: Lines<'a>,
+    key: Option<&'a str>,
+    expected_last_seq: Option<u64>,
+}
+
+enum Lines<'a> {
+    Encoded { buf: &'a [u8], count: u64 },
+    Json(&'a [JsonLine]),
+}
+
+impl<'a> From<&'a Append> for Request<'a> {
+    fn from(append: &'a Append) -> Self {
+        Request {
+            lines: Lines::Json(&append.lines),
+            key: append.key.as_deref(),
+            expected_last_seq: append.expected_last_seq,
+        }
+    }
+}
+
+impl Lines<'_> {
+    /// Appends the records to `out`; how many there are.
+    fn encode_into(&self, out: &mut Vec<u8>) -> u64 {
+        match self {
+            Lines::Encoded { buf, count } => {
+                out.extend_from_slice(buf);
+                *count
+            }
+            Lines::Json(lines) => {
+                for line in lines.iter() {
+                    out.extend_from_slice(line.as_bytes());
+                    out.push(b'\n');
+                }
+                lines.len() as u64
+            }
+        }
+    }
+}
+
+/// Most records one request may hold: its metadata entry keeps a CRC of each (4 bytes) in
+/// an entry of at most 4 GiB.
+const MAX_RECORDS_PER_REQUEST: u64 = 1 << 28;
+
+/// What the writer decided for each request of a group before writing it.
+enum Outcome {
+    /// Answered without writing: a duplicate, or refused.
+    Done(Result<Appended>),
+    /// Written at these seqs, if the commit succeeds.
+    Written(Range<u64>),
+    /// The same key and records as request `n` of this group: its duplicate.
+    SameAs(usize),
 }
 
 /// Runs blocking file I/O on tokio's blocking pool, keeping the async workers free.
@@ -515,6 +667,22 @@ struct Writer {
     uncut: Option<String>,
     /// Where records are missing between segments, as found at open.
     damage: Option<String>,
+    /// The active segment's metadata file (see `meta`), opened read-write.
+    meta_file: File,
+    meta_path: PathBuf,
+    /// The first seq its header covers.
+    meta_first_seq: u64,
+    /// Bytes of the metadata file that hold durable entries.
+    meta_len: u64,
+    /// The metadata files of the rotated segments, oldest first: (first seq, path).
+    sealed_metas: VecDeque<(u64, PathBuf)>,
+    /// The idempotency keys of the retained records.
+    keys: KeyIndex,
+    /// The newest commit time written: commit times never go back within a journal.
+    last_commit_ns: u64,
+    /// Buffers of the group being committed, kept to reuse their memory.
+    group_data: Vec<u8>,
+    group_meta: Vec<u8>,
     /// Held for the writer's lifetime: one writer per journal, across processes.
     _lock: File,
 }
@@ -567,7 +735,7 @@ impl Writer {
         // The scan that finds the torn tail also finds where the records start: the active
         // segment's index costs no extra read.
         let mut active_index = SparseIndex::new(active.first_seq, active.header_len);
-        let body = segment::scan_body(
+        let mut body = segment::scan_body(
             &file,
             &active.path,
             active.header_len,
@@ -577,10 +745,53 @@ impl Writer {
         if body.end < body.file_len {
             cut_torn_tail(&file, &active.path, body)?;
         }
+        // The records of an interrupted commit may be complete lines without a complete,
+        // valid metadata entry (or part of a batch): never acknowledged, they are cut, so a
+        // batch stays all or none (see `recovery::recover_active`).
+        let active_meta = recovery::recover_active(&base, &active, &file, body.end, body.records)?;
+        if active_meta.covered_end < body.end {
+            cut_torn_tail(
+                &file,
+                &active.path,
+                segment::Body {
+                    records: 0,
+                    end: active_meta.covered_end,
+                    file_len: body.end,
+                },
+            )?;
+            active_index = SparseIndex::new(active.first_seq, active.header_len);
+            body = segment::scan_body(
+                &file,
+                &active.path,
+                active.header_len,
+                true,
+                Some(&mut active_index),
+            )?;
+        }
+        if active.first_seq + body.records != active_meta.next_seq {
+            return Err(MiniStoreError::BadMeta {
+                path: active_meta.path.clone(),
+                reason: format!(
+                    "its entries end at seq {}, but {} holds records up to seq {}",
+                    active_meta.next_seq.saturating_sub(1),
+                    active.path.display(),
+                    (active.first_seq + body.records).saturating_sub(1)
+                ),
+            });
+        }
         // Indexes are never trusted, so a stale one is harmless; but it is clutter.
         if let Err(e) = index::remove_orphans(&base) {
             tracing::warn!(journal = %base.display(), error = %e, "could not look for stale segment indexes");
         }
+        let first_retained = segments.first().map_or(active.first_seq, |s| s.first_seq);
+        let (keys, sealed_metas) = recovery::rebuild_keys(
+            &base,
+            first_retained,
+            active.first_seq,
+            &active_meta.path,
+            &active_meta.entries,
+            opts.max_keys,
+        )?;
         let index = SharedIndex::new(active_index.into());
         index::publish_active(&base, &index);
         Ok(Writer {
@@ -599,6 +810,15 @@ impl Writer {
             poisoned: None,
             uncut: None,
             damage,
+            meta_file: active_meta.file,
+            meta_path: active_meta.path,
+            meta_first_seq: active_meta.first_seq,
+            meta_len: active_meta.len,
+            sealed_metas: sealed_metas.into(),
+            keys,
+            last_commit_ns: active_meta.last_commit_ns,
+            group_data: Vec::new(),
+            group_meta: Vec::new(),
             _lock: lock,
         })
     }
@@ -613,8 +833,10 @@ impl Writer {
         }
     }
 
-    /// Writes `count` encoded records (`buf`, one `\n`-terminated line each) and fsyncs.
-    fn commit(&mut self, buf: &[u8], count: u64) -> Result<Range<u64>> {
+    /// Commits a group of requests: decides each (duplicate key, reused key, expected last
+    /// seq), then writes the records of those to be written and their metadata entries with
+    /// one write and one fsync per file. See `MiniStore::append_requests`.
+    fn commit_group(&mut self, requests: &[Request<'_>]) -> Result<Vec<Result<Appended>>> {
         if let Some(reason) = &self.poisoned {
             return Err(MiniStoreError::Poisoned {
                 path: self.base.clone(),
@@ -634,34 +856,217 @@ impl Writer {
                 ));
             }
         }
-        let first = self.next_seq;
-        if count == 0 {
-            return Ok(first..first);
+        let mut data = std::mem::take(&mut self.group_data);
+        let mut entries = std::mem::take(&mut self.group_meta);
+        data.clear();
+        entries.clear();
+        let result = self.decide_and_write(requests, &mut data, &mut entries);
+        // Keep the buffers' memory for the next group, unless a huge batch grew them.
+        if data.capacity() <= 16 << 20 {
+            self.group_data = data;
         }
-        let end = self.len + buf.len() as u64;
+        if entries.capacity() <= 4 << 20 {
+            self.group_meta = entries;
+        }
+        result
+    }
+
+    fn decide_and_write(
+        &mut self,
+        requests: &[Request<'_>],
+        data: &mut Vec<u8>,
+        entries: &mut Vec<u8>,
+    ) -> Result<Vec<Result<Appended>>> {
+        let group_first_seq = self.next_seq;
+        let commit_unix_ns = meta::now_unix_ns().max(self.last_commit_ns);
+        let mut next = self.next_seq;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        // Keys written by this group: (hash, committed, request index).
+        let mut new_keys: Vec<(u128, Committed, usize)> = Vec::new();
+        let mut crcs = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            let start = data.len();
+            let count = request.lines.encode_into(data);
+            let refused = |data: &mut Vec<u8>, e| {
+                data.truncate(start);
+                Outcome::Done(Err(e))
+            };
+            let mut keyed = None;
+            if let Some(key) = request.key {
+                if key.len() > meta::MAX_KEY_BYTES {
+                    outcomes.push(refused(
+                        data,
+                        MiniStoreError::InvalidArgument(format!(
+                            "an idempotency key is at most {} bytes; this one has {}",
+                            meta::MAX_KEY_BYTES,
+                            key.len()
+                        )),
+                    ));
+                    continue;
+                }
+                let hash = keys::hash(key);
+                let fingerprint = meta::fingerprint(&data[start..]);
+                let earlier = self.keys.get(hash).map(|c| (c, None)).or_else(|| {
+                    new_keys
+                        .iter()
+                        .find(|(h, _, _)| *h == hash)
+                        .map(|(_, c, n)| (*c, Some(*n)))
+                });
+                if let Some((committed, in_group)) = earlier {
+                    data.truncate(start);
+                    outcomes.push(if committed.fingerprint != fingerprint {
+                        Outcome::Done(Err(MiniStoreError::KeyReused {
+                            key: key.to_owned(),
+                            first_seq: committed.first_seq,
+                        }))
+                    } else if let Some(n) = in_group {
+                        Outcome::SameAs(n)
+                    } else {
+                        Outcome::Done(Ok(Appended {
+                            seqs: committed.seqs(),
+                            duplicate: true,
+                        }))
+                    });
+                    continue;
+                }
+                keyed = Some((key, hash, fingerprint));
+            }
+            if let Some(expected) = request.expected_last_seq
+                && expected != next - 1
+            {
+                outcomes.push(refused(
+                    data,
+                    MiniStoreError::LastSeqMismatch {
+                        expected,
+                        last_seq: next - 1,
+                    },
+                ));
+                continue;
+            }
+            if count == 0 {
+                outcomes.push(Outcome::Done(Ok(Appended {
+                    seqs: next..next,
+                    duplicate: false,
+                })));
+                continue;
+            }
+            if count > MAX_RECORDS_PER_REQUEST {
+                outcomes.push(refused(
+                    data,
+                    MiniStoreError::InvalidArgument(format!(
+                        "one append holds at most {MAX_RECORDS_PER_REQUEST} records; this one has {count}"
+                    )),
+                ));
+                continue;
+            }
+            crcs.clear();
+            meta::line_crcs(&data[start..], &mut crcs);
+            let entry = Entry {
+                first_seq: next,
+                count: count as u32,
+                group_first_seq,
+                data_offset: self.len + start as u64,
+                data_len: (data.len() - start) as u64,
+                commit_unix_ns,
+                fingerprint: keyed.map_or(0, |k| k.2),
+                key: keyed.map(|k| k.0.into()),
+                record_crcs: std::mem::take(&mut crcs),
+            };
+            entry.encode_into(entries);
+            crcs = entry.record_crcs;
+            if let Some((_, hash, fingerprint)) = keyed {
+                let committed = Committed {
+                    first_seq: next,
+                    count: count as u32,
+                    fingerprint,
+                };
+                new_keys.push((hash, committed, i));
+            }
+            outcomes.push(Outcome::Written(next..next + count));
+            next += count;
+        }
+        if !data.is_empty() {
+            self.write_group(data, entries, next - group_first_seq)?;
+            self.last_commit_ns = commit_unix_ns;
+            for (hash, committed, _) in new_keys {
+                self.keys.insert(hash, committed);
+            }
+        }
+        let written: Vec<Option<Range<u64>>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Written(seqs) => Some(seqs.clone()),
+                _ => None,
+            })
+            .collect();
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Done(result) => result,
+                Outcome::Written(seqs) => Ok(Appended {
+                    seqs,
+                    duplicate: false,
+                }),
+                Outcome::SameAs(n) => Ok(Appended {
+                    seqs: written[n].clone().unwrap_or_default(),
+                    duplicate: true,
+                }),
+            })
+            .collect();
+        if !data.is_empty() && self.len >= self.opts.max_bytes_per_segment {
+            // The records are durable whatever happens here; a failed rotation stops
+            // further writes, and a reopen finishes it (see `create_active`).
+            if let Err(e) = self.rotate() {
+                tracing::error!(journal = %self.base.display(), error = %e, "segment rotation failed");
+                self.poisoned = Some(format!("segment rotation failed: {e}"));
+            }
+        }
+        Ok(results)
+    }
+
+    /// Writes `count` encoded records (`data`, one `\n`-terminated line each) and their
+    /// metadata `entries`, and fsyncs both files.
+    fn write_group(&mut self, data: &[u8], entries: &[u8], count: u64) -> Result<()> {
+        let first = self.next_seq;
+        let end = self.len + data.len() as u64;
         if end > self.allocated && self.opts.preallocate {
             self.preallocate(end);
         }
-        // 1. Write at the end of the durable data (over zeros written ahead, if any). If the
-        //    write fails part-way (ENOSPC, EFBIG, EIO), cut the file back to its durable
-        //    length so no partial record stays behind and the store goes on once the
-        //    condition clears; the zeros ahead go too.
+        // 1. Write the records at the end of the durable data (over zeros written ahead,
+        //    if any), and their entries at the end of the metadata file's. If a write
+        //    fails part-way (ENOSPC, EFBIG, EIO), cut both files back to their durable
+        //    lengths so no partial record or entry stays behind, and the store goes on
+        //    once the condition clears; the zeros ahead go too. Which file is written first
+        //    does not matter: until both are fsynced nothing counts, and a crash leaving
+        //    either without the other is cut by open (see `recovery::recover_active`).
         let io = &self.opts.faults;
-        if let Err(e) = io.write_all_at(&self.file, &self.base, buf, self.len) {
+        if let Err(e) = io.write_all_at(&self.file, &self.base, data, self.len) {
             self.restore_durable_length("a failed write");
             return Err(MiniStoreError::io("writing to", &self.base, e));
         }
         self.allocated = self.allocated.max(end);
-        // 2. fdatasync: the records (and the file size, when this commit extended it: the
-        //    zeros ahead are made durable by the same call) are on stable storage. On
+        if let Err(e) = io.write_all_at(&self.meta_file, &self.meta_path, entries, self.meta_len) {
+            self.restore_durable_length("a failed write");
+            return Err(MiniStoreError::io("writing to", &self.meta_path, e));
+        }
+        // 2. fdatasync both: the records and their entries (and the file sizes, and the
+        //    zeros ahead when this commit extended the file) are on stable storage. On
         //    failure the kernel may have dropped the pages and marked them clean, and a
         //    later fsync would "succeed" over them (fsyncgate): they are never trusted.
-        //    What is durable is what the last successful fsync covered, `self.len`; the
-        //    file is cut back to it, and that made durable, before anything else reads or
-        //    appends. Readers never saw the lost bytes: they read up to `self.len` only.
-        if let Err(e) = io.sync_data(&self.file, &self.base) {
+        //    What is durable is what the last successful fsyncs covered, `self.len` and
+        //    `self.meta_len`; both files are cut back to them, and that made durable,
+        //    before anything else reads or appends. Readers never saw the lost bytes: they
+        //    read up to `self.len` only.
+        let synced = io
+            .sync_data(&self.file, &self.base)
+            .map_err(|e| (self.base.clone(), e))
+            .and_then(|()| {
+                io.sync_data(&self.meta_file, &self.meta_path)
+                    .map_err(|e| (self.meta_path.clone(), e))
+            });
+        if let Err((path, e)) = synced {
             self.restore_durable_length("a failed fsync");
-            return Err(MiniStoreError::io("fsyncing", &self.base, e));
+            return Err(MiniStoreError::io("fsyncing", &path, e));
         }
         // 2b. A file deleted while open (its directory removed under the server) takes its
         //    records with it when closed: they are not durable in any way that counts.
@@ -681,18 +1086,11 @@ impl Writer {
         }
         // 3. Only now do the records count: readers may see them, callers are told. The
         //    index only ever points at durable records.
-        index::lock(&self.index).note_lines(first, self.len, buf);
+        index::lock(&self.index).note_lines(first, self.len, data);
         self.len = end;
+        self.meta_len += entries.len() as u64;
         self.next_seq += count;
-        if self.len >= self.opts.max_bytes_per_segment {
-            // The records are durable whatever happens here; a failed rotation stops
-            // further writes, and a reopen finishes it (see `create_active`).
-            if let Err(e) = self.rotate() {
-                tracing::error!(journal = %self.base.display(), error = %e, "segment rotation failed");
-                self.poisoned = Some(format!("segment rotation failed: {e}"));
-            }
-        }
-        Ok(first..self.next_seq)
+        Ok(())
     }
 
     /// Extends the active file with written zeros ahead of a commit that would end at `end`,
@@ -762,10 +1160,10 @@ impl Writer {
     /// fails, the writer refuses writes until a later commit manages the cut (see
     /// `commit`), so nothing is ever appended after bytes that are not durable.
     fn restore_durable_length(&mut self, after: &str) {
-        match self
-            .opts
-            .faults
+        let io = &self.opts.faults;
+        match io
             .truncate_durably(&self.file, &self.base, self.len)
+            .and_then(|()| io.truncate_durably(&self.meta_file, &self.meta_path, self.meta_len))
         {
             Ok(()) => {
                 self.allocated = self.len;
@@ -821,15 +1219,38 @@ impl Writer {
         self.len = header.len() as u64;
         self.allocated = self.len;
         self.active_first_seq = self.next_seq;
+        // 5b. Create its metadata file (named by its first seq; the sealed segment's keeps
+        //    its name, so no rename can pair a segment with another's metadata), header
+        //    fsynced with the directory before any entry goes in. Crash here: an active
+        //    segment without metadata, or with a torn header and no entry; open creates it.
+        let meta_path = meta::path_for(&self.base, self.next_seq);
+        io.check_create(&meta_path)
+            .map_err(|e| MiniStoreError::io("creating", &meta_path, e))?;
+        let active_meta = recovery::create(&self.base, self.next_seq, self.len)?;
+        let sealed_meta = std::mem::replace(&mut self.meta_path, active_meta.path);
+        let sealed_meta_seq = std::mem::replace(&mut self.meta_first_seq, active_meta.first_seq);
+        self.sealed_metas.push_back((sealed_meta_seq, sealed_meta));
+        self.meta_file = active_meta.file;
+        self.meta_len = active_meta.len;
         // 6. Retention: delete the oldest segments beyond max_segments (the active one
-        //    counts), each after its index, then fsync the directory. Crash here: extra
-        //    old segments remain until the next rotation deletes them (an index whose
-        //    segment is gone is ignored, and removed by the next open). Sequence numbers
-        //    do not move: each segment's header holds its own first seq.
+        //    counts), each after its index and its metadata, then fsync the directory.
+        //    Crash here: extra old segments remain until the next rotation deletes them
+        //    (an index whose segment is gone is ignored, and removed by the next open; a
+        //    segment whose metadata is gone keys nothing, and it was to go anyway).
+        //    Sequence numbers do not move: each segment's header holds its own first seq.
         let keep = self.opts.max_segments - 1;
         let mut deleted = false;
         while self.rotated.len() > keep {
             let (_, first_seq, path) = self.rotated.pop_front().expect("len > keep >= 0");
+            let retained = self.rotated.front().map_or(self.active_first_seq, |r| r.1);
+            while let Some((seq, meta_path)) = self.sealed_metas.front()
+                && *seq < retained
+            {
+                io.remove_file(meta_path)
+                    .map_err(|e| MiniStoreError::io("deleting", meta_path, e))?;
+                self.sealed_metas.pop_front();
+            }
+            self.keys.forget_before(retained);
             index::remove_sidecar(&path);
             io.remove_file(&path)
                 .map_err(|e| MiniStoreError::io("deleting", &path, e))?;

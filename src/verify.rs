@@ -1143,7 +1143,7 @@ fn check_siblings(base: &Path, problems: &mut Vec<Problem>) -> Result<()> {
             continue;
         }
         let problem = match Sibling::classify(name, file_name) {
-            Some(Sibling::Segment(_)) => None,
+            Some(Sibling::Segment(_)) | Some(Sibling::Meta(_)) => None,
             Some(Sibling::Index(n)) if segments.contains(&n) => None,
             Some(Sibling::Index(_)) | Some(Sibling::IndexTmp(_)) => Some(Problem::new(
                 ProblemKind::OrphanIndex,

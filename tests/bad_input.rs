@@ -63,6 +63,7 @@ fn append(journal: &str, payload: &[u8]) -> Call {
     Call::Append(AppendRequest {
         journal: journal.into(),
         record: Some(append_request::Record::Payload(payload.to_vec())),
+        ..Default::default()
     })
 }
 
@@ -70,6 +71,7 @@ fn append_value(value: prost_types::Value) -> Call {
     Call::Append(AppendRequest {
         journal: "alive".into(),
         record: Some(append_request::Record::Value(value)),
+        ..Default::default()
     })
 }
 
@@ -78,6 +80,7 @@ fn batch(payloads: &[&[u8]], values: Vec<prost_types::Value>) -> Call {
         journal: "alive".into(),
         payloads: payloads.iter().map(|p| p.to_vec()).collect(),
         values,
+        ..Default::default()
     })
 }
 
@@ -123,6 +126,7 @@ fn append_from_a_newer_client() -> Vec<u8> {
         record: Some(append_request::Record::Payload(
             br#"{"from":"a newer client"}"#.to_vec(),
         )),
+        ..Default::default()
     }
     .encode_to_vec();
     prost::encoding::uint64::encode(99, &7, &mut bytes);
@@ -293,7 +297,8 @@ async fn bad_input_gets_an_exact_status_and_never_hurts_the_server() {
         row("non-UTF-8 bytes", append("alive", b"\xff\xfe"), InvalidArgument, &["payload is not valid JSON", "line 1 column 1"]),
         row("non-UTF-8 in a string", append("alive", b"\"\xff\""), InvalidArgument, &["payload is not valid JSON: invalid unicode code point at line 1 column"]),
         row("empty payload", append("alive", b""), InvalidArgument, &["payload is not valid JSON: EOF while parsing a value"]),
-        row("no record", Call::Append(AppendRequest { journal: "alive".into(), record: None }), InvalidArgument, &["has no record: set `payload`"]),
+        row("no record", Call::Append(AppendRequest { journal: "alive".into(), record: None,
+ ..Default::default() }), InvalidArgument, &["has no record: set `payload`"]),
         row("oversize payload", append("alive", &[b' '; 5000]), ResourceExhausted, &["5000 bytes", "limit of 4096 bytes (--max-payload-bytes)"]),
         row("JSON nested 2000 deep (valid, but no format could show it)", append("deep", deep.as_bytes()), InvalidArgument, &["nested deeper than 127 levels"]),
         row("JSON nested 128 deep (serde_json reads back 127)", append("deep", deep128.as_bytes()), InvalidArgument, &["nested deeper than 127 levels"]),

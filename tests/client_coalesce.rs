@@ -78,6 +78,7 @@ impl Journal for Service {
         }
         Ok(Response::new(AppendResponse {
             seq: self.0.seqs(1),
+            ..Default::default()
         }))
     }
 
@@ -106,6 +107,7 @@ impl Journal for Service {
         Ok(Response::new(AppendBatchResponse {
             first_seq,
             last_seq: first_seq + texts.len() as u64 - 1,
+            ..Default::default()
         }))
     }
 

@@ -66,6 +66,7 @@ async fn append_batches(stub: &mut JournalClient<Channel>, journal: &str, record
             journal: journal.into(),
             payloads: chunk.iter().map(|r| r.clone().into_bytes()).collect(),
             values: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -312,6 +313,7 @@ async fn a_segment_missing_from_the_middle_is_data_loss_at_once_and_sigterm_stil
         .append(AppendRequest {
             journal: "hurt".into(),
             record: Some(append_request::Record::Payload(b"61".to_vec())),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -394,6 +396,7 @@ async fn every_accepted_record_reads_back_in_both_formats_within_client_limits()
         stub.append(AppendRequest {
             journal: "shapes".into(),
             record: Some(append_request::Record::Payload(r.clone().into_bytes())),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -133,6 +133,7 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
         let request = AppendRequest {
             journal: "orders".into(),
             record: payload(one),
+            ..Default::default()
         };
         raw.append(request).await.unwrap();
     }
@@ -142,6 +143,7 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
         journal: "orders".into(),
         payloads: batch,
         values: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -167,6 +169,7 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
         .append(AppendRequest {
             journal: "../etc".into(),
             record: payload(one),
+            ..Default::default()
         })
         .await
         .unwrap_err();

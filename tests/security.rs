@@ -230,6 +230,7 @@ async fn the_bearer_scheme_is_accepted_in_any_case() {
             record: Some(ministore::proto::append_request::Record::Payload(
                 b"1".to_vec(),
             )),
+            ..Default::default()
         });
         let header = format!("{scheme} admin-token-0123456789").parse().unwrap();
         request.metadata_mut().insert("authorization", header);

@@ -19,6 +19,7 @@ fn payload_req(journal: &str, json: &str) -> AppendRequest {
     AppendRequest {
         journal: journal.into(),
         record: Some(append_request::Record::Payload(json.as_bytes().to_vec())),
+        ..Default::default()
     }
 }
 
@@ -133,6 +134,7 @@ async fn a_value_is_stored_as_json_and_can_be_read_back_as_a_value() {
         .append(AppendRequest {
             journal: "v".into(),
             record: Some(append_request::Record::Value(value.clone())),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -164,6 +166,7 @@ async fn append_batch_is_atomic_and_returns_its_range() {
             journal: "b".into(),
             payloads: vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()],
             values: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -176,6 +179,7 @@ async fn append_batch_is_atomic_and_returns_its_range() {
             journal: "b".into(),
             payloads: vec![b"5".to_vec(), b"{oops".to_vec()],
             values: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -192,6 +196,7 @@ async fn append_batch_is_atomic_and_returns_its_range() {
             journal: "b".into(),
             payloads: vec![b"1".to_vec()],
             values: vec![string_value("x")],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -221,6 +226,7 @@ async fn invalid_payloads_are_invalid_argument_with_the_parse_error() {
             .append(AppendRequest {
                 journal: "bad".into(),
                 record: Some(append_request::Record::Payload(payload.to_vec())),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -235,6 +241,7 @@ async fn invalid_payloads_are_invalid_argument_with_the_parse_error() {
         .append(AppendRequest {
             journal: "bad".into(),
             record: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -334,6 +341,7 @@ async fn replay_pages_are_bounded_and_next_seq_continues() {
         journal: "p".into(),
         payloads,
         values: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();

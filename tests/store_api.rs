@@ -73,7 +73,15 @@ fn rec(i: u64) -> String {
 fn segment_names(dir: &Path) -> Vec<String> {
     file_names(dir)
         .into_iter()
-        .filter(|n| !n.ends_with(".lock"))
+        .filter(|n| !n.ends_with(".lock") && !n.ends_with(".meta"))
+        .collect()
+}
+
+/// The metadata files (keys, batch boundaries, checksums) in `dir`, sorted.
+fn meta_names(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".meta"))
         .collect()
 }
 
@@ -480,6 +488,9 @@ async fn max_segments_one_keeps_only_the_active_file() {
     let _store = appended_one_by_one(&path, 1, 7).await;
 
     assert_eq!(segment_names(dir.path()), ["journal.jsonl"]);
+    // Retention deleted each segment's metadata with it; the active one's is named by
+    // the seq it starts at.
+    assert_eq!(meta_names(dir.path()), ["journal.jsonl.from-7.meta"]);
     let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
     assert_eq!(replayed, vec![rec(7)]);
     assert_eq!(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ministore::io::{Fault, FaultInjector, FileOp};
-use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore::{Append, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
 use ministore_tests::files::header;
 use ministore_tests::records::{read_all, seqs};
 
@@ -241,7 +241,14 @@ async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_
     );
     let journal = journals.get("j", true).await.unwrap();
     let line = |s: &str| JsonLine::from_slice(s.as_bytes()).unwrap();
-    assert_eq!(journal.append(vec![line("1")]).await.unwrap(), 1..2);
+    assert_eq!(
+        journal
+            .append(Append::new(vec![line("1")]))
+            .await
+            .unwrap()
+            .seqs,
+        1..2
+    );
     for (fault, code) in [
         (
             Rule {
@@ -273,13 +280,20 @@ async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_
     ] {
         script.add(fault.clone());
         let err = journal
-            .append(vec![line("2"), line("3")])
+            .append(Append::new(vec![line("2"), line("3")]))
             .await
             .unwrap_err();
         assert_eq!(tonic::Status::from(err).code(), code, "{fault:?}");
         assert_eq!(journal.durable().last_seq, 1, "{fault:?}");
     }
-    assert_eq!(journal.append(vec![line("2")]).await.unwrap(), 2..3);
+    assert_eq!(
+        journal
+            .append(Append::new(vec![line("2")]))
+            .await
+            .unwrap()
+            .seqs,
+        2..3
+    );
     journals.shut_down().await;
     let stored: Vec<u64> = MiniStore::replay(dir.path().join("j/journal.jsonl"))
         .await

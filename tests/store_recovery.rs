@@ -102,9 +102,26 @@ async fn stream_all(file: &Path) -> Vec<String> {
     out
 }
 
+/// The metadata file of the active segment in `dir` (the one covering the newest seqs).
+fn active_meta(dir: &Path) -> PathBuf {
+    let newest = file_names(dir)
+        .into_iter()
+        .filter_map(|f| {
+            let seq = f
+                .strip_prefix("journal.jsonl.from-")?
+                .strip_suffix(".meta")?;
+            Some((seq.parse::<u64>().ok()?, f))
+        })
+        .max()
+        .expect("the journal has metadata files");
+    dir.join(newest.1)
+}
+
 /// Writes records `1..=n` in rotated segments, then the records of `last` with one
-/// `append_batch`, which must land in the active file. For every length the active file can
-/// have had while that write was cut short, checks a copy of the journal cut there.
+/// `append_batch`, which must land in the active file. A crash may cut that write short in
+/// the active file, in its metadata file, or in both: for every length each file can have
+/// had, checks a copy of the journal cut there. Reopening keeps every record of the batch
+/// or none of them, and appends go on after.
 async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
     let src = tempfile::tempdir().unwrap();
     let path = journal_with(src.path(), n).await;
@@ -114,10 +131,13 @@ async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
         .await
         .unwrap();
     let start = len(&path);
+    let meta = active_meta(src.path());
+    let meta_start = len(&meta);
     let in_active_before = stream_all(&path).await.len();
     store.append_batch(last).await.unwrap();
     drop(store);
-    let end = len(&path);
+    let (end, meta_end) = (len(&path), len(&meta));
+    assert!(meta_end > meta_start, "the batch has a metadata entry");
     assert!(
         file_names(src.path()).len() > 2,
         "the journal should have rotated segments"
@@ -133,40 +153,40 @@ async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
 
     let mut expected = recs(1..=n);
     expected.extend_from_slice(last);
-    for cut in start..end {
+    let cuts = (start..=end)
+        .map(|cut| (cut, meta_end))
+        .chain((meta_start..meta_end).map(|meta_cut| (end, meta_cut)))
+        .chain((start..end).step_by(7).map(|cut| (cut, meta_start + 5)));
+    for (cut, meta_cut) in cuts {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(src.path(), dir.path());
         let path = dir.path().join("journal.jsonl");
         truncate(&path, cut);
+        truncate(&active_meta(dir.path()), meta_cut);
         let complete = ends.iter().filter(|&&e| e <= cut).count();
-        let kept = n as usize + complete;
-        let durable_end = ends[..complete].last().copied().unwrap_or(start);
+        let whole = cut == end && meta_cut == meta_end;
+        let kept = n as usize + if whole { last.len() } else { 0 };
+        let case = format!("active file cut at {cut}, metadata at {meta_cut}");
 
-        // Before any repair, readers already skip the incomplete line.
+        // Before any repair, readers of the files skip the incomplete line only.
         let streamed = stream_all(&path).await;
-        assert_eq!(
-            streamed.len(),
-            in_active_before + complete,
-            "stream of the journal cut at {cut}"
-        );
-        assert_eq!(streamed[..], expected[kept - streamed.len()..kept]);
+        assert_eq!(streamed.len(), in_active_before + complete, "{case}");
         let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
-        assert_eq!(
-            replayed,
-            expected[..kept],
-            "replay of the journal cut at {cut}"
-        );
+        assert_eq!(replayed, expected[..n as usize + complete], "{case}");
 
         let mut store = MiniStore::open(&path).await.unwrap();
-        assert_eq!(store.last_seq(), kept as u64, "cut at {cut}");
+        assert_eq!(store.last_seq(), kept as u64, "{case}");
+        let durable_end = if whole { end } else { start };
         assert_eq!(
             len(&path),
             durable_end,
-            "open cuts the incomplete line (cut at {cut})"
+            "open cuts the batch whole ({case})"
         );
-        assert!(
-            broken_files(dir.path()).is_empty(),
-            "a partial line is not kept aside"
+        // Complete lines of a cut batch are kept aside; a partial line alone is not.
+        assert_eq!(
+            broken_files(dir.path()).len(),
+            usize::from(!whole && complete > 0),
+            "{case}"
         );
         let next = kept as u64 + 1;
         assert_eq!(
@@ -176,8 +196,8 @@ async fn check_every_cut_of_the_last_write(n: u64, last: &[String]) {
         drop(store);
 
         let replayed: Vec<String> = MiniStore::replay(&path).await.unwrap();
-        assert_eq!(replayed[..kept], expected[..kept], "cut at {cut}");
-        assert_eq!(replayed[kept..], ["after"], "cut at {cut}");
+        assert_eq!(replayed[..kept], expected[..kept], "{case}");
+        assert_eq!(replayed[kept..], ["after"], "{case}");
     }
 }
 
@@ -187,8 +207,7 @@ async fn a_record_cut_at_any_byte_is_dropped_and_appends_go_on() {
 }
 
 #[tokio::test]
-async fn a_batch_cut_at_any_byte_keeps_its_complete_records_and_appends_go_on() {
-    // Complete lines of the unacknowledged batch are valid records and are kept.
+async fn a_batch_cut_at_any_byte_of_either_file_is_kept_whole_or_not_at_all() {
     check_every_cut_of_the_last_write(10, &recs(11..=15)).await;
 }
 
@@ -490,7 +509,7 @@ async fn a_crash_before_retention_deleted_old_segments_reopens_with_every_record
     let segments = |dir: &Path| {
         file_names(dir)
             .into_iter()
-            .filter(|f| !f.ends_with(".lock"))
+            .filter(|f| !f.ends_with(".lock") && !f.ends_with(".meta"))
             .count()
     };
     assert!(segments(dir.path()) > 3);

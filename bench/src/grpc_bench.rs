@@ -297,7 +297,7 @@ pub async fn writer(
             let (journal, text) = (journal.clone(), text.clone());
             async move {
                 let line = JsonLine::from_slice(&text)?;
-                journal.append(vec![line]).await?;
+                journal.append(ministore::Append::new(vec![line])).await?;
                 Ok(())
             }
         })

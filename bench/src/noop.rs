@@ -33,7 +33,10 @@ impl Journal for NoopJournal {
         _request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Response::new(AppendResponse { seq }))
+        Ok(Response::new(AppendResponse {
+            seq,
+            duplicate: false,
+        }))
     }
 
     async fn append_batch(
@@ -45,6 +48,7 @@ impl Journal for NoopJournal {
         Ok(Response::new(AppendBatchResponse {
             first_seq,
             last_seq: first_seq + n - 1,
+            duplicate: false,
         }))
     }
 

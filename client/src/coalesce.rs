@@ -186,6 +186,7 @@ async fn append_one(rpc: &Rpc, journal: &str, payload: Vec<u8>) -> Result<u64, C
     let request = AppendRequest {
         journal: journal.to_owned(),
         record: Some(append_request::Record::Payload(payload)),
+        ..Default::default()
     };
     Ok(rpc.clone().append(request).await?.into_inner().seq)
 }
@@ -202,6 +203,7 @@ async fn send_batch(rpc: &Rpc, journal: &str, mut batch: Vec<Waiting>) {
         journal: journal.to_owned(),
         payloads: batch.iter().map(|w| w.payload.clone()).collect(),
         values: Vec::new(),
+        ..Default::default()
     };
     let sent = batch.len() as u64;
     match rpc.clone().append_batch(request).await {

@@ -419,6 +419,7 @@ impl Client {
             journal: journal.to_owned(),
             payloads,
             values: Vec::new(),
+            ..Default::default()
         };
         let reply = self.rpc.clone().append_batch(request).await?.into_inner();
         Ok(reply.first_seq..=reply.last_seq)

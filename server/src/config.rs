@@ -64,6 +64,12 @@ pub struct Config {
     )]
     pub no_preallocate: bool,
 
+    /// Idempotency keys remembered per journal: the newest, among those of retained
+    /// records. A retry with a key older than that is written again. Each remembered key
+    /// takes about 60 bytes of memory (see the README's memory bound). 0 remembers none.
+    #[arg(long, env = "MINISTORE_DEDUPE_KEYS", default_value_t = ministore::DEFAULT_MAX_KEYS)]
+    pub dedupe_keys: usize,
+
     /// Largest record accepted, in bytes of JSON. Larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "MINISTORE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
@@ -193,6 +199,7 @@ impl Config {
                 n => n,
             })
             .preallocate(self.preallocate)
+            .max_keys(self.dedupe_keys)
     }
 
     /// One line saying how much each journal keeps, for the startup log.

@@ -156,6 +156,13 @@ impl From<ServerError> for Status {
         {
             status.metadata_mut().insert(FIRST_SEQ_TRAILER, value);
         }
+        // The journal's last seq after a failed expectation, for programs: a trailer.
+        if let ServerError::Store { source, .. } = &err
+            && let MiniStoreError::LastSeqMismatch { last_seq, .. } = source.as_ref()
+            && let Ok(value) = last_seq.to_string().parse()
+        {
+            status.metadata_mut().insert(LAST_SEQ_TRAILER, value);
+        }
         status
     }
 }
@@ -164,6 +171,10 @@ impl From<ServerError> for Status {
 /// retained seq, where the reader can resume.
 pub const FIRST_SEQ_TRAILER: &str = "ministore-first-seq";
 
+/// The trailer of an ABORTED status for an append whose `expected_last_seq` did not hold:
+/// the journal's last seq when the append's turn came.
+pub const LAST_SEQ_TRAILER: &str = "ministore-last-seq";
+
 fn store_code(err: &MiniStoreError) -> Code {
     match err {
         MiniStoreError::InvalidJson(_) | MiniStoreError::Serialize(_) => Code::InvalidArgument,
@@ -171,9 +182,11 @@ fn store_code(err: &MiniStoreError) -> Code {
         MiniStoreError::Truncated { .. } => Code::OutOfRange,
         MiniStoreError::Corrupt { .. } | MiniStoreError::Missing { .. } => Code::DataLoss,
         MiniStoreError::RecordTooLarge { .. } => Code::ResourceExhausted,
-        MiniStoreError::BadHeader { .. } | MiniStoreError::Locked { .. } => {
-            Code::FailedPrecondition
-        }
+        MiniStoreError::BadHeader { .. }
+        | MiniStoreError::BadMeta { .. }
+        | MiniStoreError::Locked { .. } => Code::FailedPrecondition,
+        MiniStoreError::KeyReused { .. } => Code::AlreadyExists,
+        MiniStoreError::LastSeqMismatch { .. } => Code::Aborted,
         MiniStoreError::Io { source, .. } if is_full(source) => Code::ResourceExhausted,
         // Other I/O failures (read-only or unwritable directory, EIO) and a writer waiting
         // to be reopened are conditions of this server that an operator can clear:
@@ -204,7 +217,9 @@ fn with_hint(err: &ServerError) -> String {
             MiniStoreError::Truncated { .. } => {
                 " (restart from the oldest retained seq, or raise --max-segments)"
             }
-            MiniStoreError::Corrupt { .. } | MiniStoreError::BadHeader { .. } => {
+            MiniStoreError::Corrupt { .. }
+            | MiniStoreError::BadHeader { .. }
+            | MiniStoreError::BadMeta { .. } => {
                 " (move the damaged file out of the data directory to serve the rest)"
             }
             MiniStoreError::Missing { .. } => {

@@ -3,12 +3,11 @@
 //! that readers follow.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ministore::{Durable, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore::{Append, Appended, Durable, MiniStore, MiniStoreError, MiniStoreOptions};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::error::ServerError;
@@ -91,10 +90,10 @@ pub struct Journal {
     damage: Option<String>,
 }
 
-/// Records waiting to be committed, and where to send their sequence numbers.
+/// An append request waiting to be committed, and where to send what became of it.
 struct AppendJob {
-    lines: Vec<JsonLine>,
-    reply: oneshot::Sender<Result<Range<u64>, ServerError>>,
+    request: Append,
+    reply: oneshot::Sender<Result<Appended, ServerError>>,
 }
 
 impl Journals {
@@ -337,12 +336,13 @@ impl Journal {
         self.durable.clone()
     }
 
-    /// Appends `lines` atomically; resolves with their sequence numbers once they are
-    /// fsynced, possibly in one commit with other callers' records.
-    pub async fn append(&self, lines: Vec<JsonLine>) -> Result<Range<u64>, ServerError> {
+    /// Appends the request's records atomically (with its key and expectation, see
+    /// [`Append`]); resolves once they are fsynced, possibly in one commit with other
+    /// callers' records, or at once for a duplicate key.
+    pub async fn append(&self, request: Append) -> Result<Appended, ServerError> {
         let (reply, result) = oneshot::channel();
         self.appends
-            .send(WriterJob::Append(AppendJob { lines, reply }))
+            .send(WriterJob::Append(AppendJob { request, reply }))
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         result.await.map_err(|_| ServerError::ShuttingDown)?
@@ -450,11 +450,11 @@ impl Writer {
     /// `Stop` once what was queued before it is committed.
     fn run(&mut self) {
         let mut jobs: Vec<AppendJob> = Vec::new();
-        let mut lines: Vec<JsonLine> = Vec::new();
+        let mut requests: Vec<Append> = Vec::new();
         // Takes one job into the group; the bytes it adds.
         let take = |job, jobs: &mut Vec<AppendJob>, queue: &mut mpsc::Receiver<_>| match job {
             WriterJob::Append(job) => {
-                let bytes = job.lines.iter().map(|l| l.as_bytes().len()).sum();
+                let bytes = job.request.lines.iter().map(|l| l.as_bytes().len()).sum();
                 jobs.push(job);
                 bytes
             }
@@ -476,39 +476,45 @@ impl Writer {
             if jobs.is_empty() {
                 continue;
             }
-            let counts: Vec<usize> = jobs.iter().map(|j| j.lines.len()).collect();
-            for job in &mut jobs {
-                lines.append(&mut job.lines);
-            }
+            requests.extend(jobs.iter_mut().map(|j| std::mem::take(&mut j.request)));
+            let records = requests.iter().map(|r| r.lines.len()).sum();
             let started = std::time::Instant::now();
-            let result = self.commit(&lines);
+            let result = self.commit(&requests);
             let (took, ok) = (started.elapsed(), result.is_ok());
-            self.metrics.committed(took, lines.len(), bytes, ok);
-            lines.clear();
+            self.metrics.committed(took, records, bytes, ok);
+            requests.clear();
             // Publish before replying: a caller told "seq N" can read N back at once.
             if let Some(store) = &self.store {
                 self.durable
                     .send_if_modified(|d| std::mem::replace(d, store.durable()) != *d);
             }
-            let mut next = result.as_ref().map_or(0, |r| r.start);
-            for (job, count) in jobs.drain(..).zip(counts) {
-                let reply = result.clone().map(|_| {
-                    let range = next..next + count as u64;
-                    next += count as u64;
-                    range
-                });
-                // A caller that went away still had its records committed; nothing to undo.
-                let _ = job.reply.send(reply);
+            match result {
+                Ok(results) => {
+                    for (job, result) in jobs.drain(..).zip(results) {
+                        let reply = result.map_err(|e| ServerError::store(&self.name, e));
+                        // A caller that went away still had its records committed.
+                        let _ = job.reply.send(reply);
+                    }
+                }
+                Err(e) => {
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
             }
         }
         tracing::debug!(journal = %self.name, "writer closed");
     }
 
-    /// Commits `lines` in one write and one fsync. A store poisoned by an earlier failure
-    /// (failed fsync or rotation) is reopened first, which re-reads and repairs its tail,
-    /// so the server recovers once the fault is gone. The poisoned attempt wrote nothing,
-    /// so retrying it once on the reopened store is safe.
-    fn commit(&mut self, lines: &[JsonLine]) -> Result<Range<u64>, ServerError> {
+    /// Commits `requests` with one write and one fsync per file; each request's own
+    /// outcome (written, duplicate, refused) in order. A store poisoned by an earlier
+    /// failure (failed fsync or rotation) is reopened first, which re-reads and repairs
+    /// its tail, so the server recovers once the fault is gone. The poisoned attempt wrote
+    /// nothing, so retrying it once on the reopened store is safe.
+    fn commit(
+        &mut self,
+        requests: &[Append],
+    ) -> Result<Vec<Result<Appended, MiniStoreError>>, ServerError> {
         let name = self.name.as_str();
         for attempt in 0..2 {
             if self.store.is_none() {
@@ -530,13 +536,13 @@ impl Writer {
                 }
             }
             let store = self.store.as_mut().expect("opened above");
-            match store.blocking_append_json(lines) {
+            match store.blocking_append_requests(requests) {
                 Err(MiniStoreError::Poisoned { reason, .. }) if attempt == 0 => {
                     tracing::warn!(journal = name, %reason, "journal writer poisoned; reopening");
                     self.store = None;
                 }
                 Err(e) => {
-                    tracing::warn!(journal = name, error = %e, records = lines.len(), "append failed");
+                    tracing::warn!(journal = name, error = %e, requests = requests.len(), "append failed");
                     // A file deleted under the writer usually means the whole directory
                     // went: say so at once, to this caller and every RPC after it.
                     if self.data_dir_check.is_lost() {
@@ -546,7 +552,7 @@ impl Writer {
                     }
                     return Err(ServerError::store(name, e));
                 }
-                Ok(range) => return Ok(range),
+                Ok(results) => return Ok(results),
             }
         }
         unreachable!("the second attempt returns")

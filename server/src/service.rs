@@ -13,7 +13,7 @@ use ministore::proto::{
     InfoRequest, InfoResponse, Record, RecordFormat, ReplayRequest, ReplayResponse, StreamEvent,
     StreamRequest, append_request, record, stream_event,
 };
-use ministore::{JournalReader, JsonLine};
+use ministore::{Append, JournalReader, JsonLine};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -246,6 +246,15 @@ pub const DEFAULT_HEARTBEAT_SECONDS: u32 = 30;
 /// The longest heartbeat interval a request may ask for.
 pub const MAX_HEARTBEAT_SECONDS: u32 = 3600;
 
+/// The store's request for `lines` with the wire's key (empty: none) and expectation.
+fn append_with(lines: Vec<JsonLine>, key: String, expected_last_seq: Option<u64>) -> Append {
+    Append {
+        lines,
+        key: (!key.is_empty()).then_some(key),
+        expected_last_seq,
+    }
+}
+
 #[tonic::async_trait]
 impl JournalRpc for JournalService {
     async fn append(
@@ -266,9 +275,14 @@ impl JournalRpc for JournalService {
                 }
             };
             let journal = self.journals.get(name, true).await?;
-            let seq = journal.append(vec![line]).await?.start;
+            let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
+            let appended = journal.append(request).await?;
+            let seq = appended.seqs.start;
             tracing::Span::current().record("seq", seq);
-            Ok(Response::new(AppendResponse { seq }))
+            Ok(Response::new(AppendResponse {
+                seq,
+                duplicate: appended.duplicate,
+            }))
         })
         .await
     }
@@ -306,11 +320,14 @@ impl JournalRpc for JournalService {
                     .collect::<Result<Vec<_>, _>>()?,
             };
             let journal = self.journals.get(name, true).await?;
-            let range = journal.append(lines).await?;
+            let request = append_with(lines, req.idempotency_key, req.expected_last_seq);
+            let appended = journal.append(request).await?;
+            let range = appended.seqs;
             tracing::Span::current().record("seq", range.end - 1);
             Ok(Response::new(AppendBatchResponse {
                 first_seq: range.start,
                 last_seq: range.end - 1,
+                duplicate: appended.duplicate,
             }))
         })
         .await

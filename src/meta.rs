@@ -1,0 +1,352 @@
+//! The metadata file beside each segment: one entry per append request, holding its
+//! batch boundary, idempotency key, commit time and a CRC32C of each record. Kept out of
+//! the JSON lines, so a segment stays plain JSON lines for `jq`, `tail -f` and the
+//! published crate. The design, and why each field exists: `docs/metadata-design.md`.
+//!
+//! A metadata file is named by the seq of the first record it covers,
+//! `journal.jsonl.from-<seq>.meta`, and is never renamed: rotation renames the segment
+//! only, so no crash can leave a segment paired with another segment's metadata. Layout,
+//! little-endian:
+//!
+//! ```text
+//! header  "MSMETA01" first_seq:u64 data_offset:u64 created_unix_ns:u64 crc:u32
+//! entry   len:u32 (bytes after this field)
+//!         first_seq:u64 count:u32 group_first_seq:u64 data_offset:u64 data_len:u64
+//!         commit_unix_ns:u64 fingerprint:u64 key_len:u8 key[key_len]
+//!         record_crc:u32 x count  crc:u32 (CRC32C of the entry from first_seq on)
+//! ```
+//!
+//! `data_offset` in the header is where record `first_seq` starts in the segment (after
+//! the header line, or after the records of a segment that was written before the journal
+//! had metadata). `group_first_seq` is the first seq of the commit group the entry was
+//! written in: recovery uses it to tell a torn last group (cut) from damage to a group that
+//! was acknowledged (refused).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::{MiniStoreError, Result};
+
+/// First bytes of every metadata file.
+const MAGIC: &[u8; 8] = b"MSMETA01";
+/// Bytes of the header.
+pub(crate) const HEADER_LEN: u64 = 8 + 8 + 8 + 8 + 4;
+/// Bytes of an entry's fixed fields after `len` (before the key and the record CRCs).
+const ENTRY_FIXED: usize = 8 + 4 + 8 + 8 + 8 + 8 + 8 + 1;
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// The path of the metadata file of the journal at `base` whose first entry is `first_seq`.
+pub(crate) fn path_for(base: &Path, first_seq: u64) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".from-{first_seq}.meta"));
+    PathBuf::from(name)
+}
+
+/// The seq in a metadata file's name (`<base>.from-<seq>.meta`), given the part after
+/// `<base>.`; `None` for any other name.
+pub(crate) fn parse_name(rest: &str) -> Option<u64> {
+    let digits = rest.strip_prefix("from-")?.strip_suffix(".meta")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The header of a metadata file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// The seq of the first record the file covers.
+    pub first_seq: u64,
+    /// Where that record starts in its segment.
+    pub data_offset: u64,
+    /// When the file was created.
+    pub created_unix_ns: u64,
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN as usize);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.first_seq.to_le_bytes());
+        out.extend_from_slice(&self.data_offset.to_le_bytes());
+        out.extend_from_slice(&self.created_unix_ns.to_le_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Header, String> {
+        if bytes.len() < HEADER_LEN as usize {
+            return Err(format!(
+                "{} bytes is shorter than a header ({HEADER_LEN})",
+                bytes.len()
+            ));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err("it does not start with MSMETA01".into());
+        }
+        let body = &bytes[..HEADER_LEN as usize - 4];
+        if crc32c::crc32c(body) != u32_at(bytes, HEADER_LEN as usize - 4) {
+            return Err("its header fails its checksum".into());
+        }
+        Ok(Header {
+            first_seq: u64_at(bytes, 8),
+            data_offset: u64_at(bytes, 16),
+            created_unix_ns: u64_at(bytes, 24),
+        })
+    }
+}
+
+/// One append request's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub first_seq: u64,
+    pub count: u32,
+    pub group_first_seq: u64,
+    pub data_offset: u64,
+    pub data_len: u64,
+    pub commit_unix_ns: u64,
+    pub fingerprint: u64,
+    pub key: Option<Box<str>>,
+    pub record_crcs: Vec<u32>,
+}
+
+impl Entry {
+    /// The entry's bytes, `len` field first, appended to `out`.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        let key = self.key.as_deref().unwrap_or("").as_bytes();
+        debug_assert!(key.len() <= MAX_KEY_BYTES);
+        let len = ENTRY_FIXED + key.len() + 4 * self.record_crcs.len() + 4;
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        let start = out.len();
+        out.extend_from_slice(&self.first_seq.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.group_first_seq.to_le_bytes());
+        out.extend_from_slice(&self.data_offset.to_le_bytes());
+        out.extend_from_slice(&self.data_len.to_le_bytes());
+        out.extend_from_slice(&self.commit_unix_ns.to_le_bytes());
+        out.extend_from_slice(&self.fingerprint.to_le_bytes());
+        out.push(key.len() as u8);
+        out.extend_from_slice(key);
+        for crc in &self.record_crcs {
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes an entry's bytes after its `len` field.
+    fn decode(body: &[u8]) -> std::result::Result<Entry, String> {
+        if body.len() < ENTRY_FIXED + 4 {
+            return Err("the entry is shorter than its fixed fields".into());
+        }
+        let (fields, crc) = body.split_at(body.len() - 4);
+        if crc32c::crc32c(fields) != u32_at(crc, 0) {
+            return Err("the entry fails its checksum".into());
+        }
+        let count = u32_at(fields, 8);
+        let key_len = fields[ENTRY_FIXED - 1] as usize;
+        if key_len > MAX_KEY_BYTES || fields.len() != ENTRY_FIXED + key_len + 4 * count as usize {
+            return Err("the entry's lengths do not add up".into());
+        }
+        let key_bytes = &fields[ENTRY_FIXED..ENTRY_FIXED + key_len];
+        let key = match key_len {
+            0 => None,
+            _ => Some(
+                std::str::from_utf8(key_bytes)
+                    .map_err(|_| "the entry's key is not UTF-8".to_string())?
+                    .into(),
+            ),
+        };
+        let crcs = &fields[ENTRY_FIXED + key_len..];
+        Ok(Entry {
+            first_seq: u64_at(fields, 0),
+            count,
+            group_first_seq: u64_at(fields, 12),
+            data_offset: u64_at(fields, 20),
+            data_len: u64_at(fields, 28),
+            commit_unix_ns: u64_at(fields, 36),
+            fingerprint: u64_at(fields, 44),
+            key,
+            record_crcs: crcs.chunks_exact(4).map(|c| u32_at(c, 0)).collect(),
+        })
+    }
+
+    /// The seq after the entry's last record.
+    pub(crate) fn end_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count)
+    }
+
+    /// The offset after the entry's last record in its segment.
+    pub(crate) fn data_end(&self) -> u64 {
+        self.data_offset + self.data_len
+    }
+}
+
+/// The fingerprint of a request's records (their lines, newlines included): tells a retry
+/// of the same request from a different request that reuses its key.
+pub(crate) fn fingerprint(data: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(data)
+}
+
+/// The CRC32C of each line of `data` (each `\n`-terminated, the newline not included).
+pub(crate) fn line_crcs(data: &[u8], out: &mut Vec<u32>) {
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        out.push(crc32c::crc32c(line.strip_suffix(b"\n").unwrap_or(line)));
+    }
+}
+
+/// What reading a metadata file found: its header, then its entries as far as they are
+/// whole and pass their checksums.
+#[derive(Debug)]
+pub(crate) struct Contents {
+    pub header: Header,
+    /// Entries in file order, each with the offset of its `len` field in the file.
+    pub entries: Vec<(u64, Entry)>,
+    /// The file's length.
+    pub file_len: u64,
+    /// Why reading stopped before the end of the file (a torn or damaged entry).
+    pub stopped: Option<String>,
+}
+
+/// Most bytes one entry may take: a batch of 2^24 records with the longest key. More is
+/// damage, never read into memory.
+const MAX_ENTRY_LEN: u32 = (ENTRY_FIXED + MAX_KEY_BYTES + 4 * (1 << 24) + 4) as u32;
+
+/// Reads the metadata file at `path`: the header (an error if it is missing or damaged),
+/// then every entry that is whole and passes its checksum, in order, stopping at the first
+/// that is not. The loop ends: every step consumes at least 4 bytes of a file of fixed
+/// length (read once, from an open descriptor).
+pub(crate) fn read(path: &Path) -> Result<Contents> {
+    let file = File::open(path).map_err(|e| MiniStoreError::io("opening", path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| MiniStoreError::io("reading metadata of", path, e))?
+        .len();
+    let mut input = std::io::BufReader::with_capacity(256 << 10, file.take(file_len));
+    let mut head = [0u8; HEADER_LEN as usize];
+    let bad = |reason: String| MiniStoreError::BadMeta {
+        path: path.to_path_buf(),
+        reason,
+    };
+    input
+        .read_exact(&mut head)
+        .map_err(|_| bad(format!("{file_len} bytes is shorter than a header")))?;
+    let header = Header::decode(&head).map_err(bad)?;
+    let mut entries = Vec::new();
+    let mut offset = HEADER_LEN;
+    let mut stopped = None;
+    let mut body = Vec::new();
+    while offset < file_len {
+        let mut len = [0u8; 4];
+        if file_len - offset < 4 || input.read_exact(&mut len).is_err() {
+            stopped = Some(format!("a torn entry at byte {offset}"));
+            break;
+        }
+        let len = u32::from_le_bytes(len);
+        if len > MAX_ENTRY_LEN || u64::from(len) > file_len - offset - 4 {
+            stopped = Some(format!(
+                "the entry at byte {offset} claims {len} bytes, more than the file holds"
+            ));
+            break;
+        }
+        body.resize(len as usize, 0);
+        if let Err(e) = input.read_exact(&mut body) {
+            return Err(MiniStoreError::io("reading", path, e));
+        }
+        match Entry::decode(&body) {
+            Ok(entry) => entries.push((offset, entry)),
+            Err(reason) => {
+                stopped = Some(format!("the entry at byte {offset}: {reason}"));
+                break;
+            }
+        }
+        offset += 4 + u64::from(len);
+    }
+    Ok(Contents {
+        header,
+        entries,
+        file_len,
+        stopped,
+    })
+}
+
+/// The metadata files of the journal at `base`: (first seq in the name, path), ascending.
+pub(crate) fn list(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found: Vec<(u64, PathBuf)> = crate::segment::list_siblings(base)?
+        .into_iter()
+        .filter_map(|(sibling, path)| match sibling {
+            crate::segment::Sibling::Meta(seq) => Some((seq, path)),
+            _ => None,
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_a_flipped_bit_is_seen() {
+        let entry = Entry {
+            first_seq: 7,
+            count: 2,
+            group_first_seq: 5,
+            data_offset: 100,
+            data_len: 10,
+            commit_unix_ns: 123,
+            fingerprint: fingerprint(b"1\n22\n"),
+            key: Some("order-42".into()),
+            record_crcs: vec![1, 2],
+        };
+        let mut bytes = Vec::new();
+        entry.encode_into(&mut bytes);
+        assert_eq!(Entry::decode(&bytes[4..]).unwrap(), entry);
+        for bit in 0..(bytes.len() - 4) * 8 {
+            let mut bad = bytes[4..].to_vec();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                Entry::decode(&bad).is_err(),
+                "bit {bit} flipped went unseen"
+            );
+        }
+        let header = Header {
+            first_seq: 9,
+            data_offset: 40,
+            created_unix_ns: 1,
+        };
+        assert_eq!(Header::decode(&header.encode()).unwrap(), header);
+        assert_eq!(parse_name("from-12.meta"), Some(12));
+        assert_eq!(parse_name("from-.meta"), None);
+        assert_eq!(parse_name("from-1x.meta"), None);
+    }
+
+    #[test]
+    fn line_crcs_leave_the_newline_out() {
+        let mut crcs = Vec::new();
+        line_crcs(b"{\"a\":1}\n2\n", &mut crcs);
+        assert_eq!(
+            crcs,
+            vec![crc32c::crc32c(b"{\"a\":1}"), crc32c::crc32c(b"2")]
+        );
+    }
+}

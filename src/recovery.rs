@@ -1,0 +1,296 @@
+//! What `open` does with the metadata files: pair the active segment with its metadata,
+//! keep the longest prefix of entries whose records are all present and match their CRCs
+//! (so a batch a crash cut short is dropped whole), and rebuild the idempotency keys.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::keys::{self, Committed, KeyIndex};
+use crate::meta::{self, Entry};
+use crate::segment::{self, Segment};
+use crate::{MiniStoreError, Result};
+
+/// The active segment's metadata after recovery.
+#[derive(Debug)]
+pub(crate) struct ActiveMeta {
+    pub file: File,
+    pub path: PathBuf,
+    /// The first seq it covers (its header's).
+    pub first_seq: u64,
+    /// Bytes of the metadata file that hold whole, verified entries (the file is cut here).
+    pub len: u64,
+    /// Where the last verified entry's records end in the segment: the segment is cut here.
+    pub covered_end: u64,
+    /// The seq after the last verified entry's records.
+    pub next_seq: u64,
+    /// The newest commit time among its entries (0 if none).
+    pub last_commit_ns: u64,
+    /// Its verified entries, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// Pairs the active segment (`records` complete lines ending at `body_end`) with its
+/// metadata file and repairs both to the longest verified prefix of entries, or creates
+/// the metadata file for a segment that has none (a new segment, a crash during rotation
+/// before its metadata existed, or a segment written before the journal had metadata:
+/// its records stay, uncovered, and coverage starts after them).
+///
+/// What a crash can leave: the last commit group's entries and lines, each file in any
+/// prefix or, after a power loss, any subset of its pages. Every earlier group was
+/// fdatasynced in both files before the next was written. So an entry that is torn, fails
+/// its CRC, or whose records are missing or fail theirs, is the last group's: it and
+/// everything after it go. Unless an entry after it, whole and valid, belongs to a later
+/// group (its `group_first_seq` is past the bad entry's seq): then the bad entry was
+/// acknowledged, this is damage, not a crash, and open refuses instead of cutting it.
+pub(crate) fn recover_active(
+    base: &Path,
+    active: &Segment,
+    segment_file: &File,
+    body_end: u64,
+    records: u64,
+) -> Result<ActiveMeta> {
+    let end_seq = active.first_seq + records;
+    let candidate = meta::list(base)?
+        .into_iter()
+        .rev()
+        .find(|(seq, _)| *seq >= active.first_seq);
+    let Some((seq, path)) = candidate else {
+        return create(base, end_seq, body_end);
+    };
+    let contents = match meta::read(&path) {
+        Ok(contents) => contents,
+        // A header a crash cut short during creation: the file never held an entry, and no
+        // record was committed after it (the header is fsynced before the first commit),
+        // so coverage starts after the segment's records. Anything longer is refused.
+        Err(MiniStoreError::BadMeta { .. })
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() <= meta::HEADER_LEN) =>
+        {
+            tracing::warn!(file = %path.display(), "replacing a metadata file whose header a crash cut short");
+            std::fs::remove_file(&path).map_err(|e| MiniStoreError::io("deleting", &path, e))?;
+            return create(base, end_seq, body_end);
+        }
+        Err(e) => return Err(e),
+    };
+    let header = contents.header;
+    let bad = |reason: String| MiniStoreError::BadMeta {
+        path: path.clone(),
+        reason,
+    };
+    if header.first_seq != seq {
+        return Err(bad(format!(
+            "its name says it starts at seq {seq}, its header says {}",
+            header.first_seq
+        )));
+    }
+    if header.first_seq > end_seq || header.data_offset > body_end {
+        return Err(MiniStoreError::Missing {
+            path: active.path.clone(),
+            expected: end_seq,
+            reason: format!(
+                "{} covers records from seq {} at byte {}, but {} ends at seq {} (byte {body_end})",
+                path.display(),
+                header.first_seq,
+                header.data_offset,
+                active.path.display(),
+                end_seq.saturating_sub(1),
+            ),
+        });
+    }
+    let mut next_seq = header.first_seq;
+    let mut covered_end = header.data_offset;
+    let mut len = meta::HEADER_LEN;
+    let mut last_commit_ns = 0;
+    let mut kept = Vec::with_capacity(contents.entries.len());
+    let mut failed: Option<String> = contents.stopped.clone();
+    let mut rest = contents.entries.into_iter();
+    for (offset, entry) in rest.by_ref() {
+        let problem = if entry.first_seq != next_seq || entry.data_offset != covered_end {
+            Some(format!(
+                "the entry at byte {offset} is for seq {} at byte {}, expected seq {next_seq} at byte {covered_end}",
+                entry.first_seq, entry.data_offset
+            ))
+        } else if entry.data_end() > body_end {
+            Some(format!(
+                "the records of seqs {}..{} (bytes {}..{}) are not all in {}",
+                entry.first_seq,
+                entry.end_seq(),
+                entry.data_offset,
+                entry.data_end(),
+                active.path.display()
+            ))
+        } else {
+            check_records(segment_file, &active.path, &entry)?
+        };
+        if let Some(problem) = problem {
+            failed = Some(problem);
+            // A whole, valid entry of a later group after this one proves this one was
+            // acknowledged: refuse rather than cut it.
+            if let Some((later_offset, later)) = rest.find(|(_, e)| e.group_first_seq > next_seq) {
+                return Err(bad(format!(
+                    "{}; but the entry at byte {later_offset} (seq {}) was committed after it, so this is damage, not an interrupted write. Nothing was changed; `ministore verify` shows the details",
+                    failed.unwrap_or_default(),
+                    later.first_seq
+                )));
+            }
+            break;
+        }
+        next_seq = entry.end_seq();
+        covered_end = entry.data_end();
+        last_commit_ns = last_commit_ns.max(entry.commit_unix_ns);
+        len = offset + entry_len(&entry);
+        kept.push(entry);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| MiniStoreError::io("opening", &path, e))?;
+    if contents.file_len > len {
+        tracing::warn!(
+            file = %path.display(),
+            offset = len,
+            bytes = contents.file_len - len,
+            reason = failed.as_deref().unwrap_or("entries without records"),
+            "cut metadata entries of an interrupted commit (their records were never acknowledged)"
+        );
+        // Cut and fsync before anything is appended after it.
+        file.set_len(len)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| MiniStoreError::io("truncating", &path, e))?;
+    }
+    Ok(ActiveMeta {
+        file,
+        path,
+        first_seq: header.first_seq,
+        len,
+        covered_end,
+        next_seq,
+        last_commit_ns,
+        entries: kept,
+    })
+}
+
+/// Creates the metadata file of records from `first_seq`, which start at `data_offset`,
+/// durably (file and directory entry) before any entry is written to it.
+pub(crate) fn create(base: &Path, first_seq: u64, data_offset: u64) -> Result<ActiveMeta> {
+    let path = meta::path_for(base, first_seq);
+    let header = meta::Header {
+        first_seq,
+        data_offset,
+        created_unix_ns: meta::now_unix_ns(),
+    };
+    let _ = std::fs::remove_file(&path);
+    let file = segment::write_new_file(&path, &header.encode())?;
+    Ok(ActiveMeta {
+        file,
+        path,
+        first_seq,
+        len: meta::HEADER_LEN,
+        covered_end: data_offset,
+        next_seq: first_seq,
+        last_commit_ns: 0,
+        entries: Vec::new(),
+    })
+}
+
+/// Bytes an entry takes in its file, its `len` field included.
+fn entry_len(entry: &Entry) -> u64 {
+    let mut bytes = Vec::new();
+    entry.encode_into(&mut bytes);
+    bytes.len() as u64
+}
+
+/// Whether the records of `entry` are in the segment as they were committed: each line
+/// where the entry says, ending in a newline, with its CRC. `Some(why)` if not.
+fn check_records(file: &File, path: &Path, entry: &Entry) -> Result<Option<String>> {
+    let mut data = vec![0u8; entry.data_len as usize];
+    file.read_exact_at(&mut data, entry.data_offset)
+        .map_err(|e| MiniStoreError::io("reading", path, e))?;
+    let mut crcs = Vec::with_capacity(entry.count as usize);
+    if data.last() == Some(&b'\n') || data.is_empty() {
+        meta::line_crcs(&data, &mut crcs);
+    }
+    if crcs.len() != entry.count as usize {
+        return Ok(Some(format!(
+            "bytes {}..{} of {} do not hold the {} records of seq {}",
+            entry.data_offset,
+            entry.data_end(),
+            path.display(),
+            entry.count,
+            entry.first_seq
+        )));
+    }
+    if let Some(i) = (0..crcs.len()).find(|&i| crcs[i] != entry.record_crcs[i]) {
+        return Ok(Some(format!(
+            "record {} in {} fails its CRC32C",
+            entry.first_seq + i as u64,
+            path.display()
+        )));
+    }
+    Ok(None)
+}
+
+/// Rebuilds the idempotency keys from the metadata files of records from
+/// `first_retained` on (the retained segments'), ending with the active segment's verified
+/// `active` entries. Metadata files of deleted segments (retention interrupted by a crash)
+/// are deleted. A damaged sealed metadata file gives its keys up to the damage (logged):
+/// keys are a promise about retries, not about records, which are read from the segments.
+pub(crate) fn rebuild_keys(
+    base: &Path,
+    first_retained: u64,
+    active_first_seq: u64,
+    active_meta: &Path,
+    active: &[Entry],
+    max_keys: usize,
+) -> Result<(KeyIndex, Vec<(u64, PathBuf)>)> {
+    let mut keys = KeyIndex::new(max_keys);
+    let mut sealed = Vec::new();
+    let metas = meta::list(base)?;
+    for (seq, path) in metas {
+        if path == active_meta {
+            continue;
+        }
+        if seq < first_retained {
+            tracing::info!(file = %path.display(), "deleting the metadata of a segment retention deleted");
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if seq >= active_first_seq {
+            continue; // not a sealed segment's, nor the active one's: a stray, ignored
+        }
+        match meta::read(&path) {
+            Ok(contents) => {
+                if let Some(why) = &contents.stopped {
+                    tracing::warn!(file = %path.display(), reason = %why, "a sealed segment's metadata is damaged; keys after the damage are not remembered");
+                }
+                for (_, entry) in &contents.entries {
+                    remember(&mut keys, entry);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read a sealed segment's metadata; its keys are not remembered")
+            }
+        }
+        sealed.push((seq, path));
+    }
+    for entry in active {
+        remember(&mut keys, entry);
+    }
+    keys.forget_before(first_retained);
+    Ok((keys, sealed))
+}
+
+/// Adds the key of a committed entry, if it has one.
+pub(crate) fn remember(keys: &mut KeyIndex, entry: &Entry) {
+    if let Some(key) = &entry.key {
+        keys.insert(
+            keys::hash(key),
+            Committed {
+                first_seq: entry.first_seq,
+                count: entry.count,
+                fingerprint: entry.fingerprint,
+            },
+        );
+    }
+}
