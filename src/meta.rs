@@ -209,16 +209,18 @@ pub(crate) struct Contents {
     pub file_len: u64,
     /// Why reading stopped before the end of the file (a torn or damaged entry).
     pub stopped: Option<String>,
+    /// Whole, valid entries found after the one that stopped the reading, by following
+    /// the length fields on (with their offsets): a later commit group among them proves
+    /// the bad entry was acknowledged (see `recovery::recover_active`).
+    pub after_damage: Vec<(u64, Entry)>,
 }
 
-/// Most bytes one entry may take: a batch of 2^24 records with the longest key. More is
-/// damage, never read into memory.
-const MAX_ENTRY_LEN: u32 = (ENTRY_FIXED + MAX_KEY_BYTES + 4 * (1 << 24) + 4) as u32;
-
 /// Reads the metadata file at `path`: the header (an error if it is missing or damaged),
-/// then every entry that is whole and passes its checksum, in order, stopping at the first
-/// that is not. The loop ends: every step consumes at least 4 bytes of a file of fixed
-/// length (read once, from an open descriptor).
+/// then every entry that is whole and passes its checksum, in order, up to the first that
+/// is not; after it, the valid entries its length fields lead to. An entry is never larger
+/// than the file, so memory stays within the file's size. The loop ends: every step
+/// consumes at least 4 bytes of a file of fixed length (read once, from an open
+/// descriptor).
 pub(crate) fn read(path: &Path) -> Result<Contents> {
     let file = File::open(path).map_err(|e| MiniStoreError::io("opening", path, e))?;
     let file_len = file
@@ -236,32 +238,34 @@ pub(crate) fn read(path: &Path) -> Result<Contents> {
         .map_err(|_| bad(format!("{file_len} bytes is shorter than a header")))?;
     let header = Header::decode(&head).map_err(bad)?;
     let mut entries = Vec::new();
+    let mut after_damage = Vec::new();
     let mut offset = HEADER_LEN;
-    let mut stopped = None;
+    let mut stopped: Option<String> = None;
     let mut body = Vec::new();
     while offset < file_len {
         let mut len = [0u8; 4];
         if file_len - offset < 4 || input.read_exact(&mut len).is_err() {
-            stopped = Some(format!("a torn entry at byte {offset}"));
+            stopped.get_or_insert_with(|| format!("a torn entry at byte {offset}"));
             break;
         }
         let len = u32::from_le_bytes(len);
-        if len > MAX_ENTRY_LEN || u64::from(len) > file_len - offset - 4 {
-            stopped = Some(format!(
-                "the entry at byte {offset} claims {len} bytes, more than the file holds"
-            ));
+        if u64::from(len) > file_len - offset - 4 {
+            stopped.get_or_insert_with(|| {
+                format!("the entry at byte {offset} claims {len} bytes, more than the file holds")
+            });
             break;
         }
         body.resize(len as usize, 0);
         if let Err(e) = input.read_exact(&mut body) {
             return Err(MiniStoreError::io("reading", path, e));
         }
-        match Entry::decode(&body) {
-            Ok(entry) => entries.push((offset, entry)),
-            Err(reason) => {
+        match (Entry::decode(&body), &stopped) {
+            (Ok(entry), None) => entries.push((offset, entry)),
+            (Ok(entry), Some(_)) => after_damage.push((offset, entry)),
+            (Err(reason), None) => {
                 stopped = Some(format!("the entry at byte {offset}: {reason}"));
-                break;
             }
+            (Err(_), Some(_)) => {}
         }
         offset += 4 + u64::from(len);
     }
@@ -270,6 +274,7 @@ pub(crate) fn read(path: &Path) -> Result<Contents> {
         entries,
         file_len,
         stopped,
+        after_damage,
     })
 }
 

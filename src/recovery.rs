@@ -103,6 +103,7 @@ pub(crate) fn recover_active(
     let mut last_commit_ns = 0;
     let mut kept = Vec::with_capacity(contents.entries.len());
     let mut failed: Option<String> = contents.stopped.clone();
+    let after_damage = contents.after_damage;
     let mut rest = contents.entries.into_iter();
     for (offset, entry) in rest.by_ref() {
         let problem = if entry.first_seq != next_seq || entry.data_offset != covered_end {
@@ -124,15 +125,6 @@ pub(crate) fn recover_active(
         };
         if let Some(problem) = problem {
             failed = Some(problem);
-            // A whole, valid entry of a later group after this one proves this one was
-            // acknowledged: refuse rather than cut it.
-            if let Some((later_offset, later)) = rest.find(|(_, e)| e.group_first_seq > next_seq) {
-                return Err(bad(format!(
-                    "{}; but the entry at byte {later_offset} (seq {}) was committed after it, so this is damage, not an interrupted write. Nothing was changed; `ministore verify` shows the details",
-                    failed.unwrap_or_default(),
-                    later.first_seq
-                )));
-            }
             break;
         }
         next_seq = entry.end_seq();
@@ -140,6 +132,19 @@ pub(crate) fn recover_active(
         last_commit_ns = last_commit_ns.max(entry.commit_unix_ns);
         len = offset + entry_len(&entry);
         kept.push(entry);
+    }
+    // A whole, valid entry of a later commit group after the first bad one proves that the
+    // bad one was acknowledged (its group was fsynced before the later one was written):
+    // that is damage, not an interrupted write, and nothing is cut.
+    if let Some(problem) = &failed
+        && let Some((later_offset, later)) = rest
+            .chain(after_damage)
+            .find(|(_, e)| e.group_first_seq > next_seq)
+    {
+        return Err(bad(format!(
+            "{problem}; but the entry at byte {later_offset} (seq {}) was committed after it, so this is damage, not an interrupted write. Nothing was changed; `ministore verify` shows the details",
+            later.first_seq
+        )));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -6,10 +6,17 @@
 //! reading from any sequence number `k` gives `model[k-1..]` numbered from `k`. Two readers
 //! that live through the whole run (one of the writer's, one reading the files) tail the
 //! journal while it grows and rotates, and must see the model in order, without gaps.
+//!
+//! Groups of requests with idempotency keys (from a small set, so keys are reused, with the
+//! same records or others) and expected last seqs run too, against the model's own map of
+//! keys: a retry is answered with its original seqs whether the store was reopened or the
+//! segments rotated since, a reused key and a wrong expectation write nothing.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
-use ministore::{JournalReader, MiniStore, MiniStoreOptions};
+use ministore::{Append, JournalReader, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
 use ministore_tests::records::read_all;
 use proptest::prelude::*;
 
@@ -20,6 +27,64 @@ enum Op {
     Reopen,
     /// Read up to this many records with each of the tailing readers.
     Read(usize),
+    /// Requests committed together with `append_requests`.
+    Group(Vec<Keyed>),
+}
+
+#[derive(Debug, Clone)]
+struct Keyed {
+    /// One of a few keys, or none.
+    key: Option<u8>,
+    values: Vec<String>,
+    /// Whether it expects a last seq: `Some(true)` the one it would follow if every
+    /// request before it in its group were written, `Some(false)` one more than that.
+    expect: Option<bool>,
+}
+
+fn keyed() -> impl Strategy<Value = Keyed> {
+    (
+        prop::option::weighted(0.8, 0u8..6),
+        prop::collection::vec("[ab]{0,2}", 0..3),
+        prop::option::of(any::<bool>()),
+    )
+        .prop_map(|(key, values, expect)| Keyed {
+            key,
+            values,
+            expect,
+        })
+}
+
+/// What the model expects of one keyed request, given the records and keys so far: its
+/// seqs and whether it is a duplicate, or the error it gets; the model is updated.
+fn model_request(
+    model: &mut Vec<String>,
+    keys: &mut HashMap<u8, (Range<u64>, Vec<String>)>,
+    request: &Keyed,
+    expected_last_seq: Option<u64>,
+) -> Result<(Range<u64>, bool), String> {
+    let last = model.len() as u64;
+    if let Some(k) = request.key
+        && let Some((seqs, values)) = keys.get(&k)
+    {
+        return if *values == request.values {
+            Ok((seqs.clone(), true))
+        } else {
+            Err(format!("KeyReused at {}", seqs.start))
+        };
+    }
+    if let Some(expected) = expected_last_seq
+        && expected != last
+    {
+        return Err(format!("LastSeqMismatch {expected} {last}"));
+    }
+    let seqs = last + 1..last + 1 + request.values.len() as u64;
+    if let Some(k) = request.key
+        && !request.values.is_empty()
+    {
+        keys.insert(k, (seqs.clone(), request.values.clone()));
+    }
+    model.extend(request.values.iter().cloned());
+    Ok((seqs, false))
 }
 
 /// Short strings with the characters JSON escapes and multi-byte UTF-8.
@@ -33,6 +98,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop::collection::vec(value(), 0..6).prop_map(Op::AppendBatch),
         1 => Just(Op::Reopen),
         2 => (1usize..8).prop_map(Op::Read),
+        3 => prop::collection::vec(keyed(), 1..4).prop_map(Op::Group),
     ]
 }
 
@@ -90,6 +156,7 @@ async fn run(max_bytes: u64, preallocate: bool, ops: Vec<Op>) -> Result<(), Test
         .preallocate(preallocate);
     let mut store = opts.clone().open(&path).await.unwrap();
     let mut model: Vec<String> = Vec::new();
+    let mut keys = HashMap::new();
     let (mut durable_next, mut on_disk_next) = (1, 1);
     let mut durable = store.reader(durable_next);
     let mut on_disk = MiniStore::read_from(&path, on_disk_next);
@@ -116,6 +183,42 @@ async fn run(max_bytes: u64, preallocate: bool, ops: Vec<Op>) -> Result<(), Test
             Op::Read(max) => {
                 tail(&mut durable, &mut durable_next, max, &model).await?;
                 tail(&mut on_disk, &mut on_disk_next, max, &model).await?;
+            }
+            Op::Group(group) => {
+                let mut last = model.len() as u64;
+                let requests: Vec<Append> = group
+                    .iter()
+                    .map(|r| {
+                        let lines = r.values.iter().map(|v| JsonLine::from_value(v).unwrap());
+                        let mut append = Append::new(lines.collect());
+                        append.key = r.key.map(|k| format!("key-{k}"));
+                        // Right as the store will see it: after the requests before it.
+                        append.expected_last_seq = r.expect.map(|right| last + u64::from(!right));
+                        last += r.values.len() as u64;
+                        append
+                    })
+                    .collect();
+                let expected: Vec<Option<u64>> =
+                    requests.iter().map(|r| r.expected_last_seq).collect();
+                let results = store.append_requests(requests).await.unwrap();
+                for ((request, result), expected) in group.iter().zip(results).zip(expected) {
+                    let got = match result {
+                        Ok(a) => Ok((a.seqs, a.duplicate)),
+                        Err(MiniStoreError::KeyReused { first_seq, .. }) => {
+                            Err(format!("KeyReused at {first_seq}"))
+                        }
+                        Err(MiniStoreError::LastSeqMismatch { expected, last_seq }) => {
+                            Err(format!("LastSeqMismatch {expected} {last_seq}"))
+                        }
+                        Err(e) => panic!("unexpected {e}"),
+                    };
+                    prop_assert_eq!(
+                        got,
+                        model_request(&mut model, &mut keys, request, expected),
+                        "{:?}",
+                        request
+                    );
+                }
             }
         }
         prop_assert_eq!(store.last_seq(), model.len() as u64);
