@@ -96,6 +96,71 @@ async fn append_returns_contiguous_seqs_and_replay_returns_the_stored_json() {
 }
 
 #[tokio::test]
+async fn a_retried_key_is_answered_not_written_and_expectations_are_checked() {
+    let server = TestServer::start().await;
+    let mut stub = server.stub().await;
+    let keyed = |json: &str, key: &str, expected: Option<u64>| AppendRequest {
+        idempotency_key: key.into(),
+        expected_last_seq: expected,
+        ..payload_req("p", json)
+    };
+    let first = stub
+        .append(keyed("1", "k1", Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    // The retry of a written request succeeds with its seq, its expectation now stale.
+    let retry = stub
+        .append(keyed("1", "k1", Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retry.seq, retry.duplicate), (1, true));
+
+    let reused = stub.append(keyed("2", "k1", None)).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert!(reused.message().contains("seq 1"), "{}", reused.message());
+
+    let stale = stub.append(keyed("2", "k2", Some(0))).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    assert!(stale.message().contains("it is 1"), "{}", stale.message());
+    let trailer = stale.metadata().get("ministore-last-seq").unwrap();
+    assert_eq!(trailer.to_str().unwrap(), "1");
+
+    let batch = AppendBatchRequest {
+        journal: "p".into(),
+        payloads: vec![b"2".to_vec(), b"3".to_vec()],
+        idempotency_key: "b1".into(),
+        expected_last_seq: Some(1),
+        ..Default::default()
+    };
+    let written = stub.append_batch(batch.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        (written.first_seq, written.last_seq, written.duplicate),
+        (2, 3, false)
+    );
+    let again = stub.append_batch(batch).await.unwrap().into_inner();
+    assert_eq!(
+        (again.first_seq, again.last_seq, again.duplicate),
+        (2, 3, true)
+    );
+
+    let long = stub
+        .append(keyed("4", &"k".repeat(129), None))
+        .await
+        .unwrap_err();
+    assert_eq!(long.code(), Code::InvalidArgument);
+    assert!(long.message().contains("128 bytes"), "{}", long.message());
+    let stored: Vec<String> = replay_all(&mut stub, "p")
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(stored, ["1", "2", "3"]);
+}
+
+#[tokio::test]
 async fn empty_journal_name_means_default() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
