@@ -171,6 +171,7 @@ mod read;
 mod recovery;
 mod segment;
 mod store;
+mod syncer;
 pub mod verify;
 
 pub use append::{Append, Appended};

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use crate::meta::{self, Entry};
 use crate::read::{JournalReader, JournalStream};
 use crate::recovery;
 use crate::segment::{self, Segment};
+use crate::syncer::Syncer;
 use crate::{Append, Appended, MiniStoreError, MiniStoreOptions, Result};
 
 /// A durable, append-only log store for serializable records.
@@ -667,8 +669,9 @@ struct Writer {
     uncut: Option<String>,
     /// Where records are missing between segments, as found at open.
     damage: Option<String>,
-    /// The active segment's metadata file (see `meta`), opened read-write.
-    meta_file: File,
+    /// The active segment's metadata file (see `meta`), opened read-write; shared with the
+    /// thread that fsyncs it (`syncer`).
+    meta_file: Arc<File>,
     meta_path: PathBuf,
     /// The first seq its header covers.
     meta_first_seq: u64,
@@ -680,6 +683,10 @@ struct Writer {
     keys: KeyIndex,
     /// The newest commit time written: commit times never go back within a journal.
     last_commit_ns: u64,
+    /// Fsyncs the metadata file while this thread fsyncs the segment; started by the
+    /// first commit (`None` before, or if the OS refused the thread: then one after the
+    /// other).
+    syncer: Option<Syncer>,
     /// Buffers of the group being committed, kept to reuse their memory.
     group_data: Vec<u8>,
     group_meta: Vec<u8>,
@@ -810,13 +817,14 @@ impl Writer {
             poisoned: None,
             uncut: None,
             damage,
-            meta_file: active_meta.file,
+            meta_file: Arc::new(active_meta.file),
             meta_path: active_meta.path,
             meta_first_seq: active_meta.first_seq,
             meta_len: active_meta.len,
             sealed_metas: sealed_metas.into(),
             keys,
             last_commit_ns: active_meta.last_commit_ns,
+            syncer: None,
             group_data: Vec::new(),
             group_meta: Vec::new(),
             _lock: lock,
@@ -1050,21 +1058,35 @@ impl Writer {
             return Err(MiniStoreError::io("writing to", &self.meta_path, e));
         }
         // 2. fdatasync both: the records and their entries (and the file sizes, and the
-        //    zeros ahead when this commit extended the file) are on stable storage. On
-        //    failure the kernel may have dropped the pages and marked them clean, and a
-        //    later fsync would "succeed" over them (fsyncgate): they are never trusted.
-        //    What is durable is what the last successful fsyncs covered, `self.len` and
-        //    `self.meta_len`; both files are cut back to them, and that made durable,
-        //    before anything else reads or appends. Readers never saw the lost bytes: they
-        //    read up to `self.len` only.
-        let synced = io
-            .sync_data(&self.file, &self.base)
-            .map_err(|e| (self.base.clone(), e))
-            .and_then(|()| {
-                io.sync_data(&self.meta_file, &self.meta_path)
-                    .map_err(|e| (self.meta_path.clone(), e))
-            });
-        if let Err((path, e)) = synced {
+        //    zeros ahead when this commit extended the file) are on stable storage. The
+        //    metadata file's flush runs on the syncer thread at the same time as the
+        //    segment's here, so a commit waits for the slower flush, not for their sum.
+        //    On failure of either, the kernel may have dropped the pages and marked them
+        //    clean, and a later fsync would "succeed" over them (fsyncgate): they are
+        //    never trusted. What is durable is what the last successful fsyncs covered,
+        //    `self.len` and `self.meta_len`; both files are cut back to them, and that
+        //    made durable, before anything else reads or appends. Readers never saw the
+        //    lost bytes: they read up to `self.len` only.
+        if self.syncer.is_none() {
+            self.syncer = Syncer::start(&self.base.to_string_lossy())
+                .inspect_err(|e| tracing::warn!(journal = %self.base.display(), error = %e, "no thread to fsync the metadata file beside the segment; fsyncing one after the other"))
+                .ok();
+        }
+        let io = &self.opts.faults;
+        if let Some(syncer) = &self.syncer {
+            syncer.begin(self.meta_file.clone(), self.meta_path.clone(), io.clone());
+        }
+        let data_synced = io.sync_data(&self.file, &self.base);
+        let meta_synced = match &self.syncer {
+            Some(syncer) => syncer.wait(),
+            None => io.sync_data(&self.meta_file, &self.meta_path),
+        };
+        let failed = match (data_synced, meta_synced) {
+            (Err(e), _) => Some((self.base.clone(), e)),
+            (Ok(()), Err(e)) => Some((self.meta_path.clone(), e)),
+            (Ok(()), Ok(())) => None,
+        };
+        if let Some((path, e)) = failed {
             self.restore_durable_length("a failed fsync");
             return Err(MiniStoreError::io("fsyncing", &path, e));
         }
@@ -1230,7 +1252,7 @@ impl Writer {
         let sealed_meta = std::mem::replace(&mut self.meta_path, active_meta.path);
         let sealed_meta_seq = std::mem::replace(&mut self.meta_first_seq, active_meta.first_seq);
         self.sealed_metas.push_back((sealed_meta_seq, sealed_meta));
-        self.meta_file = active_meta.file;
+        self.meta_file = Arc::new(active_meta.file);
         self.meta_len = active_meta.len;
         // 6. Retention: delete the oldest segments beyond max_segments (the active one
         //    counts), each after its index and its metadata, then fsync the directory.

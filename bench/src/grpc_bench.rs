@@ -332,7 +332,7 @@ pub async fn server(
 
 /// Runs `work` against the real server in this process, serving `data_dir` on a fresh
 /// `127.0.0.1:0` listener, then shuts the server down.
-async fn with_server<T>(
+pub(crate) async fn with_server<T>(
     data_dir: &Path,
     in_flight: usize,
     work: impl AsyncFnOnce(&Client, &str) -> Result<T, BoxError>,

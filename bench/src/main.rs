@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
-//!                                           [--only store,noop,server,stream,open] [--markdown]
+//!                                           [--only store,noop,server,stream,open,keys]
+//!                                           [--markdown]
 //! ```
 //!
 //! One table, every figure from the same run:
@@ -14,7 +15,10 @@
 //!   AppendBatch of 100 at 64, through the same client;
 //! - `stream`: one reader of a 1,000,000-record journal, the server's RSS meanwhile (the
 //!   server in a child process), and the time to the first record from the middle;
-//! - `open`: opening a journal of ~1 GiB of segments.
+//! - `open`: opening a journal of ~1 GiB of segments;
+//! - `keys`: what retry safety costs: Append with an idempotency key beside without, at 1
+//!   and 64 callers; raw fdatasync of two files per commit beside one; opening a journal of
+//!   1,000,000 keys, and the memory per key (its own table, after the main one).
 //!
 //! The targets of issue #6 are printed beside the figures they judge, each PASS or MISS.
 //! Everything happens on loopback, in a temporary directory made inside `--dir` (default:
@@ -23,6 +27,7 @@
 
 mod fill;
 mod grpc_bench;
+mod keys_bench;
 mod noop;
 mod open_bench;
 mod report;
@@ -97,6 +102,8 @@ enum Section {
     Stream,
     /// Open time of a ~1 GiB journal.
     Open,
+    /// Appends with and without idempotency keys; open time and memory with 1M keys.
+    Keys,
 }
 
 /// Records in the stream section's journal.
@@ -224,6 +231,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ));
         results.open = Some(open_bench::run(dir.path(), bytes).await?);
     }
+    let keys = if wanted(Section::Keys) {
+        let keys = if args.quick {
+            keys_bench::QUICK_KEYS
+        } else {
+            keys_bench::KEYS
+        };
+        progress(&format!(
+            "keys: Append with and without a key at 1 and 64 callers; raw fdatasync of two files; open with {keys} keys"
+        ));
+        Some(keys_bench::run(&dir.path().join("keys"), duration, warmup, keys).await?)
+    } else {
+        None
+    };
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
@@ -234,9 +254,24 @@ async fn run(args: Args) -> Result<(), BoxError> {
     for note in notes(&results, args.appends_in_flight) {
         println!("- {note}");
     }
+    if let Some(keys) = &keys {
+        println!();
+        print!("{}", keys_bench::table(keys).render());
+        println!(
+            "- Append rows: the raw stub (no client coalescing, no client retries), one Append RPC per call, to the real server in this process; \"with a key\" sends a unique 36-byte key per call. Each row is the better of two runs interleaved with the other variant"
+        );
+        println!(
+            "- open: the journal was written with one key per 200-byte record, in commits of {} requests; median of 3 opens; memory = growth of this process's VmRSS across the open",
+            1000
+        );
+    }
     if args.markdown {
         println!();
         print!("{}", table.render_markdown());
+        if let Some(keys) = &keys {
+            println!();
+            print!("{}", keys_bench::table(keys).render_markdown());
+        }
     }
     Ok(())
 }
