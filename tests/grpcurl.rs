@@ -541,7 +541,30 @@ fn a_request_retried_with_its_idempotency_key_gets_its_first_answer_and_is_writt
         64 + 6,
         "grpcurl exits with 64 + ALREADY_EXISTS: {stderr}"
     );
-    let written = [r#"{"user":"erin"}"#, r#"{"n":1}"#, r#"{"n":2}"#];
+
+    // A key is at most 128 bytes.
+    let keyed =
+        |key: &str| json!({ "journal": "demo", "value": 4, "idempotency_key": key }).to_string();
+    let (code, stderr) = call_failing(
+        &server,
+        "ministore.v1.Journal/Append",
+        &keyed(&"k".repeat(129)),
+    );
+    assert!(stderr.contains("Code: InvalidArgument"), "{stderr}");
+    assert!(
+        stderr.contains("an idempotency key is at most 128 bytes"),
+        "{stderr}"
+    );
+    assert_eq!(code, 64 + 3, "{stderr}");
+    assert_eq!(
+        call(
+            &server,
+            "ministore.v1.Journal/Append",
+            &keyed(&"k".repeat(128))
+        ),
+        json!({ "seq": "4" })
+    );
+    let written = [r#"{"user":"erin"}"#, r#"{"n":1}"#, r#"{"n":2}"#, "4"];
     assert_eq!(lines_on_disk(&server, "demo"), written);
 
     // The keys outlive the server: a new one on the same data directory answers the same.
