@@ -192,6 +192,8 @@ fn describe_shows_every_rpc_with_the_comments_of_the_proto() {
         "bytes payload = 2;",
         ".google.protobuf.Value value = 3;",
         "// UTF-8 JSON text. Insignificant whitespace is removed before storing.",
+        "string idempotency_key = 4;",
+        "optional uint64 expected_last_seq = 5;",
     ] {
         assert!(
             request.contains(field),
@@ -498,6 +500,168 @@ fn replay_of_an_unknown_journal_is_not_found() {
     assert!(stderr.contains("Code: NotFound"), "{stderr}");
     assert!(stderr.contains("created by its first Append"), "{stderr}");
     assert_eq!(code, 64 + 5, "{stderr}");
+}
+
+#[test]
+fn a_request_retried_with_its_idempotency_key_gets_its_first_answer_and_is_written_once() {
+    let (tmp, server) = start_server();
+    let append = r#"{"journal":"demo","value":{"user":"erin"},"idempotency_key":"order-42"}"#;
+    let batch = r#"{"journal":"demo","values":[{"n":1},{"n":2}],"idempotency_key":"batch-7"}"#;
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/Append", append),
+        json!({ "seq": "1" })
+    );
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/AppendBatch", batch),
+        json!({ "firstSeq": "2", "lastSeq": "3" })
+    );
+    // The retries: the first answers, marked as duplicates; nothing written again.
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/Append", append),
+        json!({ "seq": "1", "duplicate": true })
+    );
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/AppendBatch", batch),
+        json!({ "firstSeq": "2", "lastSeq": "3", "duplicate": true })
+    );
+
+    // A key reused for another record is refused, naming the seq it was used for.
+    let (code, stderr) = call_failing(
+        &server,
+        "ministore.v1.Journal/Append",
+        r#"{"journal":"demo","value":{"user":"frank"},"idempotency_key":"order-42"}"#,
+    );
+    assert!(stderr.contains("Code: AlreadyExists"), "{stderr}");
+    assert!(
+        stderr.contains(r#"idempotency key "order-42" was already used for different records, committed at seq 1"#),
+        "{stderr}"
+    );
+    assert_eq!(
+        code,
+        64 + 6,
+        "grpcurl exits with 64 + ALREADY_EXISTS: {stderr}"
+    );
+
+    // A key is at most 128 bytes.
+    let keyed =
+        |key: &str| json!({ "journal": "demo", "value": 4, "idempotency_key": key }).to_string();
+    let (code, stderr) = call_failing(
+        &server,
+        "ministore.v1.Journal/Append",
+        &keyed(&"k".repeat(129)),
+    );
+    assert!(stderr.contains("Code: InvalidArgument"), "{stderr}");
+    assert!(
+        stderr.contains("an idempotency key is at most 128 bytes"),
+        "{stderr}"
+    );
+    assert_eq!(code, 64 + 3, "{stderr}");
+    assert_eq!(
+        call(
+            &server,
+            "ministore.v1.Journal/Append",
+            &keyed(&"k".repeat(128))
+        ),
+        json!({ "seq": "4" })
+    );
+    let written = [r#"{"user":"erin"}"#, r#"{"n":1}"#, r#"{"n":2}"#, "4"];
+    assert_eq!(lines_on_disk(&server, "demo"), written);
+
+    // The keys outlive the server: a new one on the same data directory answers the same.
+    server.signal("TERM");
+    let (exit, logs) = server.wait();
+    assert_eq!(exit, Some(0), "{logs}");
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/Append", append),
+        json!({ "seq": "1", "duplicate": true })
+    );
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/AppendBatch", batch),
+        json!({ "firstSeq": "2", "lastSeq": "3", "duplicate": true })
+    );
+    assert_eq!(lines_on_disk(&server, "demo"), written);
+}
+
+#[test]
+fn an_append_expecting_another_last_seq_is_aborted_and_says_the_last_seq_in_a_trailer() {
+    let (_tmp, server) = start_server();
+    let expecting = |last: u64, user: &str| {
+        json!({ "journal": "demo", "value": { "user": user }, "expected_last_seq": last })
+            .to_string()
+    };
+    // 0: only into a journal without records (here, one that does not exist yet).
+    assert_eq!(
+        call(
+            &server,
+            "ministore.v1.Journal/Append",
+            &expecting(0, "erin")
+        ),
+        json!({ "seq": "1" })
+    );
+    let (code, stderr) = call_failing(
+        &server,
+        "ministore.v1.Journal/Append",
+        &expecting(0, "frank"),
+    );
+    assert!(stderr.contains("Code: Aborted"), "{stderr}");
+    assert!(
+        stderr
+            .contains("expected the journal's last seq to be 0, but it is 1; nothing was written"),
+        "{stderr}"
+    );
+    assert_eq!(code, 64 + 10, "grpcurl exits with 64 + ABORTED: {stderr}");
+
+    // `-v` prints the response trailers, the journal's last seq among them.
+    let verbose = grpcurl(
+        &server,
+        &["-v", "-d", &expecting(0, "frank")],
+        &["ministore.v1.Journal/Append"],
+    );
+    assert_eq!(
+        verbose.status.code(),
+        Some(64 + 10),
+        "{}",
+        printed(&verbose)
+    );
+    let text = String::from_utf8_lossy(&verbose.stdout);
+    let trailers = &text[text
+        .find("Response trailers received:\n")
+        .unwrap_or_else(|| panic!("no trailers in:\n{text}"))..];
+    assert!(
+        trailers.lines().any(|line| line == "ministore-last-seq: 1"),
+        "{text}"
+    );
+
+    // With the last seq it names, the append goes through.
+    assert_eq!(
+        call(
+            &server,
+            "ministore.v1.Journal/Append",
+            &expecting(1, "frank")
+        ),
+        json!({ "seq": "2" })
+    );
+    // A retry of a keyed conditional append that was written gets its seq, not ABORTED,
+    // though the journal's last seq is no longer what it expected.
+    let keyed =
+        r#"{"journal":"demo","value":{"user":"gina"},"idempotency_key":"k","expected_last_seq":2}"#;
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/Append", keyed),
+        json!({ "seq": "3" })
+    );
+    assert_eq!(
+        call(&server, "ministore.v1.Journal/Append", keyed),
+        json!({ "seq": "3", "duplicate": true })
+    );
+    assert_eq!(
+        lines_on_disk(&server, "demo"),
+        [
+            r#"{"user":"erin"}"#,
+            r#"{"user":"frank"}"#,
+            r#"{"user":"gina"}"#,
+        ]
+    );
 }
 
 #[test]

@@ -3,48 +3,59 @@
 //! `tests/python/client.py`, checks what it gets back itself; this test then checks that
 //! the records it wrote are the ones the Rust stubs and the journal file hold.
 
-use std::path::Path;
-use std::process::Command;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 
-use ministore::proto::ReplayRequest;
 use ministore::proto::journal_client::JournalClient;
 use ministore::proto::record::Body;
+use ministore::proto::{InfoRequest, ReplayRequest};
 use ministore_tests::docs::fenced_block;
+use ministore_tests::events::EVENT_BOUND;
 use ministore_tests::server::ServerProcess;
 use ministore_tests::tools::{self, printed};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-/// A server on a fresh data directory, and the Python stubs of `proto/` generated into a
-/// temporary directory the way the docs tell users (`python -m grpc_tools.protoc`).
+/// A server on a fresh data directory, and the Python stubs of `proto/` ([`generate_stubs`]).
 struct PythonSetup {
     stubs: tempfile::TempDir,
     server: ServerProcess,
     _data: tempfile::TempDir,
 }
 
+/// The Python stubs of `proto/`, generated into a temporary directory the way the docs tell
+/// users (`python -m grpc_tools.protoc`).
+fn generate_stubs() -> tempfile::TempDir {
+    let stubs = tempfile::tempdir().expect("tempdir");
+    let root = tools::workspace_root();
+    let protoc = Command::new(tools::python())
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg("--python_out")
+        .arg(stubs.path())
+        .arg("--grpc_python_out")
+        .arg(stubs.path())
+        .arg(root.join("proto/ministore/v1/journal.proto"))
+        .output()
+        .expect("running python -m grpc_tools.protoc");
+    assert!(
+        protoc.status.success(),
+        "generating the Python stubs failed: {}",
+        printed(&protoc)
+    );
+    for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
+        let path = stubs.path().join("ministore/v1").join(file);
+        assert!(path.is_file(), "protoc did not write {}", path.display());
+    }
+    stubs
+}
+
 impl PythonSetup {
     fn new() -> PythonSetup {
-        let stubs = tempfile::tempdir().expect("tempdir");
-        let root = tools::workspace_root();
-        let protoc = Command::new(tools::python())
-            .args(["-m", "grpc_tools.protoc", "-I"])
-            .arg(root.join("proto"))
-            .arg("--python_out")
-            .arg(stubs.path())
-            .arg("--grpc_python_out")
-            .arg(stubs.path())
-            .arg(root.join("proto/ministore/v1/journal.proto"))
-            .output()
-            .expect("running python -m grpc_tools.protoc");
-        assert!(
-            protoc.status.success(),
-            "generating the Python stubs failed: {}",
-            printed(&protoc)
-        );
-        for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
-            let path = stubs.path().join("ministore/v1").join(file);
-            assert!(path.is_file(), "protoc did not write {}", path.display());
-        }
+        let stubs = generate_stubs();
         let data = tempfile::tempdir().expect("tempdir");
         let server = ServerProcess::start(&data.path().join("data"), &[]);
         PythonSetup {
@@ -62,6 +73,8 @@ impl PythonSetup {
             .arg(self.server.addr.to_string())
             .args(args)
             .env("PYTHONPATH", self.stubs.path())
+            // client.py imports producer.py: no __pycache__ in tests/python.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
         assert!(
@@ -164,5 +177,268 @@ fn the_minimal_client_in_docs_python_md_prints_what_it_shows() {
     assert_eq!(
         output, shown,
         "docs/python.md shows other output than its client prints"
+    );
+}
+
+#[test]
+fn the_producer_in_docs_python_md_is_the_one_the_tests_run() {
+    let root = tools::workspace_root();
+    let markdown =
+        std::fs::read_to_string(root.join("docs/python.md")).expect("reading docs/python.md");
+    let script = std::fs::read_to_string(root.join("tests/python/producer.py"))
+        .expect("reading tests/python/producer.py");
+    let section = markdown
+        .find("\n## A producer that retries safely\n")
+        .expect("docs/python.md has its producer section");
+    let (retries, end) = fenced_block(&markdown, "```python", section);
+    let (conditional, _) = fenced_block(&markdown, "```python", end);
+    for shown in [retries, conditional] {
+        assert!(
+            script.contains(&shown),
+            "docs/python.md shows code that tests/python/producer.py does not hold:\n{shown}"
+        );
+    }
+}
+
+/// Producers of the crash test, each a `producer.py` process.
+const PRODUCERS: usize = 8;
+/// Records each producer appends, one at a time.
+const RECORDS_PER_PRODUCER: usize = 150;
+/// SIGKILL-and-restart rounds while the producers run.
+const KILLS: usize = 3;
+/// Small segments, all kept: the journal rotates several times under the producers (the
+/// keys must outlive rotations too), and every record stays to be checked.
+const SMALL_SEGMENTS: [&str; 4] = ["--max-bytes-per-segment", "16384", "--max-segments", "0"];
+
+/// One line of `producer.py`: a record acknowledged.
+#[derive(Debug, serde::Deserialize)]
+struct Ack {
+    id: String,
+    seq: u64,
+    duplicate: bool,
+}
+
+/// A `producer.py` process, killed if the test ends before it does.
+struct Producer {
+    child: Child,
+    /// Where its stderr goes (a file: nothing to drain).
+    stderr: PathBuf,
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every record of `journal` on the server at `url`, with its JSON parsed, page by page.
+fn replay_all(url: String, journal: &str) -> Vec<(u64, Value)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut stub = JournalClient::connect(url).await.expect("connect");
+        let mut records = Vec::new();
+        let mut from_seq = 1;
+        loop {
+            let page = stub
+                .replay(ReplayRequest {
+                    journal: journal.into(),
+                    from_seq,
+                    ..Default::default()
+                })
+                .await
+                .expect("Replay")
+                .into_inner();
+            for record in page.records {
+                let Some(Body::Payload(json)) = record.body else {
+                    panic!("record {} came back without its payload", record.seq);
+                };
+                let value = serde_json::from_slice(&json).expect("stored JSON");
+                records.push((record.seq, value));
+            }
+            if page.next_seq > page.last_seq {
+                return records;
+            }
+            from_seq = page.next_seq;
+        }
+    })
+}
+
+#[test]
+fn python_producers_retrying_with_keys_store_each_record_once_through_sigkills() {
+    let stubs = generate_stubs();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let first = ServerProcess::start(&data, &SMALL_SEGMENTS);
+    // Restarts listen where the producers' channels reconnect.
+    let addr = first.addr.to_string();
+    let restart = || {
+        let mut args = SMALL_SEGMENTS.to_vec();
+        args.extend(["--listen", &addr]);
+        ServerProcess::start(&data, &args)
+    };
+    let mut server = Some(first);
+
+    // Each producer's stdout is read by a thread that hands its lines over as they come,
+    // then None at its end.
+    let script = tools::workspace_root().join("tests/python/producer.py");
+    let (lines, printed_lines) = mpsc::channel::<(usize, Option<String>)>();
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let stderr = tmp.path().join(format!("producer-{p}.stderr"));
+        let mut child = Command::new(tools::python())
+            .arg(&script)
+            .args([
+                &addr,
+                "orders",
+                &format!("p{p}"),
+                &RECORDS_PER_PRODUCER.to_string(),
+            ])
+            .env("PYTHONPATH", stubs.path())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr).expect("creating a stderr file"))
+            .spawn()
+            .expect("starting producer.py");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if lines.send((p, Some(line))).is_err() {
+                    return;
+                }
+            }
+            let _ = lines.send((p, None));
+        });
+        producers.push(Producer { child, stderr });
+    }
+    drop(lines);
+
+    // The server dies each time another quarter of all the records has been acknowledged,
+    // with every producer still going, and comes back on the same port and data.
+    let total = PRODUCERS * RECORDS_PER_PRODUCER;
+    let mut acks: Vec<Vec<Ack>> = (0..PRODUCERS).map(|_| Vec::new()).collect();
+    let mut acked = 0;
+    let mut kills = 0;
+    let mut running = PRODUCERS;
+    while running > 0 {
+        let logs = || server.as_ref().map(ServerProcess::logs).unwrap_or_default();
+        // A bound on failure only: the producers acknowledge records every few ms.
+        let (p, line) = printed_lines.recv_timeout(EVENT_BOUND).unwrap_or_else(|e| {
+            panic!(
+                "no producer printed anything for {EVENT_BOUND:?} ({e}); {acked} of {total} acknowledged\nserver log:\n{}",
+                logs()
+            )
+        });
+        let Some(line) = line else {
+            let producer = &mut producers[p];
+            let status = producer.child.wait().expect("waiting for producer.py");
+            assert!(
+                status.success(),
+                "producer {p} failed ({status}):\n{}\nserver log:\n{}",
+                std::fs::read_to_string(&producer.stderr).unwrap_or_default(),
+                logs()
+            );
+            running -= 1;
+            continue;
+        };
+        let ack: Ack = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("producer {p} printed {line:?}, not an acknowledgement ({e})")
+        });
+        acks[p].push(ack);
+        acked += 1;
+        if kills < KILLS && acked >= (kills + 1) * total / (KILLS + 1) {
+            let killed = server.take().expect("a server runs");
+            killed.signal("KILL");
+            let (code, logs) = killed.wait();
+            assert_eq!(code, None, "the server should die of SIGKILL:\n{logs}");
+            kills += 1;
+            println!("SIGKILL {kills} after {acked} of {total} records were acknowledged");
+            server = Some(restart());
+        }
+    }
+    assert_eq!(kills, KILLS, "the server was killed only {kills} times");
+    let server = server.expect("a server runs");
+
+    // What the journal holds: seqs 1..=N, and no record twice.
+    let stored = replay_all(server.url(), "orders");
+    assert!(
+        stored
+            .iter()
+            .map(|(seq, _)| *seq)
+            .eq(1..=stored.len() as u64),
+        "seqs are not 1..={}",
+        stored.len()
+    );
+    let mut stored_at: HashMap<&str, u64> = HashMap::new();
+    for (seq, record) in &stored {
+        let id = record["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("record {seq} has no id: {record}"));
+        if let Some(first) = stored_at.insert(id, *seq) {
+            panic!("record {id} is stored twice: at seq {first} and at seq {seq}");
+        }
+    }
+
+    // Every record each producer was told is acknowledged is stored at the seq it was told,
+    // and nothing else is stored: every record once, as its producer made it.
+    let mut duplicates = 0;
+    for (p, acks) in acks.iter().enumerate() {
+        assert_eq!(
+            acks.len(),
+            RECORDS_PER_PRODUCER,
+            "producer {p} printed {} acknowledgements",
+            acks.len()
+        );
+        for (n, ack) in acks.iter().enumerate() {
+            let made = json!({ "id": ack.id, "producer": format!("p{p}"), "n": n });
+            assert_eq!(
+                stored.get(ack.seq as usize - 1).map(|(_, record)| record),
+                Some(&made),
+                "producer {p} was told its record {n} is at seq {} (duplicate: {})",
+                ack.seq,
+                ack.duplicate
+            );
+            duplicates += usize::from(ack.duplicate);
+        }
+        assert!(
+            acks.windows(2).all(|pair| pair[0].seq < pair[1].seq),
+            "producer {p} appended one record after the other, but its seqs are not in order"
+        );
+    }
+    assert_eq!(
+        stored.len(),
+        total,
+        "records stored that no producer was told of"
+    );
+
+    let segments = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let mut stub = JournalClient::connect(server.url()).await.expect("connect");
+            let info = stub
+                .info(InfoRequest {
+                    journal: "orders".into(),
+                })
+                .await
+                .expect("Info")
+                .into_inner();
+            info.segments
+        });
+    assert!(
+        segments > 3,
+        "the journal should have rotated: {segments} segments"
+    );
+    println!(
+        "{PRODUCERS} producers, {KILLS} SIGKILLs: {total} records acknowledged, each stored once \
+         at its seq; {duplicates} acknowledged as duplicates (written before a kill, answered \
+         to the retry); {segments} segments"
     );
 }

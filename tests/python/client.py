@@ -3,7 +3,9 @@
 Usage: client.py ADDR JOURNAL   (with the stubs generated from proto/ on PYTHONPATH)
 
 It appends records as payload bytes and as structured values, appends batches, replays
-with paging, follows a live Stream, and checks error codes. Any mismatch exits 1 with a
+with paging, follows a live Stream, retries with an idempotency key and appends only if
+the journal's last seq is as expected (with producer.py's helpers, beside this file), and
+checks error codes. Any mismatch exits 1 with a
 message saying what was expected and what came back. On success it prints one JSON line,
 {"journal": ..., "records": [{"seq": N, "json": "<stored text>"}, ...]}, for the Rust side
 to compare with what it reads itself.
@@ -19,6 +21,8 @@ from google.protobuf import json_format, struct_pb2
 
 from ministore.v1 import journal_pb2 as pb
 from ministore.v1 import journal_pb2_grpc as pb_grpc
+
+import producer
 
 # A bound on failure only: every call here answers in milliseconds.
 TIMEOUT = 30
@@ -120,6 +124,7 @@ def run(stub, journal):
 
     follow(stub, journal, stored)
     deep_records(stub, journal, stored)
+    keys_and_expectations(stub, journal, stored)
 
     # Errors carry the status code a program can act on; nothing is written.
     detail = expect_error(
@@ -221,6 +226,36 @@ def deep_records(stub, journal, stored):
     expect("the deepest value", json.dumps(json_format.MessageToDict(page.records[0].value), separators=(",", ":")),
            texts[0])
     expect("the deeper records, exact", [r.payload.decode() for r in page.records[1:]], texts[1:])
+
+
+def keys_and_expectations(stub, journal, stored):
+    """The helpers of producer.py that docs/python.md shows: a keyed append retried is
+    answered with its first seq; a conditional append is refused with the last seq."""
+    seq, duplicate = producer.append_with_retries(stub, journal, b'{"order": 42}', key="order-42")
+    expect("duplicate, for the first append with a key", duplicate, False)
+    stored[seq] = '{"order":42}'
+    expect(
+        "a retry of the keyed append",
+        producer.append_with_retries(stub, journal, b'{"order": 42}', key="order-42"),
+        (seq, True),
+    )
+    # Not retried: the key names another record, and would again.
+    detail = expect_error(
+        "the key reused for another record",
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda: producer.append_with_retries(stub, journal, b'{"order": 43}', key="order-42"),
+    )
+    if f"committed at seq {seq}" not in detail:
+        fail(f"ALREADY_EXISTS does not name the seq the key was used for: {detail!r}")
+
+    try:
+        producer.append_if_last(stub, journal, b'{"late": true}', expected_last_seq=seq - 1)
+        fail("an append expecting an old last seq was written")
+    except producer.Conflict as conflict:
+        expect("the last seq in the ABORTED status's trailer", conflict.last_seq, seq)
+    got = producer.append_if_last(stub, journal, b'{"late": false}', expected_last_seq=seq)
+    expect("the seq of an append whose expectation held", got, seq + 1)
+    stored[got] = '{"late":false}'
 
 
 if __name__ == "__main__":
