@@ -69,6 +69,16 @@
 //! repair that cut more than a partial line, `journal.jsonl.broken-<offset>` with the bytes
 //! that were cut.
 //!
+//! **Metadata files.** Each segment written by this version has a binary metadata file,
+//! `journal.jsonl.from-<first_seq>.meta`, named by the first seq it covers and never
+//! renamed: one entry per append request (an `append`, an `append_batch`, one [`Append`]
+//! of [`MiniStore::append_requests`]) holding its seqs and byte range (the batch
+//! boundary), its idempotency key, its commit time, a CRC32C of each record and a CRC of
+//! the entry. Nothing of it is inside the JSON lines, so the segments stay readable by
+//! `jq`, `tail -f` and the published crate. Segments without one (the published crate's,
+//! earlier versions', or records written before this version first opened the journal)
+//! are read as before. Layout and reasons: `docs/metadata-design.md`.
+//!
 //! **Segment indexes.** A rotated segment larger than 64 KiB gets a sparse index beside it,
 //! `journal.jsonl.000003.idx`, written by the writer when it seals the segment: where one
 //! record starts in every 64 KiB of the file, so that a reader starting at any sequence
@@ -95,29 +105,40 @@
 //!    a power loss cannot take a new journal's directory with its acknowledged records.
 //! 1. append: with preallocation, when the records would go past the end of the active
 //!    file, first extend it with written zeros (if that fails, e.g. on a full disk, cut them off again and append
-//!    as if there were none); `pwrite` the records at the end of the durable data, then
-//!    `fdatasync`, which covers the zeros too; only then are the records counted, shown to
-//!    readers and acknowledged. After a failed write or fsync the file is cut back to
-//!    its durable length (with the zeros) and that is fsynced (see below).
+//!    as if there were none); `pwrite` the records at the end of the durable data and
+//!    their metadata entries at the end of the metadata file's, then `fdatasync` both at
+//!    the same time (the segment's covers the zeros too); only when both succeed are the
+//!    records counted, their keys remembered, the records shown to readers and
+//!    acknowledged. After a failed write or fsync both files are cut back to their
+//!    durable lengths (with the zeros) and that is fsynced (see below).
 //! 2. rotation (after an append reaches `max_bytes_per_segment`): cut any zeros after the
 //!    last record and fsync; rename the active file to
 //!    the next segment number, fsync the directory; write the sealed segment's index
 //!    (through a temporary name, not fsynced: it is checked on use); create the new active
-//!    file with its header, fsync it and the directory; delete segments beyond
-//!    `max_segments` (each after its index), fsync the directory.
+//!    file with its header, fsync it and the directory; create its metadata file, fsync it
+//!    and the directory; delete segments beyond `max_segments` (each after its index and
+//!    metadata file), fsync the directory.
 //! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
 //!    torn header, or, beside rotated segments, one whose header a power loss left as
 //!    zeros: it is created from the end of the newest segment); cut an incomplete
 //!    tail from the active file (logging file, offset and length; more than a partial line
-//!    is first saved as `.broken-<offset>`; zeros alone are logged as information), fsync,
-//!    and only then accept appends. Indexes whose segment is gone are deleted.
+//!    is first saved as `.broken-<offset>`; zeros alone are logged as information), fsync;
+//!    keep the longest prefix of metadata entries whose records are all present and match
+//!    their CRC32C, and cut both files after it (so a batch is kept whole or not at all);
+//!    rebuild the idempotency keys from the retained metadata files; only then accept
+//!    appends. Indexes whose segment is gone are deleted.
 //! 4. close (dropping the store): cut the zeros after the last record and fsync, best
 //!    effort (a writer poisoned by a failure leaves the file to the next open).
 //!
 //! **What a crash can leave, and what open makes of it.** A crash of an open journal
 //! leaves zeros after its last record; open cuts them. A crash during an append can
-//! leave a prefix of the unacknowledged records: complete lines are kept (they were never
-//! acknowledged, but they are valid records), an incomplete one is cut. As appends
+//! leave any part of the unacknowledged request, in either file: open keeps it only if
+//! its entry and all its records are whole and verify, so a batch is all or none, and a
+//! key is never kept without its records or the reverse. (A journal whose active segment
+//! has no metadata file, as the published crate leaves it, keeps the complete lines and
+//! cuts an incomplete one, as before.) A damaged entry or record followed by an entry of
+//! a later commit was acknowledged: that is damage, refused with
+//! [`MiniStoreError::BadMeta`], never cut. As appends
 //! overwrite zeros in place, the pages of one append reach the disk in any order: a power
 //! loss can also leave a page of it still zeros and a later one written, so the first NUL
 //! byte ends the records, and everything from the line holding it on is cut (and kept as
@@ -153,9 +174,14 @@
 //! telling damage apart from what a crash leaves and `open` repairs; the `ministore verify`
 //! command prints its report.
 //!
-//! **Not guaranteed**: protection against media corruption (lines carry no checksum, to
-//! stay compatible with the published format), or against another program writing to the
-//! files.
+//! **Retries.** An [`Append`] with an idempotency key is committed with its key in the same
+//! entry; a retry of it (after a lost reply, a crash, a reopen, rotations) is answered with
+//! the original seqs and written nowhere, for as long as its records are retained and it
+//! is among the newest [`MiniStoreOptions::max_keys`] keys.
+//!
+//! **Not guaranteed**: detection of media corruption everywhere. Each record's CRC32C is
+//! kept and checked by `open` for the active segment; readers and `verify` do not check
+//! it yet. Nor protection against another program writing to the files.
 
 #![warn(missing_docs)]
 

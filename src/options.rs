@@ -49,7 +49,8 @@ pub struct MiniStoreOptions {
     pub preallocate: bool,
     /// How many idempotency keys the journal remembers (default 1,000,000): the newest,
     /// among those of retained records. An older key is forgotten, and a retry with it is
-    /// written again. About 60 bytes of memory per key (measured in the benchmark).
+    /// written again. About 120 bytes of memory per remembered key (the benchmark's `keys`
+    /// section measures it).
     pub max_keys: usize,
     /// Faults the writer's file operations meet (none by default): for tests of every
     /// failure path. See [`inject_faults`](Self::inject_faults).

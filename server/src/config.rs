@@ -66,7 +66,7 @@ pub struct Config {
 
     /// Idempotency keys remembered per journal: the newest, among those of retained
     /// records. A retry with a key older than that is written again. Each remembered key
-    /// takes about 60 bytes of memory (see the README's memory bound). 0 remembers none.
+    /// takes about 120 bytes of memory (see the README's memory bound). 0 remembers none.
     #[arg(long, env = "MINISTORE_DEDUPE_KEYS", default_value_t = ministore::DEFAULT_MAX_KEYS)]
     pub dedupe_keys: usize,
 
