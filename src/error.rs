@@ -142,6 +142,21 @@ pub enum MiniStoreError {
         max: usize,
     },
 
+    /// A record's bytes are not those written: its CRC32C (kept in the segment's metadata
+    /// file) does not match, or its metadata entry is damaged or missing. Nothing is
+    /// repaired: the files are left as they are for inspection.
+    #[error("{path}: record {seq} at byte {offset} {reason}; the files are left as they are")]
+    Checksum {
+        /// The segment file.
+        path: PathBuf,
+        /// The record's sequence number.
+        seq: u64,
+        /// Where its line starts in the file.
+        offset: u64,
+        /// What does not match.
+        reason: String,
+    },
+
     /// A metadata file (`journal.jsonl.from-<seq>.meta`, the keys, batch boundaries and
     /// checksums beside a segment) is damaged or not one. It is left untouched.
     #[error("{path} is not a usable ministore metadata file: {reason}")]

@@ -179,9 +179,23 @@
 //! the original seqs and written nowhere, for as long as its records are retained and it
 //! is among the newest [`MiniStoreOptions::max_keys`] keys.
 //!
-//! **Not guaranteed**: detection of media corruption everywhere. Each record's CRC32C is
-//! kept and checked by `open` for the active segment; readers and `verify` do not check
-//! it yet. Nor protection against another program writing to the files.
+//! **Checksums.** Each record's CRC32C is kept in its metadata entry and checked by
+//! `open` (the active segment) and by every [`JournalReader`] ([`MiniStore::replay`],
+//! [`MiniStore::read_from`], [`MiniStore::reader`]): a record whose bytes are not those
+//! written is [`MiniStoreError::Checksum`], naming file, seq and byte offset, and the
+//! files are left as they are. Such readers also return only whole requests: a line whose
+//! entry, or a request's last line, is not written yet is not read. [`Record`] carries
+//! the commit time. The one-file line stream [`MiniStore::stream`] (the published API)
+//! reads lines as they are.
+//!
+//! **Writers without metadata.** Lines appended by a writer that keeps no metadata (the
+//! published crate) are read unverified in a sealed segment; in the active segment,
+//! after its last entry, `open` cannot tell them from an interrupted commit and moves
+//! them aside as `.broken-<offset>` (logged). Do not append to a journal with another
+//! writer while this version uses it.
+//!
+//! **Not guaranteed**: `ministore verify` does not check the CRCs yet; protection against
+//! another program writing to the files.
 
 #![warn(missing_docs)]
 

@@ -278,6 +278,129 @@ pub(crate) fn read(path: &Path) -> Result<Contents> {
     })
 }
 
+/// Reads a metadata file's entries in order, beside its segment, for readers. Reads are
+/// `pread`s into a buffer of its own, so a file another writer is appending to is read as
+/// far as its entries are whole, and a later call reads on from there.
+#[derive(Debug)]
+pub(crate) struct EntryCursor {
+    file: File,
+    pub path: PathBuf,
+    /// The first seq the file covers.
+    pub first_seq: u64,
+    /// Offset of the next entry not yet read.
+    next: u64,
+    /// Bytes of the file from offset `buf_at`.
+    buf: Vec<u8>,
+    buf_at: u64,
+    /// The last entry read.
+    current: Option<Entry>,
+}
+
+/// Bytes a reader reads from a metadata file at a time.
+const CURSOR_CHUNK: usize = 64 * 1024;
+
+impl EntryCursor {
+    /// Opens the metadata file at `path` and reads its header; `None` if it is gone.
+    pub(crate) fn open(path: &Path) -> Result<Option<EntryCursor>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(MiniStoreError::io("opening", path, e)),
+        };
+        let mut head = [0u8; HEADER_LEN as usize];
+        let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+            .map_err(|e| e.to_string())
+            .and_then(|()| Header::decode(&head))
+            .map_err(|reason| MiniStoreError::BadMeta {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        Ok(Some(EntryCursor {
+            file,
+            path: path.to_path_buf(),
+            first_seq: header.first_seq,
+            next: HEADER_LEN,
+            buf: Vec::new(),
+            buf_at: HEADER_LEN,
+            current: None,
+        }))
+    }
+
+    /// The entry that holds record `seq` (at least `first_seq`). `Ok(None)`: no whole entry
+    /// for it (yet); `Err(why)`: the entry where it should be is damaged.
+    pub(crate) fn entry_for(
+        &mut self,
+        seq: u64,
+    ) -> std::io::Result<Result<Option<&Entry>, String>> {
+        // Entries are contiguous in seq: each step reads the next one, and stops at the
+        // first that holds `seq`, or at the end of what is whole.
+        while self.current.as_ref().is_none_or(|e| e.end_seq() <= seq) {
+            match self.next_entry()? {
+                Ok(Some(entry)) => self.current = Some(entry),
+                Ok(None) => return Ok(Ok(None)),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        let entry = self.current.as_ref().expect("read above");
+        if entry.first_seq > seq {
+            return Ok(Err(format!(
+                "its entries skip from seq {} to seq {}",
+                seq, entry.first_seq
+            )));
+        }
+        Ok(Ok(Some(entry)))
+    }
+
+    fn next_entry(&mut self) -> std::io::Result<Result<Option<Entry>, String>> {
+        let at = self.next;
+        let Some(len) = self.bytes_at(at, 4)? else {
+            return Ok(Ok(None));
+        };
+        let len = u32_at(len, 0) as usize;
+        let Some(body) = self.bytes_at(at + 4, len)? else {
+            return Ok(Ok(None));
+        };
+        match Entry::decode(body) {
+            Ok(entry) => {
+                self.next = at + 4 + len as u64;
+                Ok(Ok(Some(entry)))
+            }
+            Err(why) => Ok(Err(format!(
+                "the entry at byte {at} of {}: {why}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// `n` bytes of the file from `at`, or `None` if the file does not hold them (yet).
+    fn bytes_at(&mut self, at: u64, n: usize) -> std::io::Result<Option<&[u8]>> {
+        let in_buf = at >= self.buf_at && at + n as u64 <= self.buf_at + self.buf.len() as u64;
+        if !in_buf {
+            self.buf.clear();
+            self.buf_at = at;
+            self.buf.resize(n.max(CURSOR_CHUNK), 0);
+            let mut got = 0;
+            // Ends: each turn reads more, or stops at the end of the file.
+            while got < n {
+                match std::os::unix::fs::FileExt::read_at(
+                    &self.file,
+                    &mut self.buf[got..],
+                    at + got as u64,
+                )? {
+                    0 => break,
+                    read => got += read,
+                }
+            }
+            self.buf.truncate(got);
+            if got < n {
+                return Ok(None);
+            }
+        }
+        let from = (at - self.buf_at) as usize;
+        Ok(Some(&self.buf[from..from + n]))
+    }
+}
+
 /// The metadata files of the journal at `base`: (first seq in the name, path), ascending.
 pub(crate) fn list(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found: Vec<(u64, PathBuf)> = crate::segment::list_siblings(base)?

@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::watch;
 
 use crate::index::{self, SegmentShape};
+use crate::meta::{self, EntryCursor};
 use crate::segment::{self, Segment};
 use crate::store::{Durable, blocking};
 use crate::{MiniStoreError, Result};
@@ -23,20 +24,25 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read at a time while skipping to a start position.
 const SKIP_CHUNK: usize = 1024 * 1024;
 
-/// One record read back: its sequence number and its JSON line (without the newline).
+/// One record read back: its sequence number, its JSON line (without the newline) and,
+/// when its segment has metadata, its commit time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The record's sequence number.
     pub seq: u64,
     /// The stored JSON text.
     pub json: String,
+    /// When the record was committed, in nanoseconds since the Unix epoch; never less
+    /// than an earlier record's. `None` for records written without metadata (by the
+    /// published crate or an earlier version).
+    pub commit_unix_ns: Option<u64>,
 }
 
 impl Record {
     /// Deserializes the record's JSON.
     ///
     /// ```
-    /// let record = ministore::Record { seq: 1, json: r#"{"id":7}"#.into() };
+    /// let record = ministore::Record { seq: 1, json: r#"{"id":7}"#.into(), commit_unix_ns: None };
     /// let value: serde_json::Value = record.parse().unwrap();
     /// assert_eq!(value["id"], 7);
     /// ```
@@ -209,6 +215,27 @@ struct Cursor {
     max_line: usize,
 }
 
+/// What the metadata says of the next record: its CRC32C and commit time.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    crc: u32,
+    commit_unix_ns: u64,
+}
+
+/// How the next record is checked against the metadata.
+#[derive(Debug)]
+enum Check {
+    /// Not covered by metadata (a segment, or records, from before it): read as is.
+    Unverified,
+    /// Its line must match this.
+    Crc(Expected),
+    /// No whole entry for it yet: a line there is not committed yet (an active segment
+    /// read as it is on disk), so it is not read.
+    NotYet,
+    /// No valid entry where there must be one: a line there is damage (why).
+    NoEntry(String),
+}
+
 #[derive(Debug)]
 struct OpenSegment {
     file: File,
@@ -225,6 +252,11 @@ struct OpenSegment {
     buf: Vec<u8>,
     /// Start of the unread bytes in `buf`.
     start: usize,
+    /// The segment's metadata entries, read in step with its records; `None` for a
+    /// segment without metadata (read unverified, as the published crate's).
+    meta: Option<EntryCursor>,
+    /// The first seq of the entry last found whole in the file (see `check_for`).
+    whole_entry: Option<u64>,
 }
 
 impl Cursor {
@@ -322,11 +354,17 @@ impl Cursor {
             let cap = durable
                 .filter(|d| d.active_first_seq == open.first_seq)
                 .map(|d| d.active_len);
-            if let Some(json) = open.next_line(cap, self.max_line, self.next_seq)? {
+            let check = open.check_for(self.next_seq, durable.is_some())?;
+            let expected = match &check {
+                Check::Crc(expected) => Some(*expected),
+                _ => None,
+            };
+            if let Some(json) = open.next_line(cap, self.max_line, self.next_seq, check)? {
                 bytes += json.len();
                 out.push(Record {
                     seq: self.next_seq,
                     json,
+                    commit_unix_ns: expected.map(|e| e.commit_unix_ns),
                 });
                 self.next_seq += 1;
                 continue;
@@ -405,7 +443,12 @@ impl Cursor {
                 .rev()
                 .find(|s| s.first_seq <= self.next_seq)
                 .expect("next_seq >= oldest first_seq");
-            let Some(mut open) = OpenSegment::open(seg)? else {
+            let next_first = segments
+                .iter()
+                .find(|s| s.first_seq > seg.first_seq)
+                .map(|s| s.first_seq);
+            let metas = meta::list(&self.base)?;
+            let Some(mut open) = OpenSegment::open(seg, next_first, &metas)? else {
                 continue;
             };
             let cap = durable
@@ -456,8 +499,14 @@ impl Cursor {
 }
 
 impl OpenSegment {
-    /// Opens `seg` after its header. `None` if the file is no longer the one catalogued.
-    fn open(seg: &Segment) -> Result<Option<OpenSegment>> {
+    /// Opens `seg` after its header, with its metadata file: the one among `metas` covering
+    /// seqs from `seg.first_seq` up to `next_first` (the next segment's). `None` if the
+    /// file is no longer the one catalogued.
+    fn open(
+        seg: &Segment,
+        next_first: Option<u64>,
+        metas: &[(u64, PathBuf)],
+    ) -> Result<Option<OpenSegment>> {
         let file = match File::open(&seg.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -467,6 +516,14 @@ impl OpenSegment {
         if header.first_seq.is_some_and(|f| f != seg.first_seq) {
             return Ok(None);
         }
+        let meta = match metas
+            .iter()
+            .rev()
+            .find(|(m, _)| *m >= seg.first_seq && next_first.is_none_or(|next| *m < next))
+        {
+            Some((_, path)) => EntryCursor::open(path)?,
+            None => None,
+        };
         Ok(Some(OpenSegment {
             file,
             path: seg.path.clone(),
@@ -477,7 +534,53 @@ impl OpenSegment {
             pos: header.len,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
+            meta,
+            whole_entry: None,
         }))
+    }
+
+    /// How record `seq` is to be checked (see [`Check`]). A sealed segment's record, or
+    /// one a durable reader was told is durable, needs a whole, valid entry; an active
+    /// segment read as it is on disk may have lines whose entry is not written yet.
+    fn check_for(&mut self, seq: u64, durable_reader: bool) -> Result<Check> {
+        let Some(meta) = self.meta.as_mut().filter(|m| seq >= m.first_seq) else {
+            return Ok(Check::Unverified);
+        };
+        let found = match meta.entry_for(seq) {
+            Err(e) => {
+                let path = meta.path.clone();
+                return Err(MiniStoreError::io("reading", &path, e));
+            }
+            Ok(found) => found,
+        };
+        let settled = self.rotated || durable_reader;
+        Ok(match found {
+            // Read as it is on disk, an active segment may hold part of a request's lines:
+            // its records are readable only once all its lines are there (a request is
+            // all or none), which the last byte of its data tells.
+            Ok(Some(entry))
+                if !settled
+                    && self.whole_entry != Some(entry.first_seq)
+                    && !ends_line_at(&self.file, entry.data_end()) =>
+            {
+                Check::NotYet
+            }
+            Ok(Some(entry)) => {
+                self.whole_entry = Some(entry.first_seq);
+                Check::Crc(Expected {
+                    crc: entry.record_crcs[(seq - entry.first_seq) as usize],
+                    commit_unix_ns: entry.commit_unix_ns,
+                })
+            }
+            Ok(None) | Err(_) if !settled => Check::NotYet,
+            // Lines after a sealed segment's last entry were appended by a writer that
+            // keeps no metadata (the published crate, which rotates on its own): read as
+            // such a writer's records are. (This writer seals a segment only after
+            // committing every line of it with its entry.)
+            Ok(None) if self.rotated => Check::Unverified,
+            Ok(None) => Check::NoEntry(format!("has no entry in {}", meta.path.display())),
+            Err(why) => Check::NoEntry(format!("has no valid metadata: {why}")),
+        })
     }
 
     /// Gives back the memory a large record made the buffer grow to, between batches: a
@@ -534,7 +637,13 @@ impl OpenSegment {
     /// The next complete line (record `seq`), reading no further than `cap` bytes into the
     /// file. `None` at the end of what is readable; an incomplete last line is left unread.
     /// A line longer than `max_line` is refused before more of it is read.
-    fn next_line(&mut self, cap: Option<u64>, max_line: usize, seq: u64) -> Result<Option<String>> {
+    fn next_line(
+        &mut self,
+        cap: Option<u64>,
+        max_line: usize,
+        seq: u64,
+        check: Check,
+    ) -> Result<Option<String>> {
         loop {
             let newline = self.buf[self.start..].iter().position(|&b| b == b'\n');
             if newline.unwrap_or(self.buf.len() - self.start) > max_line {
@@ -545,7 +654,26 @@ impl OpenSegment {
                 });
             }
             if let Some(i) = newline {
-                let line = std::str::from_utf8(&self.buf[self.start..self.start + i])
+                let bytes = &self.buf[self.start..self.start + i];
+                let offset = self.pos - (self.buf.len() - self.start) as u64;
+                let damage = |reason| MiniStoreError::Checksum {
+                    path: self.path.clone(),
+                    seq,
+                    offset,
+                    reason,
+                };
+                match &check {
+                    Check::Unverified => {}
+                    Check::Crc(expected) if crc32c::crc32c(bytes) == expected.crc => {}
+                    Check::Crc(_) => {
+                        return Err(damage(
+                            "fails its CRC32C: its bytes are not those written".into(),
+                        ));
+                    }
+                    Check::NotYet => return Ok(None),
+                    Check::NoEntry(why) => return Err(damage(why.clone())),
+                }
+                let line = std::str::from_utf8(bytes)
                     .map_err(|e| MiniStoreError::Corrupt {
                         path: self.path.clone(),
                         line: self.line + 1,
@@ -627,6 +755,13 @@ impl OpenSegment {
         self.pos += n as u64;
         Ok(n > 0)
     }
+}
+
+/// Whether the byte before `end` in `file` is a line break: the last line of a request
+/// whose data ends there is whole.
+fn ends_line_at(file: &File, end: u64) -> bool {
+    let mut byte = [0u8; 1];
+    end > 0 && file.read_exact_at(&mut byte, end - 1).is_ok() && byte[0] == b'\n'
 }
 
 type LineFuture =

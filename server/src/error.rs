@@ -180,7 +180,9 @@ fn store_code(err: &MiniStoreError) -> Code {
         MiniStoreError::InvalidJson(_) | MiniStoreError::Serialize(_) => Code::InvalidArgument,
         MiniStoreError::InvalidArgument(_) => Code::InvalidArgument,
         MiniStoreError::Truncated { .. } => Code::OutOfRange,
-        MiniStoreError::Corrupt { .. } | MiniStoreError::Missing { .. } => Code::DataLoss,
+        MiniStoreError::Corrupt { .. }
+        | MiniStoreError::Missing { .. }
+        | MiniStoreError::Checksum { .. } => Code::DataLoss,
         MiniStoreError::RecordTooLarge { .. } => Code::ResourceExhausted,
         MiniStoreError::BadHeader { .. }
         | MiniStoreError::BadMeta { .. }

@@ -223,8 +223,17 @@ fn to_wire(record: ministore::Record, as_value: bool) -> (Record, usize) {
     let record = Record {
         seq: record.seq,
         body: Some(body),
+        commit_time: record.commit_unix_ns.map(timestamp),
     };
     (record, cost)
+}
+
+/// A time in nanoseconds since the Unix epoch as a protobuf Timestamp.
+fn timestamp(unix_ns: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (unix_ns / 1_000_000_000) as i64,
+        nanos: (unix_ns % 1_000_000_000) as i32,
+    }
 }
 
 /// Whether records go as values: the requested format, checked.

@@ -1,0 +1,118 @@
+//! Every reader checks each record against the CRC32C its metadata entry keeps, and
+//! returns the record's commit time: a record whose bytes changed is `Checksum` damage
+//! (DATA_LOSS through the server) naming file, seq and byte offset, never served.
+
+use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore_tests::files::{header, rotated_segments};
+use ministore_tests::records::read_all;
+
+fn small() -> MiniStoreOptions {
+    MiniStoreOptions::new()
+        .max_bytes_per_segment(120)
+        .max_segments(1000)
+}
+
+/// A journal of records `"r01"`..=`"rNN"` appended one by one, in segments of a few.
+async fn journal(dir: &tempfile::TempDir, n: u64) -> (std::path::PathBuf, MiniStore) {
+    let path = dir.path().join("journal.jsonl");
+    let mut store = small().open(&path).await.unwrap();
+    for i in 1..=n {
+        let line = JsonLine::from_value(&format!("record number {i:02} of many")).unwrap();
+        store.append_json(&[line]).await.unwrap();
+    }
+    (path, store)
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_sealed_segment_is_damage_naming_seq_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, store) = journal(&dir, 12).await;
+    drop(store);
+    let sealed = &rotated_segments(&path)[1];
+    let text = std::fs::read_to_string(sealed).unwrap();
+    let first_seq: u64 = text
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit_once('=')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    // Still valid JSON of the same length: only the checksum can tell.
+    let at = text.find("number").unwrap();
+    let mut bytes = text.into_bytes();
+    bytes[at] = b'N';
+    std::fs::write(sealed, &bytes).unwrap();
+    let offset = header(first_seq).len() as u64;
+
+    let err = MiniStore::replay::<String, _>(&path).await.unwrap_err();
+    match &err {
+        MiniStoreError::Checksum {
+            path: p,
+            seq,
+            offset: o,
+            ..
+        } => assert_eq!((p, *seq, *o), (sealed, first_seq, offset)),
+        other => panic!("expected Checksum, got {other:?}"),
+    }
+    assert!(err.to_string().contains("CRC32C"), "{err}");
+    // The records before it are read; the damage stops the reader, every time it is asked.
+    let mut reader = MiniStore::read_from(&path, 1);
+    let before = reader.next_batch(100).await.unwrap();
+    assert_eq!(before.len() as u64, first_seq - 1);
+    assert!(reader.next_batch(100).await.is_err());
+    assert!(reader.next_batch(100).await.is_err());
+    assert_eq!(std::fs::read(sealed).unwrap(), bytes, "left as it is");
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_active_segment_stops_the_writers_own_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append_batch(&["alice", "bob"]).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("bob", "bib")).unwrap();
+    let err = store.reader(1).next_batch(10).await;
+    // "alice" comes first, then the damage.
+    assert_eq!(err.unwrap().len(), 1);
+    let mut reader = store.reader(2);
+    assert!(matches!(
+        reader.next_batch(10).await,
+        Err(MiniStoreError::Checksum { seq: 2, .. })
+    ));
+}
+
+#[tokio::test]
+async fn commit_times_never_go_back_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let (path, store) = journal(&dir, 12).await;
+    let read = read_all(&mut store.reader(1), 5).await;
+    drop(store);
+    let times: Vec<u64> = read.iter().map(|r| r.commit_unix_ns.unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(times[0] >= before, "commit times are wall-clock times");
+    let store = small().open(&path).await.unwrap();
+    let again = read_all(&mut store.reader(1), 5).await;
+    assert_eq!(again, read, "the same records and times after reopening");
+    drop(store);
+    let on_disk = read_all(&mut MiniStore::read_from(&path, 1), 7).await;
+    assert_eq!(on_disk, read);
+}
+
+#[tokio::test]
+async fn records_written_without_metadata_are_read_without_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    std::fs::write(&path, format!("{}1\n2\n", header(1))).unwrap();
+    let mut store = MiniStore::open(&path).await.unwrap();
+    store.append(&3).await.unwrap();
+    let read = read_all(&mut store.reader(1), 10).await;
+    let times: Vec<bool> = read.iter().map(|r| r.commit_unix_ns.is_some()).collect();
+    assert_eq!(times, [false, false, true]);
+}
