@@ -41,8 +41,10 @@ pub(crate) struct ActiveMeta {
 /// fdatasynced in both files before the next was written. So an entry that is torn, fails
 /// its CRC, or whose records are missing or fail theirs, is the last group's: it and
 /// everything after it go. Unless an entry after it, whole and valid, belongs to a later
-/// group (its `group_first_seq` is past the bad entry's seq): then the bad entry was
-/// acknowledged, this is damage, not a crash, and open refuses instead of cutting it.
+/// group (its `group_first_seq` is past the bad entry's seq) and its records are in the
+/// file: then the bad entry was acknowledged, cutting would destroy records that are
+/// there, and open refuses instead. (A file that simply ends early, every later record
+/// gone with the bad one, is cut there as a torn tail: nothing present is lost.)
 pub(crate) fn recover_active(
     base: &Path,
     active: &Segment,
@@ -135,11 +137,12 @@ pub(crate) fn recover_active(
     }
     // A whole, valid entry of a later commit group after the first bad one proves that the
     // bad one was acknowledged (its group was fsynced before the later one was written):
-    // that is damage, not an interrupted write, and nothing is cut.
+    // that is damage, not an interrupted write. If that later group's records are in the
+    // file, cutting would destroy them: nothing is cut, open refuses.
     if let Some(problem) = &failed
         && let Some((later_offset, later)) = rest
             .chain(after_damage)
-            .find(|(_, e)| e.group_first_seq > next_seq)
+            .find(|(_, e)| e.group_first_seq > next_seq && e.data_end() <= body_end)
     {
         return Err(bad(format!(
             "{problem}; but the entry at byte {later_offset} (seq {}) was committed after it, so this is damage, not an interrupted write. Nothing was changed; `ministore verify` shows the details",

@@ -53,10 +53,54 @@ fn stdout_of(server: &ServerProcess, out: Output) -> String {
 /// prints one JSON document per message).
 fn call_stream(server: &ServerProcess, method: &str, data: &str) -> Vec<Value> {
     let text = stdout_of(server, grpcurl(server, &["-d", data], &[method]));
-    serde_json::Deserializer::from_str(&text)
+    let mut values: Vec<Value> = serde_json::Deserializer::from_str(&text)
         .into_iter::<Value>()
         .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("grpcurl printed something that is not JSON ({e}):\n{text}"))
+        .unwrap_or_else(|e| panic!("grpcurl printed something that is not JSON ({e}):\n{text}"));
+    values.iter_mut().for_each(check_and_strip_commit_times);
+    values
+}
+
+/// Checks that every record carries its commit time as an RFC 3339 UTC timestamp (as
+/// protobuf's JSON mapping prints a Timestamp), and removes it, so that the tests can
+/// compare the rest exactly.
+fn check_and_strip_commit_times(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            let is_record = fields.contains_key("seq")
+                && (fields.contains_key("payload") || fields.contains_key("value"));
+            if is_record {
+                let time = fields
+                    .remove("commitTime")
+                    .unwrap_or_else(|| panic!("a record without its commit time: {fields:?}"));
+                let time = time.as_str().expect("a Timestamp prints as a string");
+                assert!(
+                    time.len() >= 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z'),
+                    "{time} is not an RFC 3339 UTC time"
+                );
+            }
+            fields.values_mut().for_each(check_and_strip_commit_times);
+        }
+        Value::Array(items) => items.iter_mut().for_each(check_and_strip_commit_times),
+        _ => {}
+    }
+}
+
+/// `text` with every `"commitTime": "..."` value replaced by `…`: times differ from run to
+/// run, so the docs' session is compared without them (their presence still counts).
+fn without_times(text: &str) -> String {
+    const FIELD: &str = "\"commitTime\": \"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(FIELD) {
+        let value = &rest[at + FIELD.len()..];
+        let end = value.find('"').unwrap_or(value.len());
+        out.push_str(&rest[..at + FIELD.len()]);
+        out.push('…');
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Calls a unary `method`; its one response, parsed.
@@ -390,7 +434,11 @@ fn stream_with_follow_prints_records_appended_after_it_opened() {
     });
     // Only a bound on a failure, never a wait for success: each record arrives well within it.
     let next = |what: &str| match printed.recv_timeout(Duration::from_secs(30)) {
-        Ok(value) => value.expect("grpcurl printed JSON"),
+        Ok(value) => {
+            let mut value = value.expect("grpcurl printed JSON");
+            check_and_strip_commit_times(&mut value);
+            value
+        }
         Err(e) => panic!("no record {what} ({e}); server log:\n{}", server.logs()),
     };
     // Receiving the record that was there before proves the stream is open, so the next
@@ -681,8 +729,8 @@ fn the_session_in_docs_grpcurl_md_prints_what_it_shows() {
         let command = step.command.replace(DOCS_ADDR, &server.addr.to_string());
         let shown = run_as_typed(&command, tmp.path());
         assert_eq!(
-            shown.trim_end(),
-            step.output.trim_end(),
+            without_times(shown.trim_end()),
+            without_times(step.output.trim_end()),
             "`{}` printed something other than docs/grpcurl.md shows",
             step.command
         );

@@ -161,6 +161,29 @@ async fn a_retried_key_is_answered_not_written_and_expectations_are_checked() {
 }
 
 #[tokio::test]
+async fn replayed_records_carry_commit_times_that_never_go_back() {
+    let server = TestServer::start().await;
+    let mut stub = server.stub().await;
+    let before = std::time::SystemTime::now();
+    for i in 0..5 {
+        append(&mut stub, "t", &i.to_string()).await.unwrap();
+    }
+    let page = stub
+        .replay(replay_req("t", 1, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let times: Vec<std::time::SystemTime> = page
+        .records
+        .iter()
+        .map(|r| r.commit_time.unwrap().try_into().unwrap())
+        .collect();
+    assert_eq!(times.len(), 5);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(times[0] >= before - std::time::Duration::from_secs(1));
+}
+
+#[tokio::test]
 async fn empty_journal_name_means_default() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
