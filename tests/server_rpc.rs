@@ -181,6 +181,16 @@ async fn replayed_records_carry_commit_times_that_never_go_back() {
     assert_eq!(times.len(), 5);
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert!(times[0] >= before - std::time::Duration::from_secs(1));
+    // Info gives the first and the last record's.
+    let info = stub
+        .info(InfoRequest {
+            journal: "t".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.first_commit_time, page.records[0].commit_time);
+    assert_eq!(info.last_commit_time, page.records[4].commit_time);
 }
 
 #[tokio::test]

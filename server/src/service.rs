@@ -86,6 +86,25 @@ impl JournalService {
 
     /// A reader of `journal`'s durable records from `from_seq` that refuses records larger
     /// than this server accepts, so no file makes it hold more than it budgets.
+    /// The commit time of record `seq` (`None` for a record written without metadata, or
+    /// one retention deleted meanwhile): one record read, through the usual reader.
+    async fn commit_time(
+        &self,
+        journal: &Journal,
+        seq: u64,
+    ) -> Result<Option<prost_types::Timestamp>, ServerError> {
+        let mut reader = self.reader(journal, seq);
+        let record = match reader.next_batch(1).await {
+            Ok(mut records) => records.pop(),
+            Err(ministore::MiniStoreError::Truncated { .. }) => None,
+            Err(e) => return Err(ServerError::store(journal.name(), e)),
+        };
+        Ok(record
+            .filter(|r| r.seq == seq)
+            .and_then(|r| r.commit_unix_ns)
+            .map(timestamp))
+    }
+
     fn reader(&self, journal: &Journal, from_seq: u64) -> JournalReader {
         JournalReader::with_durable(journal.path(), from_seq, journal.watch_durable())
             .max_record_bytes(self.max_payload_bytes)
@@ -441,11 +460,20 @@ impl JournalRpc for JournalService {
             let name = authorize(&grant, &req.journal, Right::Read)?;
             let journal = self.journals.get(name, false).await?;
             let durable = journal.durable();
+            let (first_commit_time, last_commit_time) = match durable.last_seq {
+                0 => (None, None),
+                last => (
+                    self.commit_time(&journal, durable.first_seq).await?,
+                    self.commit_time(&journal, last).await?,
+                ),
+            };
             Ok(Response::new(InfoResponse {
                 first_seq: durable.first_seq,
                 last_seq: durable.last_seq,
                 segments: durable.segments as u32,
                 damage: journal.damage().unwrap_or_default().to_owned(),
+                first_commit_time,
+                last_commit_time,
             }))
         })
         .await
