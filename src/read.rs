@@ -757,6 +757,21 @@ impl OpenSegment {
     }
 }
 
+/// Reads the journal at `base` from its first record to its end, as a reader of the files
+/// does, and returns the first [`MiniStoreError::Checksum`] met, if any (other errors are
+/// the structure checks' to report). It ends: each batch reads on, or the loop stops.
+pub(crate) fn first_checksum_failure(base: &Path) -> Option<MiniStoreError> {
+    let mut cursor = Cursor::new(base, 1);
+    loop {
+        match cursor.read_batch(4096, 16 << 20, None) {
+            Ok(batch) if batch.is_empty() => return None,
+            Ok(_) => {}
+            Err(e @ MiniStoreError::Checksum { .. }) => return Some(e),
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Whether the byte before `end` in `file` is a line break: the last line of a request
 /// whose data ends there is whole.
 fn ends_line_at(file: &File, end: u64) -> bool {

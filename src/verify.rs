@@ -135,6 +135,9 @@ pub enum ProblemKind {
     /// An index that fits its segment's shape but points at the wrong records: readers
     /// would trust it. Damage.
     WrongIndex,
+    /// A record whose bytes do not match the CRC32C its metadata entry keeps, or whose
+    /// entry is damaged or missing. Damage.
+    Checksum,
     /// The active file ends with an incomplete write: a crash, or a write in progress on a
     /// live journal. `open` cuts it. Warning.
     UnfinishedWrite,
@@ -172,7 +175,9 @@ impl ProblemKind {
     pub fn severity(self) -> Severity {
         use ProblemKind::*;
         match self {
-            NotAJournal | InvalidLine | TornTail | Gap | Overlap | WrongIndex => Severity::Damage,
+            NotAJournal | InvalidLine | TornTail | Gap | Overlap | WrongIndex | Checksum => {
+                Severity::Damage
+            }
             UnfinishedWrite | TornHeader | NoActiveFile | StaleIndex | Changing | NotChecked => {
                 Severity::Warning
             }
@@ -219,6 +224,11 @@ impl Problem {
     fn at(mut self, seq: u64, line: u64, offset: u64) -> Problem {
         self.seq = Some(seq);
         self.at_line(line, offset)
+    }
+
+    fn with_seq(mut self, seq: u64, offset: u64) -> Problem {
+        (self.seq, self.offset) = (Some(seq), Some(offset));
+        self
     }
 
     fn at_line(mut self, line: u64, offset: u64) -> Problem {
@@ -605,8 +615,41 @@ fn check_once(base: &Path, depth: Depth) -> Result<Report> {
         }
     }
     check_chain(&report.segments, &mut report.problems);
+    if depth == Depth::Full && !report.problems.iter().any(|p| p.kind == ProblemKind::Gap) {
+        check_checksums(base, &mut report.problems);
+    }
     check_siblings(base, &mut report.problems)?;
     Ok(report)
+}
+
+/// Reads every record as a reader does, checking each against the CRC32C its metadata
+/// entry keeps (records written without metadata are not checked): the first record whose
+/// bytes are not those written, or whose entry is damaged, is reported. Readers stop there,
+/// so it is reported once; records after it are checked once it is dealt with.
+fn check_checksums(base: &Path, problems: &mut Vec<Problem>) {
+    if let Some(MiniStoreError::Checksum {
+        path,
+        seq,
+        offset,
+        reason,
+    }) = crate::read::first_checksum_failure(base)
+        // Already reported as what it is (an invalid line, say): once is enough.
+        && !problems
+            .iter()
+            .any(|p| p.file == path && p.seq == Some(seq) && p.severity == Severity::Damage)
+    {
+        problems.push(
+            Problem::new(
+                ProblemKind::Checksum,
+                &path,
+                format!(
+                    "record {seq} {reason}. Readers stop here with DATA_LOSS; the records \
+                     after it are not checked. Restore it from a backup if you have one"
+                ),
+            )
+            .with_seq(seq, offset),
+        );
+    }
 }
 
 /// Each segment ends exactly where the next starts.

@@ -64,6 +64,19 @@ async fn a_flipped_byte_in_a_sealed_segment_is_damage_naming_seq_and_offset() {
     assert!(reader.next_batch(100).await.is_err());
     assert!(reader.next_batch(100).await.is_err());
     assert_eq!(std::fs::read(sealed).unwrap(), bytes, "left as it is");
+
+    // `ministore verify` (the offline check) reports it where it is.
+    let report = ministore::verify::verify_journal(&path).unwrap();
+    let problem = report
+        .problems
+        .iter()
+        .find(|p| p.kind == ministore::verify::ProblemKind::Checksum)
+        .unwrap_or_else(|| panic!("verify missed it: {:?}", report.problems));
+    assert_eq!(
+        (&problem.file, problem.seq, problem.offset),
+        (sealed, Some(first_seq), Some(offset))
+    );
+    assert_eq!(problem.severity, ministore::verify::Severity::Damage);
 }
 
 #[tokio::test]
