@@ -29,6 +29,38 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Appends are retried for you, and written once
+//!
+//! Every [`append`](Client::append) and [`append_batch`](Client::append_batch) carries a
+//! fresh random idempotency key (128 bits from the OS-seeded CSPRNG). A failure that may
+//! be an outage (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, and a connection lost after the
+//! request went out: `UNKNOWN`, `CANCELLED`, or any status tonic made from a transport
+//! error) is retried with the same key, so an attempt that was written but whose answer
+//! was lost is answered with its original sequence number, and nothing is written twice.
+//! Waits between attempts double from 50 ms to 2 s
+//! ([`reconnect_backoff`](ClientBuilder::reconnect_backoff)), each a random point in its
+//! upper half; all attempts together take at most [`DEFAULT_RETRY_BUDGET`] (25 s, inside
+//! [`FAILS_WITHIN`]; see [`retry_budget`](ClientBuilder::retry_budget)). After that the
+//! append fails with [`ClientError::GaveUp`], whose key settles whether it was written.
+//! A refusal (`INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `ALREADY_EXISTS`, `ABORTED`, ...)
+//! is never retried. [`append_with`](Client::append_with) takes a key of the caller's and
+//! an `expected_last_seq`:
+//!
+//! ```no_run
+//! use ministore_client::{AppendOptions, Client, Code};
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), ministore_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! let options = AppendOptions::new().key("order-42").expected_last_seq(7);
+//! match client.append_with("orders", &serde_json::json!({"id": 42}), options).await {
+//!     Ok(appended) => println!("record {} (sent before: {})", appended.seq, appended.duplicate),
+//!     Err(e) if e.code() == Some(Code::Aborted) => println!("the journal ends at {:?}", e.last_seq()),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
