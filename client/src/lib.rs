@@ -179,7 +179,9 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// 20 s, and never later than [`FAILS_WITHIN`], without a deadline of the caller's.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The documented bound on how long a call to a server that stopped answering can hang
-/// with the default options: keepalive interval and timeout, with room for scheduling.
+/// with the default options: keepalive interval and timeout, with room for scheduling. An
+/// append, which retries an outage, gives up after [`DEFAULT_RETRY_BUDGET`] (25 s), inside
+/// this bound too.
 pub const FAILS_WITHIN: Duration = Duration::from_secs(30);
 
 /// Options for [`Client`]: timeouts and reconnection.
