@@ -173,9 +173,14 @@ async fn an_unreachable_server_is_a_retryable_connect_error() {
     );
     assert!(Client::connect("not a uri").await.is_err());
 
-    // A lazy client fails its calls the same way, with a code to match on without tonic.
-    let lazy = ClientBuilder::new(port.to_string()).connect_lazy().unwrap();
+    // A lazy client fails its calls the same way, with a code to match on without tonic
+    // (once its appends have retried for their budget, short here).
+    let lazy = ClientBuilder::new(port.to_string())
+        .retry_budget(Duration::from_millis(300))
+        .connect_lazy()
+        .unwrap();
     let err = lazy.append("j", &1).await.unwrap_err();
+    assert!(matches!(err, ClientError::GaveUp { .. }), "{err:?}");
     assert_eq!(
         err.code(),
         Some(ministore_client::Code::Unavailable),

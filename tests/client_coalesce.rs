@@ -1,7 +1,10 @@
 //! `Client::append` under concurrency: appends beyond `max_appends_in_flight` share one
-//! AppendBatch, and each caller still gets exactly its own answer. A scripted server shows
-//! which RPCs the client sent; the real server shows the sequence numbers are the records'.
+//! AppendBatch, and each caller still gets exactly its own answer; a shared batch keeps
+//! every caller's key and expectation, and is retried as the identical batch. A scripted
+//! server shows which RPCs the client sent, with their keys; the real server shows the
+//! sequence numbers are the records'.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,7 +15,7 @@ use ministore::proto::{
     AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
     InfoResponse, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest, append_request,
 };
-use ministore_client::{Client, ClientBuilder, ClientError};
+use ministore_client::{AppendOptions, Client, ClientBuilder, ClientError};
 use ministore_tests::server::TestServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -27,19 +30,110 @@ enum Call {
     Batch(Vec<String>),
 }
 
+/// An RPC as the scripted server received it, with its key and expectation.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    call: Call,
+    key: String,
+    expected_last_seq: Option<u64>,
+}
+
 /// Answers by record: `"hold"` waits for `release`, `"bad"` is INVALID_ARGUMENT (a batch
-/// with it too), a batch with `"down"` is UNAVAILABLE; everything else is stored.
+/// with it too); a request with `"down"` is UNAVAILABLE the first time its key comes, and
+/// one with `"lost"` is stored but answered UNAVAILABLE the first time; everything else is
+/// stored. Keys are kept as the real server keeps them: the same key with the same records
+/// is answered with the original seqs and `duplicate`, with others `ALREADY_EXISTS`; an
+/// expectation that does not hold is `ABORTED` with the last seq in the trailer.
 #[derive(Debug, Default)]
 struct Scripted {
-    calls: Mutex<Vec<Call>>,
+    sent: Mutex<Vec<Sent>>,
     next_seq: Mutex<u64>,
+    /// Key -> the records it was committed with, and their first seq.
+    committed: Mutex<HashMap<String, (Vec<String>, u64)>>,
+    /// Keys that already had their one outage.
+    failed_once: Mutex<Vec<String>>,
     received_hold: Notify,
     release: Notify,
 }
 
+/// What the scripted server does with a request, after it was recorded.
+enum Verdict {
+    Store,
+    Duplicate(u64),
+    Refuse(Status),
+}
+
 impl Scripted {
     fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+        self.sent().into_iter().map(|s| s.call).collect()
+    }
+
+    fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// Records the request and decides on it, as the real server would by key and
+    /// expectation, and by the script's `"down"`.
+    fn receive(&self, call: Call, key: String, expected_last_seq: Option<u64>) -> Verdict {
+        let texts = match &call {
+            Call::Append(text) => vec![text.clone()],
+            Call::Batch(texts) => texts.clone(),
+        };
+        self.sent.lock().unwrap().push(Sent {
+            call,
+            key: key.clone(),
+            expected_last_seq,
+        });
+        if texts.iter().any(|t| t == "down") && self.first_failure(&key) {
+            return Verdict::Refuse(Status::unavailable("the journal is gone for a moment"));
+        }
+        if let Some((records, first_seq)) = self.committed.lock().unwrap().get(&key) {
+            return if *records == texts {
+                Verdict::Duplicate(*first_seq)
+            } else {
+                Verdict::Refuse(Status::already_exists(format!(
+                    "key {key:?} was used for other records, at seq {first_seq}"
+                )))
+            };
+        }
+        let last = *self.next_seq.lock().unwrap();
+        match expected_last_seq {
+            Some(expected) if expected != last => {
+                let mut status = Status::aborted(format!("last seq is {last}, not {expected}"));
+                status
+                    .metadata_mut()
+                    .insert("ministore-last-seq", last.to_string().parse().unwrap());
+                Verdict::Refuse(status)
+            }
+            _ => Verdict::Store,
+        }
+    }
+
+    /// Whether this is the first failure the script gives `key`.
+    fn first_failure(&self, key: &str) -> bool {
+        let mut failed = self.failed_once.lock().unwrap();
+        let first = !failed.iter().any(|k| k == key);
+        if first {
+            failed.push(key.to_owned());
+        }
+        first
+    }
+
+    /// Stores `texts` under `key`: their first seq, or UNAVAILABLE if the script loses the
+    /// answer (`"lost"`, once per key).
+    fn store(&self, key: &str, texts: Vec<String>) -> Result<u64, Status> {
+        let first_seq = self.seqs(texts.len() as u64);
+        let lost = texts.iter().any(|t| t == "lost");
+        if !key.is_empty() {
+            self.committed
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), (texts, first_seq));
+        }
+        if lost && self.first_failure(key) {
+            return Err(Status::unavailable("written, but the answer was lost"));
+        }
+        Ok(first_seq)
     }
 
     fn seqs(&self, n: u64) -> u64 {
@@ -59,15 +153,17 @@ impl Journal for Service {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
-        let Some(append_request::Record::Payload(payload)) = request.into_inner().record else {
+        let request = request.into_inner();
+        let Some(append_request::Record::Payload(payload)) = request.record else {
             return Err(Status::invalid_argument("payload expected"));
         };
         let text: String = serde_json::from_slice(&payload).unwrap();
-        self.0
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Append(text.clone()));
+        let key = request.idempotency_key;
+        let verdict = self.0.receive(
+            Call::Append(text.clone()),
+            key.clone(),
+            request.expected_last_seq,
+        );
         match text.as_str() {
             "hold" => {
                 self.0.received_hold.notify_one();
@@ -76,38 +172,43 @@ impl Journal for Service {
             "bad" => return Err(Status::invalid_argument("record \"bad\" is refused")),
             _ => {}
         }
-        Ok(Response::new(AppendResponse {
-            seq: self.0.seqs(1),
-            ..Default::default()
-        }))
+        let (seq, duplicate) = match verdict {
+            Verdict::Refuse(status) => return Err(status),
+            Verdict::Duplicate(seq) => (seq, true),
+            Verdict::Store => (self.0.store(&key, vec![text])?, false),
+        };
+        Ok(Response::new(AppendResponse { seq, duplicate }))
     }
 
     async fn append_batch(
         &self,
         request: Request<AppendBatchRequest>,
     ) -> Result<Response<AppendBatchResponse>, Status> {
+        let request = request.into_inner();
         let texts: Vec<String> = request
-            .into_inner()
             .payloads
             .iter()
             .map(|p| serde_json::from_slice(p).unwrap())
             .collect();
-        self.0
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Batch(texts.clone()));
+        let key = request.idempotency_key;
+        let verdict = self.0.receive(
+            Call::Batch(texts.clone()),
+            key.clone(),
+            request.expected_last_seq,
+        );
         if texts.iter().any(|t| t == "bad") {
             return Err(Status::invalid_argument("a record of the batch is refused"));
         }
-        if texts.iter().any(|t| t == "down") {
-            return Err(Status::unavailable("the journal is gone for a moment"));
-        }
-        let first_seq = self.0.seqs(texts.len() as u64);
+        let n = texts.len() as u64;
+        let (first_seq, duplicate) = match verdict {
+            Verdict::Refuse(status) => return Err(status),
+            Verdict::Duplicate(seq) => (seq, true),
+            Verdict::Store => (self.0.store(&key, texts)?, false),
+        };
         Ok(Response::new(AppendBatchResponse {
             first_seq,
-            last_seq: first_seq + texts.len() as u64 - 1,
-            ..Default::default()
+            last_seq: first_seq + n - 1,
+            duplicate,
         }))
     }
 
@@ -277,21 +378,166 @@ async fn a_batch_refused_for_one_record_is_answered_record_by_record() {
         ],
         "the refused batch wrote nothing; each record went again alone"
     );
+    let sent = server.sent();
+    let keys: std::collections::HashSet<&str> = sent[1..].iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(
+        keys.len(),
+        4,
+        "the batch and each record alone have keys of their own: {sent:?}"
+    );
 }
 
 #[tokio::test]
-async fn an_outage_during_a_batch_is_every_records_error_and_nothing_is_resent() {
+async fn an_outage_during_a_batch_is_retried_as_the_identical_batch_with_its_key() {
     let (server, _client, waiting) = waiting_behind_a_held_append(&["a", "down"]).await;
-    for result in results(waiting).await {
-        let error = result.unwrap_err();
-        assert_eq!(error.code(), Some(Code::Unavailable), "{error}");
-        assert!(error.is_retryable());
-    }
+    let seqs: Vec<u64> = results(waiting)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    let sent = server.sent();
+    let batch = Call::Batch(vec!["a".into(), "down".into()]);
     assert_eq!(
-        server.calls().len(),
-        2,
-        "one Append, one AppendBatch: {:?}",
-        server.calls()
+        server.calls()[1..],
+        [batch.clone(), batch],
+        "the batch, and after the outage the same batch again"
+    );
+    assert_eq!(
+        sent[1].key, sent[2].key,
+        "the retry carries the batch's key"
+    );
+    assert_eq!(
+        sent[1].key.len(),
+        32,
+        "a 128-bit hex key: {:?}",
+        sent[1].key
+    );
+    assert_ne!(sent[1].key, sent[0].key, "the batch's key is its own");
+}
+
+#[tokio::test]
+async fn a_batch_written_but_unanswered_is_retried_and_gets_its_original_seqs() {
+    let (server, _client, waiting) = waiting_behind_a_held_append(&["a", "lost"]).await;
+    let seqs: Vec<u64> = results(waiting)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![2, 3],
+        "the seqs of the first attempt, which was written"
+    );
+    assert_eq!(server.calls().len(), 3, "{:?}", server.calls());
+    assert_eq!(
+        *server.next_seq.lock().unwrap(),
+        3,
+        "the retry wrote nothing: hold, a and lost, once each"
+    );
+}
+
+#[tokio::test]
+async fn appends_with_a_key_or_an_expectation_are_never_shared_and_keep_both() {
+    let (server, client) = scripted_with_client().await;
+    let mut held = [append(&client, "hold")];
+    start_all(&mut held).await;
+    server.received_hold.notified().await;
+    let keyed = |text: &str, options: AppendOptions| {
+        let (client, text) = (client.clone(), text.to_owned());
+        Box::pin(async move { client.append_with("j", &text, options).await.map(|a| a.seq) })
+            as Append
+    };
+    // While "hold" has the lane's one place: two keyed appends, one with an expectation
+    // alone, and two plain ones, which wait.
+    let mut others = vec![
+        keyed("x", AppendOptions::new().key("order-x")),
+        keyed("y", AppendOptions::new().expected_last_seq(1)),
+        keyed(
+            "z",
+            AppendOptions::new().key("order-z").expected_last_seq(2),
+        ),
+        append(&client, "p1"),
+        append(&client, "p2"),
+    ];
+    start_all(&mut others).await;
+    server.release.notify_one();
+    let [held] = held;
+    assert_eq!(held.await.unwrap(), 1);
+    // x and the plain ones are stored; y and z may find the journal elsewhere than they
+    // expect (the three go out concurrently), but each gets a definite answer.
+    let results = results(others).await;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Err(e) if (i == 1 || i == 2) && e.code() == Some(Code::Aborted) => {}
+            other => assert!(other.is_ok(), "append {i}: {other:?}"),
+        }
+    }
+    let sent = server.sent();
+    let of = |text: &str| {
+        sent.iter()
+            .find(|s| s.call == Call::Append(text.into()))
+            .unwrap_or_else(|| panic!("{text} was not sent alone: {sent:?}"))
+    };
+    assert_eq!(of("x").key, "order-x");
+    assert_eq!(of("x").expected_last_seq, None);
+    assert_eq!(of("y").expected_last_seq, Some(1));
+    assert_eq!(
+        of("y").key.len(),
+        32,
+        "an expectation alone still gets a key"
+    );
+    assert_eq!(of("z").key, "order-z");
+    assert_eq!(of("z").expected_last_seq, Some(2));
+    let batch = sent
+        .iter()
+        .find(|s| s.call == Call::Batch(vec!["p1".into(), "p2".into()]))
+        .expect("the plain appends share one batch");
+    assert_eq!(batch.expected_last_seq, None);
+    assert!(
+        ![&of("x").key, &of("y").key, &of("z").key].contains(&&batch.key),
+        "the batch has a key of its own: {sent:?}"
+    );
+    assert_eq!(sent.len(), 5, "hold, x, y, z alone and one batch: {sent:?}");
+}
+
+#[tokio::test]
+async fn already_exists_and_aborted_are_answered_at_once_never_retried() {
+    let (server, client) = scripted_with_client().await;
+    let first = client
+        .append_with("j", "x", AppendOptions::new().key("k"))
+        .await
+        .unwrap();
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    let again = client
+        .append_with("j", "x", AppendOptions::new().key("k"))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+
+    let reused = client
+        .append_with("j", "other", AppendOptions::new().key("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Some(Code::AlreadyExists), "{reused}");
+    assert!(!reused.is_retryable());
+
+    let stale = client
+        .append_with("j", "y", AppendOptions::new().expected_last_seq(0))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Some(Code::Aborted), "{stale}");
+    assert_eq!(stale.last_seq(), Some(1));
+    assert!(!stale.is_retryable());
+    assert_eq!(
+        server.calls(),
+        vec![
+            Call::Append("x".into()),
+            Call::Append("x".into()),
+            Call::Append("other".into()),
+            Call::Append("y".into()),
+        ],
+        "one attempt each"
     );
 }
 

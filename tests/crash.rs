@@ -170,7 +170,13 @@ async fn sigkill_under_load_never_loses_an_acknowledged_record() {
     let mut server = Some(first);
     for round in 0..ROUNDS {
         let server = server.take().unwrap_or_else(|| start(data, Some(&addr)));
-        let client = Client::connect(server.url()).await.unwrap();
+        // One attempt per append: the writers stop at the kill, and the next server starts
+        // once they have (client_retries.rs covers appends retried across a restart).
+        let client = ClientBuilder::new(server.url())
+            .retry_budget(Duration::ZERO)
+            .connect()
+            .await
+            .unwrap();
         let kill_after = rng.range(100, 1500);
         let (acks, mut acks_seen) = watch::channel(0u64);
         let acks = Arc::new(acks);

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use ministore_client::{Client, ClientError};
 use ministore_tests::files::header;
-use ministore_tests::server::ServerProcess;
+use ministore_tests::server::{ServerProcess, client_without_retries};
 use ministore_tests::tools::printed;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -271,7 +271,7 @@ async fn a_read_only_file_system_is_unavailable_and_appends_resume_once_it_is_wr
     let mount = Mount::bind(&data.join("ro"));
     mount.set_writable(false);
     let server = ServerProcess::start(&data, &[]);
-    let client = Client::connect(server.url()).await.unwrap();
+    let client = client_without_retries(&server.url()).await;
     let err = client.append("ro", &6u64).await.unwrap_err();
     assert_code(
         &err,
@@ -294,7 +294,7 @@ async fn a_read_only_file_system_is_unavailable_and_appends_resume_once_it_is_wr
 async fn a_journal_file_that_cannot_be_written_is_unavailable_and_goes_on_once_it_can() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(tmp.path(), &[]);
-    let client = Client::connect(server.url()).await.unwrap();
+    let client = client_without_retries(&server.url()).await;
     for i in 1..=5u64 {
         assert_eq!(client.append("locked", &i).await.unwrap(), i);
     }

@@ -15,7 +15,7 @@ use ministore::proto::{
 use ministore_server::Config;
 use ministore_tests::events::Records;
 use ministore_tests::files::rotated_segments;
-use ministore_tests::server::{ServerProcess, TestServer};
+use ministore_tests::server::{ServerProcess, TestServer, client_without_retries};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -466,7 +466,7 @@ async fn a_data_directory_removed_under_the_server_stops_acknowledgements() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let server = TestServer::start_with(Config::with_data_dir(&data_dir)).await;
-    let client = server.client().await;
+    let client = client_without_retries(&server.url()).await;
     for i in 1..=4u64 {
         assert_eq!(client.append("j", &i).await.unwrap(), i);
     }

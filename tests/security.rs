@@ -80,6 +80,8 @@ async fn tls_serves_clients_that_trust_the_ca_and_refuses_plaintext() {
     // A plaintext client gets nowhere, and nothing is written.
     let plain = ClientBuilder::new(server.addr.to_string())
         .connect_timeout(Duration::from_secs(2))
+        // A refused handshake looks like an outage: one attempt, not a retry budget's worth.
+        .retry_budget(Duration::ZERO)
         .timeout(Duration::from_secs(5))
         .connect_lazy()
         .unwrap();
@@ -128,6 +130,8 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
         .unwrap()
         .tls_identity(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
         .timeout(Duration::from_secs(5))
+        // A refused handshake looks like an outage: one attempt, not a retry budget's worth.
+        .retry_budget(Duration::ZERO)
         .connect_lazy()
         .unwrap();
     assert!(
@@ -139,6 +143,8 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
         .tls_ca_file(servers.ca_path())
         .unwrap()
         .timeout(Duration::from_secs(5))
+        // A refused handshake looks like an outage: one attempt, not a retry budget's worth.
+        .retry_budget(Duration::ZERO)
         .connect_lazy()
         .unwrap();
     assert!(

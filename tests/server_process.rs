@@ -3,7 +3,7 @@
 
 use ministore_client::Client;
 use ministore_tests::events::Records;
-use ministore_tests::server::{ServerProcess, server_binary};
+use ministore_tests::server::{ServerProcess, client_without_retries, server_binary};
 use tokio_stream::StreamExt;
 
 async fn append_numbers(client: &Client, journal: &str, range: std::ops::RangeInclusive<u64>) {
@@ -64,7 +64,8 @@ async fn sigint_ends_streams_and_exits_zero_keeping_every_record() {
 async fn appends_in_flight_at_sigterm_are_acknowledged_or_refused_never_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(tmp.path(), &[]);
-    let client = Client::connect(server.url()).await.unwrap();
+    // The writers stop at their first refusal, not after retrying it.
+    let client = client_without_retries(&server.url()).await;
     client.append("busy", &0u64).await.unwrap();
     let mut writers = Vec::new();
     for w in 0..8u64 {

@@ -12,14 +12,40 @@
 //! batch refused for a reason that may be one record's (INVALID_ARGUMENT, such as invalid
 //! JSON, or RESOURCE_EXHAUSTED, such as an oversize record) wrote nothing, and each of its
 //! records is then sent alone for its own verdict. Any other failure is every record's.
+//!
+//! # Keys, expectations and retries
+//!
+//! An `AppendBatch` carries one idempotency key and one expectation for all its records,
+//! so sharing one must weaken neither a caller's key nor its expectation:
+//!
+//! - Only appends with no key of the caller's and no `expected_last_seq` (every
+//!   [`Client::append`](crate::Client::append)) wait in a lane and may share a batch. An
+//!   append with a key or an expectation goes out at once as its own `Append`, outside the
+//!   lanes, and is retried with the caller's key (or a fresh one, for an expectation alone).
+//! - Each waiting append gets a fresh key of its own when it arrives; it is the key of
+//!   every `Append` that ever carries that record alone (a batch of one, or the
+//!   record-by-record resend of a refused batch), so each record is written at most once.
+//! - A batch of several gets a fresh key of its own, and every retry of it is the
+//!   *identical* batch (same records, same order, same key): if an earlier attempt was
+//!   written, the server answers with its seqs and writes nothing.
+//! - A refused batch is resent record by record only if the refusal answered its first
+//!   attempt. After a retry, an earlier attempt might have been written (the server checks
+//!   a known key before it writes, but some refusals, such as `--max-journals`, come
+//!   before that check), and resending its records under their own keys could write them
+//!   twice; so every caller gets the refusal instead.
+//! - A batch that [gave up](crate::ClientError::GaveUp) tells each caller so, without a
+//!   key: the batch's key does not settle one record's fate. Callers that need that use a
+//!   key of their own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ministore::proto::{AppendBatchRequest, AppendRequest, DEFAULT_JOURNAL, append_request};
+use ministore::proto::DEFAULT_JOURNAL;
 use tokio::sync::oneshot;
 use tonic::Code;
 
+use crate::append::{AppendOptions, Appended, append_many, append_one};
+use crate::retry::{Retry, new_key};
 use crate::{ClientError, Rpc};
 
 /// Most records one batch carries.
@@ -32,6 +58,7 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct Coalescer {
     rpc: Rpc,
+    retry: Retry,
     /// Places per lane; 0: every append is its own RPC, and no lanes are kept.
     max_in_flight: usize,
     lanes: Mutex<HashMap<String, Lane>>,
@@ -49,28 +76,36 @@ struct Lane {
 #[derive(Debug)]
 struct Waiting {
     payload: Vec<u8>,
-    reply: oneshot::Sender<Result<u64, ClientError>>,
+    /// The key of any `Append` that carries this record alone.
+    key: String,
+    reply: oneshot::Sender<Result<Appended, ClientError>>,
 }
 
 impl Coalescer {
     /// Coalesces once `max_in_flight` appends to a journal are on the wire; 0 means never.
-    pub(crate) fn new(rpc: Rpc, max_in_flight: usize) -> Self {
+    pub(crate) fn new(rpc: Rpc, retry: Retry, max_in_flight: usize) -> Self {
         Coalescer {
             rpc,
+            retry,
             max_in_flight,
             lanes: Mutex::default(),
         }
     }
 
-    /// Appends one JSON `payload` to `journal`; its sequence number once it is durable.
+    /// Appends one JSON `payload` to `journal` as `options` say; its sequence number once
+    /// it is durable.
     pub(crate) async fn append(
         self: &Arc<Self>,
         journal: &str,
         payload: Vec<u8>,
-    ) -> Result<u64, ClientError> {
-        if self.max_in_flight == 0 {
-            return append_one(&self.rpc, journal, payload).await;
+        options: AppendOptions,
+    ) -> Result<Appended, ClientError> {
+        if self.max_in_flight == 0 || !options.may_share() {
+            let key = options.key.unwrap_or_else(new_key);
+            let expected = options.expected_last_seq;
+            return append_one(&self.rpc, &self.retry, journal, payload, &key, expected).await;
         }
+        let key = new_key();
         // What the server takes "" for, so that both spellings share one lane.
         let journal = if journal.is_empty() {
             DEFAULT_JOURNAL
@@ -85,10 +120,14 @@ impl Coalescer {
             };
             if lane.in_flight < self.max_in_flight {
                 lane.in_flight += 1;
-                Ok(payload)
+                Ok((payload, key))
             } else {
                 let (reply, answer) = oneshot::channel();
-                lane.waiting.push(Waiting { payload, reply });
+                lane.waiting.push(Waiting {
+                    payload,
+                    key,
+                    reply,
+                });
                 Err(answer)
             }
         };
@@ -99,14 +138,14 @@ impl Coalescer {
                         .into(),
                 ))
             }),
-            Ok(payload) => {
+            Ok((payload, key)) => {
                 // Hands the place on even if this future is dropped mid-call: the waiting
                 // must not wait for an RPC nobody will finish.
                 let _place = Place {
                     coalescer: self,
                     journal,
                 };
-                append_one(&self.rpc, journal, payload).await
+                append_one(&self.rpc, &self.retry, journal, payload, &key, None).await
             }
         }
     }
@@ -135,7 +174,7 @@ impl Coalescer {
         runtime.spawn(async move {
             let mut batch = Some(batch);
             while let Some(waiting) = batch {
-                send_batch(&coalescer.rpc, &journal, waiting).await;
+                send_batch(&coalescer.rpc, &coalescer.retry, &journal, waiting).await;
                 batch = coalescer.next_batch(&journal);
             }
         });
@@ -182,62 +221,44 @@ impl Drop for Place<'_> {
     }
 }
 
-async fn append_one(rpc: &Rpc, journal: &str, payload: Vec<u8>) -> Result<u64, ClientError> {
-    let request = AppendRequest {
-        journal: journal.to_owned(),
-        record: Some(append_request::Record::Payload(payload)),
-        ..Default::default()
-    };
-    Ok(rpc.clone().append(request).await?.into_inner().seq)
-}
-
-/// Sends `batch` as one AppendBatch and answers each of its callers.
-async fn send_batch(rpc: &Rpc, journal: &str, mut batch: Vec<Waiting>) {
+/// Sends `batch` as one AppendBatch, retried as the identical batch with one fresh key,
+/// and answers each of its callers.
+async fn send_batch(rpc: &Rpc, retry: &Retry, journal: &str, mut batch: Vec<Waiting>) {
     if batch.len() == 1 {
         let one = batch.pop().expect("one");
-        let _ = one.reply.send(append_one(rpc, journal, one.payload).await);
+        let answer = append_one(rpc, retry, journal, one.payload, &one.key, None).await;
+        let _ = one.reply.send(answer);
         return;
     }
     // A copy stays behind: should the batch be refused, each record is sent again alone.
-    let request = AppendBatchRequest {
-        journal: journal.to_owned(),
-        payloads: batch.iter().map(|w| w.payload.clone()).collect(),
-        values: Vec::new(),
-        ..Default::default()
-    };
-    let sent = batch.len() as u64;
-    match rpc.clone().append_batch(request).await {
-        Ok(reply) => {
-            let reply = reply.into_inner();
-            if reply.last_seq.checked_sub(reply.first_seq) != Some(sent - 1) {
-                let error = format!(
-                    "AppendBatch of {sent} records answered {}..={}",
-                    reply.first_seq, reply.last_seq
-                );
-                for w in batch {
-                    let _ = w.reply.send(Err(ClientError::Protocol(error.clone())));
-                }
-                return;
-            }
-            for (seq, w) in (reply.first_seq..).zip(batch) {
-                let _ = w.reply.send(Ok(seq));
+    let payloads = batch.iter().map(|w| w.payload.clone()).collect();
+    match append_many(rpc, retry, journal, payloads, &new_key(), None, true).await {
+        Ok(appended) => {
+            for (seq, w) in appended.seqs.zip(batch) {
+                let _ = w.reply.send(Ok(Appended {
+                    seq,
+                    duplicate: appended.duplicate,
+                    attempts: appended.attempts,
+                }));
             }
         }
-        Err(status)
+        Err((ClientError::Rpc(status), 1))
             if matches!(
                 status.code(),
                 Code::InvalidArgument | Code::ResourceExhausted
             ) =>
         {
             // Perhaps one record's fault, and nothing was written: each record goes again
-            // alone, in the order its caller came, for an answer of its own.
+            // alone, in the order its caller came, with its own key, for an answer of its
+            // own.
             for w in batch {
-                let _ = w.reply.send(append_one(rpc, journal, w.payload).await);
+                let answer = append_one(rpc, retry, journal, w.payload, &w.key, None).await;
+                let _ = w.reply.send(answer);
             }
         }
-        Err(status) => {
+        Err((error, _)) => {
             for w in batch {
-                let _ = w.reply.send(Err(ClientError::Rpc(status.clone())));
+                let _ = w.reply.send(Err(error.for_each_caller()));
             }
         }
     }

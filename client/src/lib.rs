@@ -29,12 +29,46 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Appends are retried for you, and written once
+//!
+//! Every [`append`](Client::append) and [`append_batch`](Client::append_batch) carries a
+//! fresh random idempotency key (128 bits from the OS-seeded CSPRNG). A failure that may
+//! be an outage (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, and a connection lost after the
+//! request went out: `UNKNOWN`, `CANCELLED`, or any status tonic made from a transport
+//! error) is retried with the same key, so an attempt that was written but whose answer
+//! was lost is answered with its original sequence number, and nothing is written twice.
+//! Waits between attempts double from 50 ms to 2 s
+//! ([`reconnect_backoff`](ClientBuilder::reconnect_backoff)), each a random point in its
+//! upper half; all attempts together take at most [`DEFAULT_RETRY_BUDGET`] (25 s, inside
+//! [`FAILS_WITHIN`]; see [`retry_budget`](ClientBuilder::retry_budget)). After that the
+//! append fails with [`ClientError::GaveUp`], whose key settles whether it was written.
+//! A refusal (`INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `ALREADY_EXISTS`, `ABORTED`, ...)
+//! is never retried. [`append_with`](Client::append_with) takes a key of the caller's and
+//! an `expected_last_seq`:
+//!
+//! ```no_run
+//! use ministore_client::{AppendOptions, Client, Code};
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), ministore_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! let options = AppendOptions::new().key("order-42").expected_last_seq(7);
+//! match client.append_with("orders", &serde_json::json!({"id": 42}), options).await {
+//!     Ok(appended) => println!("record {} (sent before: {})", appended.seq, appended.duplicate),
+//!     Err(e) if e.code() == Some(Code::Aborted) => println!("the journal ends at {:?}", e.last_seq()),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
+mod append;
 mod coalesce;
 mod connection;
 mod error;
+mod retry;
 mod stream;
 
 use std::ops::RangeInclusive;
@@ -42,23 +76,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ministore::proto::journal_client::JournalClient;
-use ministore::proto::{AppendBatchRequest, InfoRequest, RecordFormat, ReplayRequest, record};
+use ministore::proto::{InfoRequest, RecordFormat, ReplayRequest, record};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub use append::{AppendOptions, Appended, AppendedBatch};
 pub use connection::Connection;
 pub use error::ClientError;
 /// The generated gRPC messages and stubs (`ministore.v1`), for raw use.
 pub use ministore::proto;
+pub use retry::DEFAULT_RETRY_BUDGET;
 pub use stream::RecordStream;
 /// gRPC status codes, as [`ClientError::code`] gives them: match on them without a
 /// dependency on tonic.
 pub use tonic::Code;
 
 use coalesce::Coalescer;
+use retry::{Retry, new_key};
 
 /// The generated stub over the client's connection.
 pub(crate) type Rpc = JournalClient<InterceptedService<Connection, BearerToken>>;
@@ -72,6 +109,7 @@ pub const DEFAULT_APPENDS_IN_FLIGHT: usize = 2;
 pub struct Client {
     rpc: Rpc,
     appends: Arc<Coalescer>,
+    retry: Retry,
     reconnect: Backoff,
 }
 
@@ -103,7 +141,7 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
-/// How a following stream retries after the connection drops.
+/// How a following stream, and an append, wait between attempts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Backoff {
     pub first: Duration,
@@ -141,7 +179,9 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// 20 s, and never later than [`FAILS_WITHIN`], without a deadline of the caller's.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The documented bound on how long a call to a server that stopped answering can hang
-/// with the default options: keepalive interval and timeout, with room for scheduling.
+/// with the default options: keepalive interval and timeout, with room for scheduling. An
+/// append, which retries an outage, gives up after [`DEFAULT_RETRY_BUDGET`] (25 s), inside
+/// this bound too.
 pub const FAILS_WITHIN: Duration = Duration::from_secs(30);
 
 /// Options for [`Client`]: timeouts and reconnection.
@@ -168,6 +208,7 @@ pub struct ClientBuilder {
     tls: Option<ClientTlsConfig>,
     token: Option<String>,
     appends_in_flight: usize,
+    retry_budget: Duration,
 }
 
 impl ClientBuilder {
@@ -185,6 +226,7 @@ impl ClientBuilder {
             tls: None,
             token: None,
             appends_in_flight: DEFAULT_APPENDS_IN_FLIGHT,
+            retry_budget: DEFAULT_RETRY_BUDGET,
         }
     }
 
@@ -256,8 +298,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The backoff of a following stream that lost its connection: first delay, doubling
-    /// up to `max` (defaults 50 ms and 2 s).
+    /// The backoff of a following stream that lost its connection, and of an append that
+    /// failed with an outage: first delay, doubling up to `max` (defaults 50 ms and 2 s).
+    /// An append waits a random time in the upper half of each delay (25-50 ms, 50-100 ms,
+    /// ..., 1-2 s), so clients cut off together do not all come back at the same moment.
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.reconnect = Backoff { first, max };
         self
@@ -274,6 +318,23 @@ impl ClientBuilder {
     /// ```
     pub fn max_appends_in_flight(mut self, n: usize) -> Self {
         self.appends_in_flight = n;
+        self
+    }
+
+    /// How long an append keeps retrying an outage (default [`DEFAULT_RETRY_BUDGET`], 25 s),
+    /// counted from its first attempt; an attempt still waiting for its answer when the
+    /// budget runs out is cut short. Every attempt carries the same idempotency key, so
+    /// retrying never writes a record twice. Once the budget is spent the append fails
+    /// with [`ClientError::GaveUp`]. `Duration::ZERO`: one attempt, no retry (a failure
+    /// that may be an outage is still [`GaveUp`](ClientError::GaveUp), with the key).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = ministore_client::ClientBuilder::new("127.0.0.1:50051")
+    ///     .retry_budget(Duration::from_secs(5));
+    /// ```
+    pub fn retry_budget(mut self, budget: Duration) -> Self {
+        self.retry_budget = budget;
         self
     }
 
@@ -341,9 +402,19 @@ impl ClientBuilder {
         let rpc = JournalClient::with_interceptor(connection, BearerToken(token))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
+        let retry = Retry {
+            backoff: self.reconnect,
+            budget: self.retry_budget,
+            addr: self.addr.as_str().into(),
+        };
         Ok(Client {
-            appends: Arc::new(Coalescer::new(rpc.clone(), self.appends_in_flight)),
+            appends: Arc::new(Coalescer::new(
+                rpc.clone(),
+                retry.clone(),
+                self.appends_in_flight,
+            )),
             rpc,
+            retry,
             reconnect: self.reconnect,
         })
     }
@@ -365,6 +436,15 @@ impl Client {
     /// Appends `record` to `journal` (created on first append; `""` is `default`) and
     /// returns its sequence number once it is durable.
     ///
+    /// Safe to retry for you: the append carries a fresh random idempotency key, and an
+    /// outage (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, a connection lost before the answer) is
+    /// retried with that same key, with backoff, for up to the client's
+    /// [`retry_budget`](ClientBuilder::retry_budget) (25 s by default). So the record is
+    /// written once and the answer is its one sequence number, even when an attempt was
+    /// written and its answer lost; or a definite refusal; or, once the budget is spent,
+    /// [`ClientError::GaveUp`]. [`append_with`](Self::append_with) takes a key of your own
+    /// and an expectation.
+    ///
     /// Concurrent appends to one journal share RPCs: beyond
     /// [`max_appends_in_flight`](ClientBuilder::max_appends_in_flight) at once, they wait
     /// and go together as one `AppendBatch` (one fsync), each still answered on its own. A
@@ -372,8 +452,9 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Encode`] if `record` does not serialize; [`ClientError::Rpc`] with the
-    /// server's status otherwise (e.g. `INVALID_ARGUMENT` for a bad journal name,
-    /// `RESOURCE_EXHAUSTED` for an oversize record or a full disk).
+    /// server's status for a refusal (e.g. `INVALID_ARGUMENT` for a bad journal name,
+    /// `RESOURCE_EXHAUSTED` for an oversize record or a full disk);
+    /// [`ClientError::GaveUp`] for an outage that outlasted the retry budget.
     ///
     /// ```no_run
     /// # #[tokio::main]
@@ -389,12 +470,54 @@ impl Client {
         journal: &str,
         record: &T,
     ) -> Result<u64, ClientError> {
+        Ok(self
+            .append_with(journal, record, AppendOptions::new())
+            .await?
+            .seq)
+    }
+
+    /// Appends `record` as `options` say: with the caller's idempotency key, so the record
+    /// is written once however often any process sends it, and/or only if the journal's
+    /// last sequence number is the one expected. Retried like [`append`](Self::append),
+    /// with the caller's key (or a fresh one); such an append always goes out as its own
+    /// `Append` RPC, never shared with other callers.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append), and: `ALREADY_EXISTS` if the key was used for another
+    /// record (the message names its seq); `ABORTED` if the expectation did not hold, with
+    /// the journal's last sequence number in [`ClientError::last_seq`]. Neither is retried.
+    ///
+    /// ```no_run
+    /// use ministore_client::{AppendOptions, Code};
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let order = serde_json::json!({"id": 42});
+    /// let options = AppendOptions::new().key("order-42").expected_last_seq(7);
+    /// match client.append_with("orders", &order, options).await {
+    ///     Ok(appended) if appended.duplicate => println!("already stored as {}", appended.seq),
+    ///     Ok(appended) => println!("stored as {}", appended.seq),
+    ///     Err(e) if e.code() == Some(Code::Aborted) => {
+    ///         println!("someone else wrote first; the journal ends at {:?}", e.last_seq());
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_with<T: Serialize + ?Sized>(
+        &self,
+        journal: &str,
+        record: &T,
+        options: AppendOptions,
+    ) -> Result<Appended, ClientError> {
         let payload = serde_json::to_vec(record).map_err(ClientError::Encode)?;
-        self.appends.append(journal, payload).await
+        self.appends.append(journal, payload, options).await
     }
 
     /// Appends `records` atomically (one fsync, all or none) and returns their sequence
-    /// numbers.
+    /// numbers. Retried like [`append`](Self::append): every attempt is the identical
+    /// batch with one fresh key.
     ///
     /// ```no_run
     /// # #[tokio::main]
@@ -410,19 +533,49 @@ impl Client {
         journal: &str,
         records: &[T],
     ) -> Result<RangeInclusive<u64>, ClientError> {
+        Ok(self
+            .append_batch_with(journal, records, AppendOptions::new())
+            .await?
+            .seqs)
+    }
+
+    /// Appends `records` atomically as `options` say: one key and one expectation for the
+    /// whole batch (see [`append_with`](Self::append_with)).
+    ///
+    /// ```no_run
+    /// use ministore_client::AppendOptions;
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let options = AppendOptions::new().key("import-2024-06-01");
+    /// let batch = client.append_batch_with("orders", &[1, 2, 3], options).await?;
+    /// println!("records {:?}, sent before: {}", batch.seqs, batch.duplicate);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_batch_with<T: Serialize>(
+        &self,
+        journal: &str,
+        records: &[T],
+        options: AppendOptions,
+    ) -> Result<AppendedBatch, ClientError> {
         let payloads = records
             .iter()
             .map(serde_json::to_vec)
             .collect::<Result<Vec<_>, _>>()
             .map_err(ClientError::Encode)?;
-        let request = AppendBatchRequest {
-            journal: journal.to_owned(),
+        let key = options.key.unwrap_or_else(new_key);
+        append::append_many(
+            &self.rpc,
+            &self.retry,
+            journal,
             payloads,
-            values: Vec::new(),
-            ..Default::default()
-        };
-        let reply = self.rpc.clone().append_batch(request).await?.into_inner();
-        Ok(reply.first_seq..=reply.last_seq)
+            &key,
+            options.expected_last_seq,
+            false,
+        )
+        .await
+        .map_err(|(error, _)| error)
     }
 
     /// One page of records from `from_seq` (at most `limit`; 0 means the server's default).

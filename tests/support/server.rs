@@ -103,6 +103,17 @@ impl Drop for TestServer {
     }
 }
 
+/// A client whose appends make one attempt each: for tests of the server's answer to an
+/// outage (`UNAVAILABLE` and the like), which the default client would retry for
+/// [`DEFAULT_RETRY_BUDGET`](ministore_client::DEFAULT_RETRY_BUDGET) before giving up.
+pub async fn client_without_retries(url: &str) -> ministore_client::Client {
+    ministore_client::ClientBuilder::new(url)
+        .retry_budget(std::time::Duration::ZERO)
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// The `ministore-server` binary, built once per test process.
 pub fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
