@@ -220,7 +220,7 @@ impl Collector for JournalGauges {
             ),
             (
                 "journal_disk_bytes",
-                "Bytes of an open journal's files on disk (segments and their indexes).",
+                "Bytes of an open journal's files on disk (segments, their indexes and metadata files).",
                 |j| disk_bytes(j.path()) as i64,
             ),
             (
@@ -241,7 +241,8 @@ impl Collector for JournalGauges {
 }
 
 /// The size of the journal whose active file is `active`: every file of its directory
-/// named after it (`journal.jsonl`, `journal.jsonl.000001`, `journal.jsonl.000001.idx`).
+/// named after it (`journal.jsonl`, `journal.jsonl.000001`, `journal.jsonl.000001.idx`,
+/// `journal.jsonl.from-1.meta`; the lock file is empty).
 fn disk_bytes(active: &std::path::Path) -> u64 {
     let (Some(dir), Some(stem)) = (active.parent(), active.file_name()) else {
         return 0;
