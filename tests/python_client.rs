@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use ministore::proto::journal_client::JournalClient;
 use ministore::proto::record::Body;
 use ministore::proto::{InfoRequest, ReplayRequest};
+use ministore_client::AppendOptions;
 use ministore_tests::docs::fenced_block;
 use ministore_tests::events::EVENT_BOUND;
 use ministore_tests::server::ServerProcess;
@@ -202,6 +203,9 @@ fn the_producer_in_docs_python_md_is_the_one_the_tests_run() {
 
 /// Producers of the crash test, each a `producer.py` process.
 const PRODUCERS: usize = 8;
+/// Producers in Rust, through one `ministore_client::Client` (its own keys and retries),
+/// appending beside the Python ones: 16 in all.
+const RUST_PRODUCERS: usize = 8;
 /// Records each producer appends, one at a time.
 const RECORDS_PER_PRODUCER: usize = 150;
 /// SIGKILL-and-restart rounds while the producers run.
@@ -268,7 +272,7 @@ fn replay_all(url: String, journal: &str) -> Vec<(u64, Value)> {
 }
 
 #[test]
-fn python_producers_retrying_with_keys_store_each_record_once_through_sigkills() {
+fn python_and_rust_producers_retrying_with_keys_store_each_record_once_through_sigkills() {
     let stubs = generate_stubs();
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
@@ -317,15 +321,60 @@ fn python_producers_retrying_with_keys_store_each_record_once_through_sigkills()
         });
         producers.push(Producer { child, stderr });
     }
-    drop(lines);
+    // The Rust producers: tasks on a runtime of their own, sharing one client, each
+    // printing its acknowledgements into the same channel, then None.
+    let rust_addr = server.as_ref().expect("a server runs").url();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = ministore_client::Client::connect(rust_addr)
+                .await
+                .expect("connecting the Rust producers' client");
+            let tasks: Vec<_> = (PRODUCERS..PRODUCERS + RUST_PRODUCERS)
+                .map(|p| {
+                    let (client, lines) = (client.clone(), lines.clone());
+                    tokio::spawn(async move {
+                        for n in 0..RECORDS_PER_PRODUCER {
+                            let id = format!("rust-{p}-{n}");
+                            let record = json!({ "id": id, "producer": format!("p{p}"), "n": n });
+                            let line = match client
+                                .append_with("orders", &record, AppendOptions::new())
+                                .await
+                            {
+                                Ok(a) => {
+                                    json!({ "id": id, "seq": a.seq, "duplicate": a.duplicate })
+                                        .to_string()
+                                }
+                                // Not an acknowledgement: the test reports it.
+                                Err(e) => format!("error: {e}"),
+                            };
+                            if lines.send((p, Some(line))).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = lines.send((p, None));
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
+    });
+    // (The Rust producers' thread holds the last sender: the channel ends with them.)
+    let all_producers = PRODUCERS + RUST_PRODUCERS;
 
     // The server dies each time another quarter of all the records has been acknowledged,
     // with every producer still going, and comes back on the same port and data.
-    let total = PRODUCERS * RECORDS_PER_PRODUCER;
-    let mut acks: Vec<Vec<Ack>> = (0..PRODUCERS).map(|_| Vec::new()).collect();
+    let total = all_producers * RECORDS_PER_PRODUCER;
+    let mut acks: Vec<Vec<Ack>> = (0..all_producers).map(|_| Vec::new()).collect();
     let mut acked = 0;
     let mut kills = 0;
-    let mut running = PRODUCERS;
+    let mut running = all_producers;
     while running > 0 {
         let logs = || server.as_ref().map(ServerProcess::logs).unwrap_or_default();
         // A bound on failure only: the producers acknowledge records every few ms.
@@ -336,7 +385,10 @@ fn python_producers_retrying_with_keys_store_each_record_once_through_sigkills()
             )
         });
         let Some(line) = line else {
-            let producer = &mut producers[p];
+            let Some(producer) = producers.get_mut(p) else {
+                running -= 1; // a Rust producer, done
+                continue;
+            };
             let status = producer.child.wait().expect("waiting for producer.py");
             assert!(
                 status.success(),
@@ -437,7 +489,7 @@ fn python_producers_retrying_with_keys_store_each_record_once_through_sigkills()
         "the journal should have rotated: {segments} segments"
     );
     println!(
-        "{PRODUCERS} producers, {KILLS} SIGKILLs: {total} records acknowledged, each stored once \
+        "{PRODUCERS} Python and {RUST_PRODUCERS} Rust producers, {KILLS} SIGKILLs: {total} records acknowledged, each stored once \
          at its seq; {duplicates} acknowledged as duplicates (written before a kill, answered \
          to the retry); {segments} segments"
     );
