@@ -97,6 +97,10 @@ pub struct Durable {
     pub first_seq: u64,
     /// Files on disk: the rotated segments and the active one.
     pub segments: usize,
+    /// The first seq from which records carry metadata (a CRC32C checked by every reader,
+    /// a commit time): `first_seq` when all retained records do. Records before it were
+    /// written by the published crate or an earlier version, and are read unverified.
+    pub checksums_from: u64,
     /// First sequence number of the active segment.
     pub(crate) active_first_seq: u64,
     /// Bytes of the active segment that are durable; readers never read past this, so they
@@ -836,6 +840,11 @@ impl Writer {
             last_seq: self.next_seq - 1,
             first_seq: self.rotated.front().map_or(self.active_first_seq, |r| r.1),
             segments: self.rotated.len() + 1,
+            checksums_from: self
+                .sealed_metas
+                .front()
+                .map_or(self.meta_first_seq, |m| m.0)
+                .max(self.rotated.front().map_or(self.active_first_seq, |r| r.1)),
             active_first_seq: self.active_first_seq,
             active_len: self.len,
         }

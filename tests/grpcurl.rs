@@ -81,6 +81,9 @@ fn check_and_strip_commit_times(value: &mut Value) {
             }
             // Info's times of the first and last record, when the journal has records.
             if fields.contains_key("lastSeq") && fields.contains_key("segments") {
+                // Every record of a journal written here carries its checksum.
+                let from = fields.remove("checksumsFromSeq");
+                assert_eq!(from.as_ref(), fields.get("firstSeq"), "{fields:?}");
                 for key in ["firstCommitTime", "lastCommitTime"] {
                     let time = fields.remove(key);
                     let time = time.as_ref().and_then(Value::as_str);

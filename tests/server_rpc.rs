@@ -191,6 +191,10 @@ async fn replayed_records_carry_commit_times_that_never_go_back() {
         .into_inner();
     assert_eq!(info.first_commit_time, page.records[0].commit_time);
     assert_eq!(info.last_commit_time, page.records[4].commit_time);
+    assert_eq!(
+        info.checksums_from_seq, 1,
+        "every record carries its checksum"
+    );
 }
 
 #[tokio::test]

@@ -30,6 +30,9 @@ pub struct OpenResults {
     pub warm: Duration,
     /// Median open time after evicting the files from the page cache, if that worked.
     pub cold: Option<Duration>,
+    /// `ministore verify` of the same journal (every line parsed, every CRC32C checked),
+    /// warm page cache: how long it took.
+    pub verify: Duration,
 }
 
 /// Builds a journal of about `bytes` bytes in `dir` and times opening it.
@@ -63,6 +66,12 @@ pub async fn run(dir: &Path, bytes: u64) -> Result<OpenResults, BoxError> {
         }
         cold.push(time_open().await?.0);
     }
+    let started = Instant::now();
+    let report = ministore::verify::verify_journal(&path)?;
+    let verify = started.elapsed();
+    if report.worst() >= Some(ministore::verify::Severity::Damage) {
+        return Err(format!("verify found damage: {:?}", report.problems).into());
+    }
     warm.sort_unstable();
     cold.sort_unstable();
     let total = std::fs::read_dir(&journal_dir)?
@@ -77,5 +86,6 @@ pub async fn run(dir: &Path, bytes: u64) -> Result<OpenResults, BoxError> {
         fill: fill_time,
         warm: warm[warm.len() / 2],
         cold: cold.get(cold.len() / 2).copied(),
+        verify,
     })
 }

@@ -474,6 +474,7 @@ impl JournalRpc for JournalService {
                 damage: journal.damage().unwrap_or_default().to_owned(),
                 first_commit_time,
                 last_commit_time,
+                checksums_from_seq: durable.checksums_from,
             }))
         })
         .await
