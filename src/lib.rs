@@ -186,7 +186,8 @@
 //! files are left as they are. Such readers also return only whole requests: a line whose
 //! entry, or a request's last line, is not written yet is not read. [`Record`] carries
 //! the commit time. The one-file line stream [`MiniStore::stream`] (the published API)
-//! reads lines as they are.
+//! checks each line that has a whole entry against its CRC32C (an error item, and the
+//! stream goes on), and reads the others as they are, as the published crate does.
 //!
 //! **Writers without metadata.** Lines appended by a writer that keeps no metadata (the
 //! published crate) are read unverified in a sealed segment; in the active segment,

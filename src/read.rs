@@ -792,7 +792,64 @@ type LineFuture =
 pub struct JournalStream<T> {
     reader: Option<LineReader>,
     pending: Option<LineFuture>,
+    /// The file's metadata, when it has some: each line that has a whole entry is checked
+    /// against its CRC32C. Lines without one (a write in progress, or records of the
+    /// published crate) are read as they are, as the published API reads them.
+    check: Option<StreamCheck>,
     _record: PhantomData<fn() -> T>,
+}
+
+/// What a [`JournalStream`] checks its lines against.
+struct StreamCheck {
+    /// The seq of the file's first record.
+    first_seq: u64,
+    entries: EntryCursor,
+}
+
+impl StreamCheck {
+    /// The metadata of the segment file at `path`, whose first record is `first_seq`: found
+    /// beside it as a reader finds it. `None` when there is none, or it cannot be read (the
+    /// stream then reads the file as the published API does).
+    fn find(path: &Path, first_seq: u64) -> Option<StreamCheck> {
+        let name = path.file_name()?.to_str()?;
+        // A rotated segment `journal.jsonl.000003` belongs to the journal `journal.jsonl`.
+        let base_name = match name.rsplit_once('.') {
+            Some((stem, digits))
+                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                stem
+            }
+            _ => name,
+        };
+        let base = path.with_file_name(base_name);
+        let next_first = segment::catalog(&base)
+            .ok()?
+            .iter()
+            .find(|s| s.first_seq > first_seq)
+            .map(|s| s.first_seq);
+        let (_, meta_path) = meta::list(&base)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find(|(m, _)| *m >= first_seq && next_first.is_none_or(|next| *m < next))?;
+        let entries = EntryCursor::open(&meta_path).ok()??;
+        Some(StreamCheck { first_seq, entries })
+    }
+
+    /// `Some(why)` if record `seq`'s line does not match its entry's CRC32C.
+    fn mismatch(&mut self, seq: u64, line: &[u8]) -> Option<String> {
+        if seq < self.entries.first_seq {
+            return None;
+        }
+        match self.entries.entry_for(seq) {
+            Ok(Ok(Some(entry)))
+                if crc32c::crc32c(line) != entry.record_crcs[(seq - entry.first_seq) as usize] =>
+            {
+                Some("fails its CRC32C: its bytes are not those written".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for JournalStream<T> {
@@ -878,7 +935,11 @@ where
             .await
             .map_err(|e| MiniStoreError::io("reading", path, e))?;
         let header = segment::parse_header(path, &head)?;
+        let check = header
+            .first_seq
+            .and_then(|first_seq| StreamCheck::find(path, first_seq));
         Ok(JournalStream {
+            check,
             reader: Some(LineReader {
                 lines,
                 path: path.to_path_buf(),
@@ -911,6 +972,21 @@ where
         let item = match result {
             Ok(None) => None,
             Ok(Some(line)) => {
+                // The header is line 1: the line just read is record `first_seq + line - 2`.
+                let mismatch = self.check.as_mut().and_then(|check| {
+                    let seq = check.first_seq + reader.line - 2;
+                    check.mismatch(seq, &line).map(|why| (seq, why))
+                });
+                if let Some((seq, reason)) = mismatch {
+                    let offset = reader.pos - line.len() as u64 - 1;
+                    self.reader = Some(reader);
+                    return Poll::Ready(Some(Err(MiniStoreError::Checksum {
+                        path: self.reader.as_ref().expect("just set").path.clone(),
+                        seq,
+                        offset,
+                        reason,
+                    })));
+                }
                 Some(
                     serde_json::from_slice(&line).map_err(|e| MiniStoreError::Corrupt {
                         path: reader.path.clone(),

@@ -5,6 +5,7 @@
 use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
 use ministore_tests::files::{header, rotated_segments};
 use ministore_tests::records::read_all;
+use tokio_stream::StreamExt;
 
 fn small() -> MiniStoreOptions {
     MiniStoreOptions::new()
@@ -64,6 +65,19 @@ async fn a_flipped_byte_in_a_sealed_segment_is_damage_naming_seq_and_offset() {
     assert!(reader.next_batch(100).await.is_err());
     assert!(reader.next_batch(100).await.is_err());
     assert_eq!(std::fs::read(sealed).unwrap(), bytes, "left as it is");
+
+    // The one-file line stream of the published API reports it too, and goes on.
+    let items: Vec<Result<String, MiniStoreError>> = MiniStore::stream::<String>(sealed)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        matches!(&items[0], Err(MiniStoreError::Checksum { seq, offset: o, .. }) if *seq == first_seq && *o == offset),
+        "{:?}",
+        items[0]
+    );
+    assert!(items[1..].iter().all(Result::is_ok), "{items:?}");
 
     // `ministore verify` (the offline check) reports it where it is.
     let report = ministore::verify::verify_journal(&path).unwrap();
