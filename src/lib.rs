@@ -201,6 +201,8 @@
 #![warn(missing_docs)]
 
 mod append;
+mod blocking;
+mod durable;
 mod error;
 mod index;
 pub mod io;
@@ -212,18 +214,22 @@ mod read;
 mod recovery;
 mod segment;
 mod store;
+mod stream;
 mod syncer;
 pub mod verify;
+mod writer;
 
 pub use append::{Append, Appended};
+pub use durable::Durable;
 pub use error::{MiniStoreError, Result};
 pub use json::JsonLine;
 pub use meta::MAX_KEY_BYTES;
 pub use options::{
     DEFAULT_MAX_BYTES_PER_SEGMENT, DEFAULT_MAX_KEYS, DEFAULT_MAX_SEGMENTS, MiniStoreOptions,
 };
-pub use read::{JournalReader, JournalStream, Record};
-pub use store::{Durable, MiniStore};
+pub use read::{JournalReader, Record};
+pub use store::MiniStore;
+pub use stream::JournalStream;
 
 /// The gRPC wire types and stubs generated from `proto/ministore/v1/journal.proto`
 /// (feature `grpc`), shared by ministore-server and ministore-client.

@@ -1,26 +1,23 @@
-//! Reading journals back: [`JournalReader`] from any sequence number across all segments,
-//! and [`JournalStream`], the line stream over one file.
+//! Reading journals back: [`JournalReader`], from any sequence number across all segments,
+//! each record checked against its metadata entry. (The line stream over one file,
+//! [`JournalStream`](crate::JournalStream), is in `stream.rs`.)
 
 use std::fs::File;
-use std::future::Future;
-use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::watch;
 
+use crate::blocking::blocking;
+use crate::durable::Durable;
 use crate::index::{self, SegmentShape};
 use crate::meta::{self, EntryCursor};
 use crate::segment::{self, Segment};
-use crate::store::{Durable, blocking};
 use crate::{MiniStoreError, Result};
 
 /// Bytes read from a segment at a time.
-const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read at a time while skipping to a start position.
 const SKIP_CHUNK: usize = 1024 * 1024;
 
@@ -777,240 +774,6 @@ pub(crate) fn first_checksum_failure(base: &Path) -> Option<MiniStoreError> {
 fn ends_line_at(file: &File, end: u64) -> bool {
     let mut byte = [0u8; 1];
     end > 0 && file.read_exact_at(&mut byte, end - 1).is_ok() && byte[0] == b'\n'
-}
-
-type LineFuture =
-    Pin<Box<dyn Future<Output = (LineReader, std::io::Result<Option<Vec<u8>>>)> + Send>>;
-
-/// A stream over the records of a single journal file, parsed on demand.
-///
-/// It implements `tokio_stream::Stream<Item = Result<T, MiniStoreError>>`, and also has an
-/// inherent async [`next`](Self::next). Memory stays flat: one line at a time. A line that
-/// does not parse yields an error naming the file and line, and the stream goes on. An
-/// incomplete last line (a write in progress or cut by a crash) is not a record, and
-/// neither is anything from a NUL byte on (space the writer has not written yet).
-pub struct JournalStream<T> {
-    reader: Option<LineReader>,
-    pending: Option<LineFuture>,
-    /// The file's metadata, when it has some: each line that has a whole entry is checked
-    /// against its CRC32C. Lines without one (a write in progress, or records of the
-    /// published crate) are read as they are, as the published API reads them.
-    check: Option<StreamCheck>,
-    _record: PhantomData<fn() -> T>,
-}
-
-/// What a [`JournalStream`] checks its lines against.
-struct StreamCheck {
-    /// The seq of the file's first record.
-    first_seq: u64,
-    entries: EntryCursor,
-}
-
-impl StreamCheck {
-    /// The metadata of the segment file at `path`, whose first record is `first_seq`: found
-    /// beside it as a reader finds it. `None` when there is none, or it cannot be read (the
-    /// stream then reads the file as the published API does).
-    fn find(path: &Path, first_seq: u64) -> Option<StreamCheck> {
-        let name = path.file_name()?.to_str()?;
-        // A rotated segment `journal.jsonl.000003` belongs to the journal `journal.jsonl`.
-        let base_name = match name.rsplit_once('.') {
-            Some((stem, digits))
-                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                stem
-            }
-            _ => name,
-        };
-        let base = path.with_file_name(base_name);
-        let next_first = segment::catalog(&base)
-            .ok()?
-            .iter()
-            .find(|s| s.first_seq > first_seq)
-            .map(|s| s.first_seq);
-        let (_, meta_path) = meta::list(&base)
-            .ok()?
-            .into_iter()
-            .rev()
-            .find(|(m, _)| *m >= first_seq && next_first.is_none_or(|next| *m < next))?;
-        let entries = EntryCursor::open(&meta_path).ok()??;
-        Some(StreamCheck { first_seq, entries })
-    }
-
-    /// `Some(why)` if record `seq`'s line does not match its entry's CRC32C.
-    fn mismatch(&mut self, seq: u64, line: &[u8]) -> Option<String> {
-        if seq < self.entries.first_seq {
-            return None;
-        }
-        match self.entries.entry_for(seq) {
-            Ok(Ok(Some(entry)))
-                if crc32c::crc32c(line) != entry.record_crcs[(seq - entry.first_seq) as usize] =>
-            {
-                Some("fails its CRC32C: its bytes are not those written".into())
-            }
-            _ => None,
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for JournalStream<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JournalStream")
-            .field("path", &self.reader.as_ref().map(|r| &r.path))
-            .finish_non_exhaustive()
-    }
-}
-
-struct LineReader {
-    lines: BufReader<tokio::fs::File>,
-    path: PathBuf,
-    /// Line number of the last line read (the header is line 1).
-    line: u64,
-    /// File offset where the next line starts.
-    pos: u64,
-}
-
-impl LineReader {
-    /// The next complete line. At the end of what is written (the end of the file, or a NUL:
-    /// zeros the writer wrote ahead of its records, see `Writer::preallocate`), the reader
-    /// goes back to the start of the unfinished line, so that it never keeps bytes that
-    /// are about to be overwritten, and a later call reads the line whole once it is.
-    async fn next_line(mut self) -> (Self, std::io::Result<Option<Vec<u8>>>) {
-        let mut buf = Vec::new();
-        let mut reread = false;
-        let result = loop {
-            let chunk = match self.lines.fill_buf().await {
-                Ok(chunk) => chunk,
-                Err(e) => break Err(e),
-            };
-            match memchr::memchr2(b'\n', 0, chunk) {
-                Some(i) if chunk[i] == b'\n' => {
-                    buf.extend_from_slice(&chunk[..i]);
-                    self.lines.consume(i + 1);
-                    self.pos += buf.len() as u64 + 1;
-                    self.line += 1;
-                    break Ok(Some(std::mem::take(&mut buf)));
-                }
-                // A NUL: the end of what is written, if the bytes are fresh. Buffered ones
-                // may be zeros the writer has overwritten since: read again from the line's
-                // start, once.
-                Some(_) if !reread => {
-                    reread = true;
-                    buf.clear();
-                    if let Err(e) = self.lines.seek(std::io::SeekFrom::Start(self.pos)).await {
-                        break Err(e);
-                    }
-                }
-                Some(_) => break Ok(None),
-                None if chunk.is_empty() => break Ok(None),
-                None => {
-                    let n = chunk.len();
-                    buf.extend_from_slice(chunk);
-                    self.lines.consume(n);
-                }
-            }
-        };
-        // Seeking also drops the buffer, and any zeros in it: the writer overwrites them.
-        if matches!(result, Ok(None))
-            && let Err(e) = self.lines.seek(std::io::SeekFrom::Start(self.pos)).await
-        {
-            return (self, Err(e));
-        }
-        (self, result)
-    }
-}
-
-impl<T> JournalStream<T>
-where
-    T: for<'de> serde::Deserialize<'de>,
-{
-    pub(crate) async fn open(path: &Path) -> Result<Self> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| MiniStoreError::io("opening", path, e))?;
-        let mut lines = BufReader::with_capacity(READ_CHUNK, file);
-        let mut head = Vec::new();
-        (&mut lines)
-            .take(4096)
-            .read_until(b'\n', &mut head)
-            .await
-            .map_err(|e| MiniStoreError::io("reading", path, e))?;
-        let header = segment::parse_header(path, &head)?;
-        let check = header
-            .first_seq
-            .and_then(|first_seq| StreamCheck::find(path, first_seq));
-        Ok(JournalStream {
-            check,
-            reader: Some(LineReader {
-                lines,
-                path: path.to_path_buf(),
-                line: 1,
-                pos: header.len,
-            }),
-            pending: None,
-            _record: PhantomData,
-        })
-    }
-
-    /// Asynchronously yields the next record from the journal.
-    ///
-    /// Returns `None` when the file ends, `Some(Err(..))` on an I/O or deserialization
-    /// error.
-    pub async fn next(&mut self) -> Option<Result<T>> {
-        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next_record(cx)).await
-    }
-
-    fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
-        if self.pending.is_none() {
-            let Some(reader) = self.reader.take() else {
-                return Poll::Ready(None);
-            };
-            self.pending = Some(Box::pin(reader.next_line()));
-        }
-        let (reader, result) =
-            std::task::ready!(self.pending.as_mut().expect("set").as_mut().poll(cx));
-        self.pending = None;
-        let item = match result {
-            Ok(None) => None,
-            Ok(Some(line)) => {
-                // The header is line 1: the line just read is record `first_seq + line - 2`.
-                let mismatch = self.check.as_mut().and_then(|check| {
-                    let seq = check.first_seq + reader.line - 2;
-                    check.mismatch(seq, &line).map(|why| (seq, why))
-                });
-                if let Some((seq, reason)) = mismatch {
-                    let offset = reader.pos - line.len() as u64 - 1;
-                    self.reader = Some(reader);
-                    return Poll::Ready(Some(Err(MiniStoreError::Checksum {
-                        path: self.reader.as_ref().expect("just set").path.clone(),
-                        seq,
-                        offset,
-                        reason,
-                    })));
-                }
-                Some(
-                    serde_json::from_slice(&line).map_err(|e| MiniStoreError::Corrupt {
-                        path: reader.path.clone(),
-                        line: reader.line,
-                        reason: format!("record does not deserialize: {e}"),
-                    }),
-                )
-            }
-            Err(e) => Some(Err(MiniStoreError::io("reading", &reader.path, e))),
-        };
-        self.reader = Some(reader);
-        Poll::Ready(item)
-    }
-}
-
-impl<T> tokio_stream::Stream for JournalStream<T>
-where
-    T: for<'de> serde::Deserialize<'de>,
-{
-    type Item = Result<T>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_next_record(cx)
-    }
 }
 
 #[cfg(test)]

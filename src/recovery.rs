@@ -1,4 +1,6 @@
-//! What `open` does with the metadata files: pair the active segment with its metadata,
+//! What `open` repairs: the crash states of the files (a torn header, a torn tail, a
+//! rotation cut short, segments of the published crate), and the metadata files: pair
+//! the active segment with its metadata,
 //! keep the longest prefix of entries whose records are all present and match their CRCs
 //! (so a batch a crash cut short is dropped whole), and rebuild the idempotency keys.
 
@@ -301,4 +303,161 @@ pub(crate) fn remember(keys: &mut KeyIndex, entry: &Entry) {
             },
         );
     }
+}
+
+/// Takes the journal's lock file, so that two writers never interleave in one file.
+pub(crate) fn lock_journal(base: &Path) -> Result<File> {
+    let mut lock = base.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| MiniStoreError::io("opening lock file", &lock, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(MiniStoreError::Locked {
+            path: base.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(MiniStoreError::io("locking", &lock, e)),
+    }
+}
+
+/// Creates the active file when there is none, or finishes one a crash left without a
+/// complete header (during creation or rotation). Its first seq continues the newest
+/// rotated segment.
+pub(crate) fn create_active(base: &Path, rotated: &[Segment]) -> Result<Segment> {
+    let first_seq = match rotated.last() {
+        Some(last) => last.first_seq + segment::count_records(last)?,
+        None => 1,
+    };
+    let header = segment::header_line(first_seq);
+    match std::fs::metadata(base) {
+        // An empty file holds no records (the catalog skipped it): write the header in place.
+        Ok(_) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(base)
+                .map_err(|e| MiniStoreError::io("opening", base, e))?;
+            file.set_len(0)
+                .and_then(|_| file.write_all_at(header.as_bytes(), 0))
+                .and_then(|_| file.sync_all())
+                .map_err(|e| MiniStoreError::io("writing header to", base, e))?;
+            segment::sync_dir(segment::dir_of(base))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            segment::write_new_file(base, header.as_bytes())?;
+        }
+        Err(e) => return Err(MiniStoreError::io("reading metadata of", base, e)),
+    }
+    Ok(Segment {
+        path: base.to_path_buf(),
+        number: None,
+        first_seq,
+        header_len: header.len() as u64,
+        legacy: false,
+    })
+}
+
+/// Empties an active file whose header a crash cut short: no line break, and its bytes are
+/// the start of a header, possibly followed by zeros where a crash kept the file's size but
+/// not its bytes. It holds no records (every commit fsyncs the header with its records),
+/// and `create_active` writes a full header. A file of zeros alone is taken for a torn
+/// header only beside rotated segments (a crash mid-rotation, step 5); alone, it could as
+/// well be anyone's, and the catalog refuses it. Any other file is left alone.
+pub(crate) fn clear_torn_header(base: &Path) -> Result<()> {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(base)
+    else {
+        return Ok(()); // missing (created later) or unreadable (the catalog reports it)
+    };
+    let head = segment::read_head(&file, base)?;
+    let torn = !head.is_empty()
+        && segment::is_torn_header(&file, base, &head, u64::MAX, || {
+            Ok(!segment::list_rotated(base)?.is_empty())
+        })?;
+    if torn {
+        tracing::warn!(
+            file = %base.display(),
+            header_bytes = memchr::memchr(0, &head).unwrap_or(head.len()),
+            file_bytes = file.metadata().map_or(0, |m| m.len()),
+            "replacing a header cut short by a crash (the rest of the file is zeros)"
+        );
+        file.set_len(0)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| MiniStoreError::io("truncating", base, e))?;
+    }
+    Ok(())
+}
+
+/// Rewrites a segment of the published crate with a header that records its first seq.
+/// Write the copy, fsync it, rename it over the original, fsync the directory: a crash
+/// leaves either the original or the complete copy (plus at worst a stray `.upgrade` file).
+pub(crate) fn upgrade_legacy(seg: &mut Segment) -> Result<()> {
+    let mut tmp = seg.path.as_os_str().to_owned();
+    tmp.push(".upgrade");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let src = File::open(&seg.path).map_err(|e| MiniStoreError::io("opening", &seg.path, e))?;
+    let header = segment::header_line(seg.first_seq);
+    let mut out = segment::write_new_file(&tmp, header.as_bytes())?;
+    let mut body = std::io::BufReader::new(src);
+    std::io::Seek::seek(&mut body, std::io::SeekFrom::Start(seg.header_len))
+        .and_then(|_| std::io::copy(&mut body, &mut out))
+        .and_then(|_| out.sync_all())
+        .map_err(|e| MiniStoreError::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, &seg.path).map_err(|e| MiniStoreError::io("renaming", &tmp, e))?;
+    segment::sync_dir(segment::dir_of(&seg.path))?;
+    tracing::info!(segment = %seg.path.display(), first_seq = seg.first_seq, "recorded first_seq in a segment written by the published crate");
+    seg.header_len = header.len() as u64;
+    seg.legacy = false;
+    Ok(())
+}
+
+/// Cuts the bytes after the last complete record, which no caller was ever told about.
+/// More than a partial line is kept aside as evidence (`<journal>.broken-<offset>`).
+///
+/// Zeros alone are the normal state after a crash (or a kill) of a writer that had
+/// preallocated (see `Writer::preallocate`): they are cut without evidence and logged as
+/// information, not as a warning.
+pub(crate) fn cut_torn_tail(file: &File, path: &Path, body: segment::Body) -> Result<()> {
+    let cut = body.file_len - body.end;
+    let mut tail = vec![0u8; cut as usize];
+    file.read_exact_at(&mut tail, body.end)
+        .map_err(|e| MiniStoreError::io("reading", path, e))?;
+    if tail.iter().all(|&b| b == 0) {
+        tracing::info!(
+            file = %path.display(),
+            offset = body.end,
+            bytes = cut,
+            "cut the unwritten (zero) space after the last record"
+        );
+    } else {
+        let mut evidence = None;
+        if tail.contains(&b'\n') {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".broken-{}", body.end));
+            let name = PathBuf::from(name);
+            let _ = std::fs::remove_file(&name);
+            segment::write_new_file(&name, &tail)?;
+            evidence = Some(name);
+        }
+        tracing::warn!(
+            file = %path.display(),
+            offset = body.end,
+            bytes = cut,
+            saved_to = ?evidence,
+            "cut an incomplete tail left by an interrupted write"
+        );
+    }
+    // Truncate and fsync before any new record goes after it.
+    file.set_len(body.end)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| MiniStoreError::io("truncating", path, e))
 }
