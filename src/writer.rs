@@ -181,14 +181,12 @@ impl Writer {
             .map_err(|e| MiniStoreError::io("opening", &active.path, e))?;
         // The scan that finds the torn tail also finds where the records start: the active
         // segment's index costs no extra read.
-        let mut active_index = SparseIndex::new(active.first_seq, active.header_len);
-        let mut body = segment::scan_body(
-            &file,
-            &active.path,
-            active.header_len,
-            true,
-            Some(&mut active_index),
-        )?;
+        let scan = |file: &File| {
+            let mut index = SparseIndex::new(active.first_seq, active.header_len);
+            segment::scan_body(file, &active.path, active.header_len, true, Some(&mut index))
+                .map(|body| (body, index))
+        };
+        let (mut body, mut active_index) = scan(&file)?;
         if body.end < body.file_len {
             recovery::cut_torn_tail(&file, &active.path, body)?;
         }
@@ -197,23 +195,13 @@ impl Writer {
         // batch stays all or none (see `recovery::recover_active`).
         let active_meta = recovery::recover_active(&base, &active, &file, body.end, body.records)?;
         if active_meta.covered_end < body.end {
-            recovery::cut_torn_tail(
-                &file,
-                &active.path,
-                segment::Body {
-                    records: 0,
-                    end: active_meta.covered_end,
-                    file_len: body.end,
-                },
-            )?;
-            active_index = SparseIndex::new(active.first_seq, active.header_len);
-            body = segment::scan_body(
-                &file,
-                &active.path,
-                active.header_len,
-                true,
-                Some(&mut active_index),
-            )?;
+            let uncovered = segment::Body {
+                records: 0,
+                end: active_meta.covered_end,
+                file_len: body.end,
+            };
+            recovery::cut_torn_tail(&file, &active.path, uncovered)?;
+            (body, active_index) = scan(&file)?;
         }
         if active.first_seq + body.records != active_meta.next_seq {
             return Err(MiniStoreError::BadMeta {
