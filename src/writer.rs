@@ -183,8 +183,14 @@ impl Writer {
         // segment's index costs no extra read.
         let scan = |file: &File| {
             let mut index = SparseIndex::new(active.first_seq, active.header_len);
-            segment::scan_body(file, &active.path, active.header_len, true, Some(&mut index))
-                .map(|body| (body, index))
+            segment::scan_body(
+                file,
+                &active.path,
+                active.header_len,
+                true,
+                Some(&mut index),
+            )
+            .map(|body| (body, index))
         };
         let (mut body, mut active_index) = scan(&file)?;
         if body.end < body.file_len {

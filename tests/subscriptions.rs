@@ -186,3 +186,44 @@ async fn a_follower_overtaken_by_retention_is_out_of_range_with_where_to_resume(
         .into_inner();
     assert_eq!(next(&mut resumed).await, Seen::Record(first_retained));
 }
+
+/// The Rust client's typed events: each record with its commit time, and where the stream
+/// is, in order.
+#[tokio::test]
+async fn the_rust_clients_events_carry_records_with_their_times_and_catch_ups() {
+    use ministore_client::Event;
+    use tokio_stream::StreamExt;
+
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.append("ev", &"a").await.unwrap();
+    client.append("ev", &"b").await.unwrap();
+    let mut events = client.events::<String>("ev", 1, true);
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the stream ended")
+            .expect("the stream failed")
+    };
+    let mut times = Vec::new();
+    for (want_seq, want) in [(1, "a"), (2, "b")] {
+        match next().await {
+            Event::Record {
+                seq,
+                record,
+                commit_time,
+            } => {
+                assert_eq!((seq, record.as_str()), (want_seq, want));
+                times.push(commit_time.expect("a commit time"));
+            }
+            other => panic!("expected record {want_seq}, got {other:?}"),
+        }
+    }
+    assert!(times[0] <= times[1]);
+    assert_eq!(next().await, Event::CaughtUp { last_seq: 2 });
+    // Live from here: a new record comes as it is committed (no new catch-up: the stream
+    // never fell behind).
+    client.append("ev", &"c").await.unwrap();
+    assert!(matches!(next().await, Event::Record { seq: 3, .. }));
+}

@@ -89,7 +89,7 @@ pub use error::ClientError;
 /// The generated gRPC messages and stubs (`ministore.v1`), for raw use.
 pub use ministore::proto;
 pub use retry::DEFAULT_RETRY_BUDGET;
-pub use stream::RecordStream;
+pub use stream::{Event, EventStream, RecordStream};
 /// gRPC status codes, as [`ClientError::code`] gives them: match on them without a
 /// dependency on tonic.
 pub use tonic::Code;
@@ -676,6 +676,39 @@ impl Client {
         follow: bool,
     ) -> RecordStream<T> {
         stream::open(self.clone(), journal.to_owned(), from_seq, follow)
+    }
+
+    /// Like [`stream`](Self::stream), but says where the stream is too: each record with
+    /// its commit time, [`Event::CaughtUp`] when a following stream has delivered every
+    /// durable record (again after falling behind, and after a reconnect), and
+    /// [`Event::Heartbeat`] after 30 s of silence, so a consumer can tell a quiet journal
+    /// from a dead connection. Resumes across reconnects, with no gap and no duplicate
+    /// record.
+    ///
+    /// ```no_run
+    /// use ministore_client::{Client, Event};
+    /// use tokio_stream::StreamExt;
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// let client = Client::connect("127.0.0.1:50051").await?;
+    /// let mut events = client.events::<serde_json::Value>("orders", 1, true);
+    /// while let Some(event) = events.next().await {
+    ///     match event? {
+    ///         Event::Record { seq, record, .. } => println!("{seq}: {record}"),
+    ///         Event::CaughtUp { last_seq } => println!("live from {last_seq}"),
+    ///         Event::Heartbeat { .. } => {}
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn events<T: DeserializeOwned>(
+        &self,
+        journal: &str,
+        from_seq: u64,
+        follow: bool,
+    ) -> EventStream<T> {
+        stream::open_events(self.clone(), journal.to_owned(), from_seq, follow)
     }
 
     /// The retained range of `journal`.

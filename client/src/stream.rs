@@ -1,8 +1,11 @@
-//! [`RecordStream`]: a typed stream of records that resumes across reconnects.
+//! [`RecordStream`] and [`EventStream`]: typed streams of a journal that resume across
+//! reconnects, with no gap and no duplicate: records only, or records and where the
+//! stream is (caught up, heartbeats).
 
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use ministore::proto::{self, RecordFormat, StreamRequest, stream_event};
 use serde::de::DeserializeOwned;
@@ -18,9 +21,85 @@ const BUFFER: usize = 256;
 
 /// A stream of `(seq, T)` from [`Client::stream`]. Ends after an error.
 pub struct RecordStream<T> {
-    rx: mpsc::Receiver<Result<proto::Record, ClientError>>,
+    events: EventStream<T>,
+}
+
+/// What a stream from [`Client::events`] delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<T> {
+    /// A record, in seq order.
+    Record {
+        /// Its sequence number.
+        seq: u64,
+        /// The record.
+        record: T,
+        /// When it was committed (`None` for records written before the journal kept
+        /// metadata).
+        commit_time: Option<SystemTime>,
+    },
+    /// Every record durable when this was sent has been delivered: what follows is live.
+    /// Sent (when following) when the stream first reaches the end, and again each time it
+    /// reaches it after falling behind, or after a reconnect.
+    CaughtUp {
+        /// The journal's last seq.
+        last_seq: u64,
+    },
+    /// Nothing happened for the heartbeat interval (30 s): the server and the stream are
+    /// alive, and the journal is at `last_seq`.
+    Heartbeat {
+        /// The journal's last seq.
+        last_seq: u64,
+    },
+}
+
+/// A stream of [`Event`]s from [`Client::events`]. Ends after an error.
+pub struct EventStream<T> {
+    rx: mpsc::Receiver<Result<stream_event::Event, ClientError>>,
     failed: bool,
     _record: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for EventStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned> Stream for EventStream<T> {
+    type Item = Result<Event<T>, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let item = std::task::ready!(self.rx.poll_recv(cx));
+        let item = item.map(|r| r.and_then(typed));
+        self.failed = matches!(item, Some(Err(_)));
+        Poll::Ready(item)
+    }
+}
+
+/// A wire event as an [`Event`].
+fn typed<T: DeserializeOwned>(event: stream_event::Event) -> Result<Event<T>, ClientError> {
+    Ok(match event {
+        stream_event::Event::Record(record) => {
+            let commit_time = record
+                .commit_time
+                .and_then(|t| SystemTime::try_from(t).ok());
+            let (seq, record) = decode(record)?;
+            Event::Record {
+                seq,
+                record,
+                commit_time,
+            }
+        }
+        stream_event::Event::CaughtUp(c) => Event::CaughtUp {
+            last_seq: c.last_seq,
+        },
+        stream_event::Event::Heartbeat(h) => Event::Heartbeat {
+            last_seq: h.last_seq,
+        },
+    })
 }
 
 impl<T> std::fmt::Debug for RecordStream<T> {
@@ -33,13 +112,18 @@ impl<T: DeserializeOwned> Stream for RecordStream<T> {
     type Item = Result<(u64, T), ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.failed {
-            return Poll::Ready(None);
+        // Where the stream is does not concern a consumer of records: skipped. Each turn
+        // takes one event out of a bounded channel, so this ends.
+        loop {
+            return Poll::Ready(
+                match std::task::ready!(Pin::new(&mut self.events).poll_next(cx)) {
+                    Some(Ok(Event::Record { seq, record, .. })) => Some(Ok((seq, record))),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                },
+            );
         }
-        let item = std::task::ready!(self.rx.poll_recv(cx));
-        let item = item.map(|r| r.and_then(decode));
-        self.failed = matches!(item, Some(Err(_)));
-        Poll::Ready(item)
     }
 }
 
@@ -49,9 +133,20 @@ pub(crate) fn open<T>(
     from_seq: u64,
     follow: bool,
 ) -> RecordStream<T> {
+    RecordStream {
+        events: open_events(client, journal, from_seq, follow),
+    }
+}
+
+pub(crate) fn open_events<T>(
+    client: Client,
+    journal: String,
+    from_seq: u64,
+    follow: bool,
+) -> EventStream<T> {
     let (tx, rx) = mpsc::channel(BUFFER);
     tokio::spawn(pump(client, journal, from_seq, follow, tx));
-    RecordStream {
+    EventStream {
         rx,
         failed: false,
         _record: PhantomData,
@@ -66,7 +161,7 @@ async fn pump(
     journal: String,
     from_seq: u64,
     follow: bool,
-    tx: mpsc::Sender<Result<proto::Record, ClientError>>,
+    tx: mpsc::Sender<Result<stream_event::Event, ClientError>>,
 ) {
     let mut next = from_seq;
     let mut delay = client.reconnect.first;
@@ -86,8 +181,6 @@ async fn pump(
                 let mut records = response.into_inner();
                 loop {
                     match records.message().await {
-                        // Where the stream is (caught up, alive): this typed stream yields
-                        // records only; the keepalive pings notice a dead connection.
                         Ok(Some(proto::StreamEvent {
                             event: Some(stream_event::Event::Record(record)),
                         })) => {
@@ -97,8 +190,15 @@ async fn pump(
                             next = record.seq + 1;
                             delay = client.reconnect.first;
                             attempts_left = 5;
-                            if tx.send(Ok(record)).await.is_err() {
+                            let event = stream_event::Event::Record(record);
+                            if tx.send(Ok(event)).await.is_err() {
                                 return; // the consumer went away
+                            }
+                        }
+                        // Where the stream is (caught up, alive).
+                        Ok(Some(proto::StreamEvent { event: Some(event) })) => {
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
                             }
                         }
                         Ok(Some(_)) => continue,
