@@ -197,6 +197,7 @@ mod read;
 mod recovery;
 mod segment;
 mod store;
+mod summary;
 mod syncer;
 pub mod verify;
 
@@ -209,6 +210,7 @@ pub use options::{
 };
 pub use read::{JournalReader, JournalStream, Record};
 pub use store::{Durable, MiniStore};
+pub use summary::{JournalSummary, disk_bytes, summary};
 
 /// The gRPC wire types and stubs generated from `proto/ministore/v1/journal.proto`
 /// (feature `grpc`), shared by ministore-server and ministore-client.
