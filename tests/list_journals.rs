@@ -132,7 +132,10 @@ async fn list_journals_pages_through_every_journal_once_in_name_order_with_their
         names.len(),
         "a journal listed twice"
     );
-    assert_eq!(names, expected, "every journal once, sorted by name, nothing else");
+    assert_eq!(
+        names, expected,
+        "every journal once, sorted by name, nothing else"
+    );
     assert_eq!(pages, expected.len().div_ceil(97));
 
     // Journals the server never opened, read from their files.
