@@ -813,7 +813,7 @@ fn append_from_stdin_stores_lines_in_order_and_stops_at_the_first_that_is_not_js
     let addr = server.addr.to_string();
     let input: String = (1..=2500).map(|i| format!("{{\"i\":{i}}}\n\n")).collect();
     let out = shell(
-        &format!("printf '%s' \"$INPUT\" | ministore append big -; echo \"exit $?\""),
+        "printf '%s' \"$INPUT\" | ministore append big -; echo \"exit $?\"",
         &addr,
     )
     .env(
