@@ -211,9 +211,15 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
     let gauge = |name: &str| value(&after, &format!("{name}{journal}"));
     assert_eq!(gauge("ministore_journal_segments"), 1.0, "{after}");
     assert_eq!(gauge("ministore_writer_queue_depth"), 0.0, "{after}");
-    let on_disk = std::fs::metadata(server.data_dir.join("orders").join("journal.jsonl"))
-        .unwrap()
-        .len();
+    // The segment and its metadata file (one entry per append request).
+    let on_disk: u64 = ["journal.jsonl", "journal.jsonl.from-1.meta"]
+        .iter()
+        .map(|file| {
+            std::fs::metadata(server.data_dir.join("orders").join(file))
+                .unwrap()
+                .len()
+        })
+        .sum();
     assert_eq!(
         gauge("ministore_journal_disk_bytes"),
         on_disk as f64,

@@ -220,7 +220,7 @@ impl Collector for JournalGauges {
             ),
             (
                 "journal_disk_bytes",
-                "Bytes of an open journal's files on disk (segments and their indexes).",
+                "Bytes of an open journal's files on disk (segments, their indexes and metadata files).",
                 |j| ministore::disk_bytes(j.path()).unwrap_or(0) as i64,
             ),
             (
