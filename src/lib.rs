@@ -215,6 +215,7 @@ mod recovery;
 mod segment;
 mod store;
 mod stream;
+mod summary;
 mod syncer;
 pub mod verify;
 mod writer;
@@ -230,6 +231,7 @@ pub use options::{
 pub use read::{JournalReader, Record};
 pub use store::MiniStore;
 pub use stream::JournalStream;
+pub use summary::{JournalSummary, disk_bytes, summary};
 
 /// The gRPC wire types and stubs generated from `proto/ministore/v1/journal.proto`
 /// (feature `grpc`), shared by ministore-server and ministore-client.

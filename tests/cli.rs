@@ -1,6 +1,7 @@
 //! The `ministore` tool, run as a user runs it: `verify`, `dump` and `inspect` on real data
 //! directories, clean, damaged in each way a disk or a person can damage them, and live
-//! under a running server.
+//! under a running server; `append`, `tail`, `ls` and `info` against the real server
+//! binary, across a restart of it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -545,11 +546,12 @@ fn paths_that_are_not_there_or_not_a_journal_exit_2() {
 #[test]
 fn the_session_in_the_readme_prints_what_it_shows() {
     let readme = std::fs::read_to_string(tools::workspace_root().join("README.md")).unwrap();
+    let offline = ["ministore verify ", "ministore dump ", "ministore inspect "];
     let steps: Vec<DocStep> = console_steps(&readme)
         .into_iter()
-        .filter(|s| s.command.starts_with("ministore "))
+        .filter(|s| offline.iter().any(|c| s.command.starts_with(c)))
         .collect();
-    assert_eq!(steps.len(), 5, "the README's ministore session");
+    assert_eq!(steps.len(), 5, "the README's offline ministore session");
 
     // The data directory the session shows: two journals, `orders` in three files.
     let tmp = tempfile::tempdir().unwrap();
@@ -603,4 +605,246 @@ fn the_session_in_the_readme_prints_what_it_shows() {
             step.command
         );
     }
+}
+
+/// `PATH` with the directory of the built `ministore` first, as after `cargo install`.
+fn path_with_ministore() -> std::ffi::OsString {
+    let bin_dir = ministore_binary().parent().unwrap().to_path_buf();
+    std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap()
+}
+
+/// A command of the docs run with `sh` as typed, talking to the server at `addr` through
+/// `MINISTORE_ADDR` (the docs leave `--addr` at its default).
+fn shell(command: &str, addr: &str) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(command)
+        .env("PATH", path_with_ministore())
+        .env("MINISTORE_ADDR", addr)
+        .env_remove("MINISTORE_TOKEN")
+        .env_remove("MINISTORE_CA_CERT")
+        .stdin(std::process::Stdio::null());
+    sh
+}
+
+/// The lines a running command prints, read by a thread so that the test waits for each
+/// within a bound instead of blocking on the pipe.
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(child: &mut std::process::Child) -> Lines {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line, within 30 s.
+    fn next(&self, what: &str) -> String {
+        self.0
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{what}: no line within 30 s ({e})"))
+    }
+}
+
+#[test]
+fn the_online_session_in_the_readme_runs_as_shown_and_tail_follows_across_a_restart() {
+    let readme = std::fs::read_to_string(tools::workspace_root().join("README.md")).unwrap();
+    let start = readme
+        .find("## At a terminal")
+        .expect("the README's terminal section");
+    let end = start + 3 + readme[start + 3..].find("\n## ").expect("the next section");
+    let steps = console_steps(&readme[start..end]);
+    let commands: Vec<&str> = steps.iter().map(|s| s.command.as_str()).collect();
+    assert_eq!(
+        commands,
+        [
+            r#"echo '{"a":1}' | ministore append orders -"#,
+            "ministore tail -f orders",
+            "ministore ls",
+            "ministore info orders",
+        ],
+        "the README's session"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let addr = server.addr.to_string();
+    let mut tail = None;
+    for step in &steps {
+        if step.command.contains("tail -f") {
+            // It never ends: check the lines it prints, then leave it running. The line in
+            // parentheses is the README's comment on what happens next.
+            // `exec`: the shell becomes the tool, so killing the child stops the tail.
+            let mut child = shell(&format!("exec {}", step.command), &addr)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = Lines::of(&mut child);
+            for shown in step.output.lines().filter(|l| !l.starts_with('(')) {
+                assert_eq!(lines.next(&step.command), shown, "$ {}", step.command);
+            }
+            tail = Some((child, lines));
+            continue;
+        }
+        let out = shell(&format!("{{ {}; }} 2>&1", step.command), &addr)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            step.output,
+            "$ {}",
+            step.command
+        );
+    }
+    let (mut child, lines) = tail.expect("the session runs tail -f");
+    let append = |record: &str| {
+        let out = shell(&format!("ministore append orders '{record}'"), &addr)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+
+    assert_eq!(append(r#"{"a":2}"#), "2");
+    assert_eq!(lines.next("tail -f, live"), r#"{"a":2}"#);
+
+    // The server dies without a goodbye and comes back on the same port and data.
+    server.signal("KILL");
+    let (_, _) = server.wait();
+    let server = ServerProcess::start(&data, &["--listen", &addr]);
+    assert_eq!(append(r#"{"a":3}"#), "3");
+    assert_eq!(
+        lines.next("tail -f, after the restart"),
+        r#"{"a":3}"#,
+        "the tail goes on with the next record: no gap, no duplicate"
+    );
+    assert_eq!(append(r#"{"a":4}"#), "4");
+    assert_eq!(lines.next("tail -f, after the restart"), r#"{"a":4}"#);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rest: Vec<String> = lines.0.iter().collect();
+    assert!(rest.is_empty(), "tail printed more: {rest:?}");
+    drop(server);
+}
+
+#[test]
+fn online_commands_exit_with_the_documented_codes_and_name_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
+    let addr = server.addr.to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--addr", &addr]);
+        ministore(&all)
+    };
+
+    let ok = run(&["append", "orders", r#"{"id": 1}"#]);
+    assert_eq!((ok.code, ok.stdout.as_str()), (Some(0), "1\n"), "{ok:?}");
+    let ok = run(&["tail", "orders"]);
+    assert_eq!(
+        (ok.code, ok.stdout.as_str()),
+        (Some(0), "{\"id\":1}\n"),
+        "{ok:?}"
+    );
+    let ok = run(&["ls", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(ok.stdout.trim()).expect("one line");
+    assert_eq!(
+        (&listed["name"], &listed["first_seq"], &listed["last_seq"]),
+        (&"orders".into(), &1.into(), &1.into()),
+        "{ok:?}"
+    );
+
+    // 4: not found, for info and for a tail that does not follow.
+    for args in [&["info", "nope"][..], &["tail", "nope"]] {
+        let run = run(args);
+        assert_eq!(run.code, Some(4), "{run:?}");
+        assert_eq!(
+            run.stderr,
+            format!(
+                "ministore: {addr}: journal \"nope\" does not exist; it is created by its first Append (NOT_FOUND)\n"
+            )
+        );
+    }
+    // 5: refused by the server.
+    let refused = run(&["append", "a/b", "1"]);
+    assert_eq!(refused.code, Some(5), "{refused:?}");
+    assert!(refused.stderr.contains("(INVALID_ARGUMENT)"), "{refused:?}");
+    // 2: input that is not JSON, and bad usage; nothing reaches the server.
+    let bad = run(&["append", "orders", "{not json"]);
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("not one JSON value"), "{bad:?}");
+    assert_eq!(ministore(&["append"]).code, Some(2));
+    assert_eq!(
+        run(&["info", "orders"]).stdout.lines().nth(2),
+        Some("last seq:  1")
+    );
+
+    // 3: nobody listens there. One line, naming the address.
+    drop(server);
+    for args in [&["ls"][..], &["info", "orders"], &["append", "orders", "2"]] {
+        let run = run(args);
+        assert_eq!(run.code, Some(3), "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        assert!(
+            run.stderr
+                .starts_with(&format!("ministore: {addr}: cannot connect")),
+            "{run:?}"
+        );
+    }
+}
+
+#[test]
+fn append_from_stdin_stores_lines_in_order_and_stops_at_the_first_that_is_not_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), &[]);
+    let addr = server.addr.to_string();
+    let input: String = (1..=2500).map(|i| format!("{{\"i\":{i}}}\n\n")).collect();
+    let out = shell(
+        "printf '%s' \"$INPUT\" | ministore append big -; echo \"exit $?\"",
+        &addr,
+    )
+    .env(
+        "INPUT",
+        format!("{input}{{\"i\":2501}}\nnot json\n{{\"i\":2502}}\n"),
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seqs: Vec<&str> = stdout.lines().collect();
+    let expected: Vec<String> = (1..=2501).map(|i| i.to_string()).collect();
+    assert_eq!(
+        seqs[..seqs.len() - 1],
+        expected,
+        "each line's seq, in order"
+    );
+    assert_eq!(seqs.last(), Some(&"exit 2"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stdin line 5002 is not one JSON value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail = shell("ministore tail big", &addr).output().unwrap();
+    let records: Vec<String> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let stored: Vec<String> = (1..=2501).map(|i| format!("{{\"i\":{i}}}")).collect();
+    assert_eq!(
+        records, stored,
+        "stored in order, nothing after the bad line"
+    );
 }

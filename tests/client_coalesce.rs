@@ -228,6 +228,13 @@ impl Journal for Service {
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         Err(Status::unimplemented("appends only"))
     }
+
+    async fn list_journals(
+        &self,
+        _: Request<ministore::proto::ListJournalsRequest>,
+    ) -> Result<Response<ministore::proto::ListJournalsResponse>, Status> {
+        Err(Status::unimplemented("appends only"))
+    }
 }
 
 /// The scripted server on `127.0.0.1:0`, and its address.

@@ -215,6 +215,7 @@ fn describe_shows_every_rpc_with_the_comments_of_the_proto() {
         "rpc Replay ( .ministore.v1.ReplayRequest ) returns ( .ministore.v1.ReplayResponse );",
         "rpc Stream ( .ministore.v1.StreamRequest ) returns ( stream .ministore.v1.StreamEvent );",
         "rpc Info ( .ministore.v1.InfoRequest ) returns ( .ministore.v1.InfoResponse );",
+        "rpc ListJournals ( .ministore.v1.ListJournalsRequest ) returns ( .ministore.v1.ListJournalsResponse );",
     ] {
         assert!(journal.contains(rpc), "{rpc:?} missing from:\n{journal}");
     }

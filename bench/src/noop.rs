@@ -12,7 +12,8 @@ use std::time::Duration;
 use ministore::proto::journal_server::{Journal, JournalServer};
 use ministore::proto::{
     AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
-    InfoResponse, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest,
+    InfoResponse, ListJournalsRequest, ListJournalsResponse, ReplayRequest, ReplayResponse,
+    StreamEvent, StreamRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
@@ -69,6 +70,13 @@ impl Journal for NoopJournal {
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented("the no-op server only appends"))
+    }
+
+    async fn list_journals(
+        &self,
+        _request: Request<ListJournalsRequest>,
+    ) -> Result<Response<ListJournalsResponse>, Status> {
         Err(Status::unimplemented("the no-op server only appends"))
     }
 }

@@ -1,9 +1,11 @@
 //! `ministore`: the command-line tool. Parses the arguments, runs one command, turns its
-//! outcome into an exit status; the commands live in their own files.
+//! outcome into an exit status; the commands live in their own files (`online.rs` for
+//! those that talk to a server).
 
 mod args;
 mod dump;
 mod error;
+mod online;
 mod report;
 
 use std::process::ExitCode;
@@ -18,6 +20,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => report::verify(&args),
         Command::Inspect(args) => report::inspect(&args),
         Command::Dump(args) => dump::dump(&args),
+        Command::Append(args) => online::append(&args),
+        Command::Tail(args) => online::tail(&args),
+        Command::Ls(args) => online::ls(&args),
+        Command::Info(args) => online::info(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

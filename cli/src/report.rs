@@ -200,7 +200,8 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// `bytes` for a person: `299 B`, `1.5 KiB`, `64.0 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

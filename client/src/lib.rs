@@ -76,7 +76,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ministore::proto::journal_client::JournalClient;
-use ministore::proto::{InfoRequest, RecordFormat, ReplayRequest, record};
+use ministore::proto::{InfoRequest, ListJournalsRequest, RecordFormat, ReplayRequest, record};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -157,6 +157,19 @@ pub struct JournalInfo {
     pub last_seq: u64,
     /// Segment files on disk.
     pub segments: u32,
+}
+
+/// One journal of [`Client::list_journals`]: the generated message, with its name, retained
+/// range, segments, bytes on disk, and `error` (empty unless its files could not be read).
+pub use ministore::proto::JournalSummary;
+
+/// One page of [`Client::list_journals`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalPage {
+    /// The journals, sorted by name.
+    pub journals: Vec<JournalSummary>,
+    /// The token of the next page; `None` when this page is the last.
+    pub next_page_token: Option<String>,
 }
 
 /// One page of [`Client::replay_page`].
@@ -736,6 +749,84 @@ impl Client {
             last_seq: reply.last_seq,
             segments: reply.segments,
         })
+    }
+}
+
+impl Client {
+    /// One page of the server's journals, sorted by name: at most `page_size` (0 means the
+    /// server's default, 100; at most 1000), after those of the page whose
+    /// `next_page_token` is `page_token` (`None` for the first page). A token limited to
+    /// some journals lists only those.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// let mut token = None;
+    /// loop {
+    ///     let page = client.list_journals(500, token.as_deref()).await?;
+    ///     for journal in &page.journals {
+    ///         println!("{}: records {}..={}", journal.name, journal.first_seq, journal.last_seq);
+    ///     }
+    ///     match page.next_page_token {
+    ///         Some(next) => token = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_journals(
+        &self,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<JournalPage, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .list_journals(ListJournalsRequest {
+                page_size,
+                page_token: page_token.unwrap_or_default().to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(JournalPage {
+            journals: reply.journals,
+            next_page_token: Some(reply.next_page_token).filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// Every journal of the server, sorted by name, fetching pages of 1000 until the last.
+    /// A journal created meanwhile is included if its name sorts after the page being
+    /// read when it was created.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), ministore_client::ClientError> {
+    /// # let client = ministore_client::Client::connect("127.0.0.1:50051").await?;
+    /// for journal in client.list_all_journals().await? {
+    ///     println!("{} holds {} bytes", journal.name, journal.size_bytes);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_all_journals(&self) -> Result<Vec<JournalSummary>, ClientError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_journals(1000, token.as_deref()).await?;
+            all.extend(page.journals);
+            // Each token is a name after the last: the walk ends with the journals.
+            match page.next_page_token {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                Some(next) => {
+                    return Err(ClientError::Protocol(format!(
+                        "the server gave the page token {next:?} twice"
+                    )));
+                }
+                None => return Ok(all),
+            }
+        }
     }
 }
 

@@ -35,7 +35,8 @@ pub struct Grant {
 /// An operation on a journal, as far as rights go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Right {
-    /// Replay, Stream, Info.
+    /// Replay, Stream, Info, and ListJournals (which shows what Info shows, of the
+    /// journals the token covers).
     Read,
     /// Append, AppendBatch.
     Append,
@@ -53,6 +54,17 @@ impl Grant {
 
     /// Whether this grant allows `right` on `journal`.
     pub fn check(&self, right: Right, journal: &str) -> Result<(), ServerError> {
+        self.check_right(right)?;
+        if !self.covers(journal) {
+            return Err(ServerError::PermissionDenied(format!(
+                "this token has no rights on journal {journal:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this grant allows `right` on some journals (which: [`covers`](Self::covers)).
+    pub fn check_right(&self, right: Right) -> Result<(), ServerError> {
         let allowed = match right {
             Right::Read => self.read,
             Right::Append => self.append,
@@ -66,14 +78,22 @@ impl Grant {
                 }
             )));
         }
-        if let Some(journals) = &self.journals
-            && !journals.contains(journal)
-        {
-            return Err(ServerError::PermissionDenied(format!(
-                "this token has no rights on journal {journal:?}"
-            )));
-        }
         Ok(())
+    }
+
+    /// Whether `journal` is among the journals this grant's rights apply to.
+    ///
+    /// ```
+    /// use ministore_server::auth::{Authenticator, Right};
+    /// let auth = Authenticator::parse("reader-token-0123456 rights=read journals=orders\n").unwrap();
+    /// let grant = auth.verify("reader-token-0123456").unwrap();
+    /// assert!(grant.check_right(Right::Read).is_ok() && grant.covers("orders"));
+    /// assert!(!grant.covers("payments"));
+    /// ```
+    pub fn covers(&self, journal: &str) -> bool {
+        self.journals
+            .as_ref()
+            .is_none_or(|journals| journals.contains(journal))
     }
 }
 

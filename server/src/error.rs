@@ -101,6 +101,16 @@ pub enum ServerError {
         path: std::path::PathBuf,
     },
 
+    /// The data directory could not be listed (ListJournals): a condition of this server
+    /// that an operator can clear, such as its permissions.
+    #[error("listing the data directory {path}: {source}")]
+    Listing {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: Arc<std::io::Error>,
+    },
+
     /// The server could not start: bind, create the data directory, ...
     #[error("{op} {path}: {source}")]
     Startup {
@@ -144,7 +154,9 @@ impl From<ServerError> for Status {
             ServerError::OutsideDataDir { .. } => Code::FailedPrecondition,
             ServerError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ServerError::PastEnd { .. } => Code::OutOfRange,
-            ServerError::ShuttingDown | ServerError::DataDirLost { .. } => Code::Unavailable,
+            ServerError::ShuttingDown
+            | ServerError::DataDirLost { .. }
+            | ServerError::Listing { .. } => Code::Unavailable,
             ServerError::DataDirLocked { .. } | ServerError::Startup { .. } => Code::Internal,
             ServerError::Store { source, .. } => store_code(source),
         };

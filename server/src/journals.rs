@@ -246,6 +246,65 @@ impl Journals {
         open
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The names of every journal in the data directory, open or not, sorted: each
+    /// subdirectory whose name is a valid journal name. Symlinks are left out (a journal
+    /// directory is never one the server made), as is everything else. Lists the directory
+    /// once; it blocks, so call it off the async runtime.
+    pub fn list_names(&self) -> Result<Vec<String>, ServerError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServerError::ShuttingDown);
+        }
+        self.check_data_dir()?;
+        let listing = |e: std::io::Error| ServerError::Listing {
+            path: self.data_dir.clone(),
+            source: Arc::new(e),
+        };
+        let entries = match std::fs::read_dir(&self.data_dir) {
+            Ok(entries) => entries,
+            // No journal was ever created: the directory appears with the first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(listing(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(listing)?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
+                && validate_name(name).is_ok_and(|valid| valid == name)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// What the journal called `name` holds, without opening it: its durable position if
+    /// this server has it open, otherwise read from its files ([`ministore::summary`]),
+    /// which blocks: call it off the async runtime. A journal whose directory or files
+    /// lead out of the data directory through a symlink is refused, as `get` refuses it.
+    pub fn summary(&self, name: &str) -> Result<ministore::JournalSummary, ServerError> {
+        if let Some(journal) = self.lookup(name) {
+            let durable = journal.durable();
+            return Ok(ministore::JournalSummary {
+                first_seq: durable.first_seq,
+                last_seq: durable.last_seq,
+                segments: durable.segments,
+                size_bytes: ministore::disk_bytes(journal.path())
+                    .map_err(|e| ServerError::store(name, e))?,
+            });
+        }
+        let dir = self.data_dir.join(name);
+        self.refuse_symlinks_out(&dir)?;
+        ministore::summary(dir.join(ministore::verify::JOURNAL_FILE))
+            .map_err(|e| ServerError::store(name, e))
+    }
+
     fn lookup(&self, name: &str) -> Option<Arc<Journal>> {
         self.open.read().expect("journals lock").get(name).cloned()
     }

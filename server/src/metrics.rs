@@ -221,7 +221,7 @@ impl Collector for JournalGauges {
             (
                 "journal_disk_bytes",
                 "Bytes of an open journal's files on disk (segments, their indexes and metadata files).",
-                |j| disk_bytes(j.path()) as i64,
+                |j| ministore::disk_bytes(j.path()).unwrap_or(0) as i64,
             ),
             (
                 "writer_queue_depth",
@@ -240,33 +240,17 @@ impl Collector for JournalGauges {
     }
 }
 
-/// The size of the journal whose active file is `active`: every file of its directory
-/// named after it (`journal.jsonl`, `journal.jsonl.000001`, `journal.jsonl.000001.idx`,
-/// `journal.jsonl.from-1.meta`; the lock file is empty).
-fn disk_bytes(active: &std::path::Path) -> u64 {
-    let (Some(dir), Some(stem)) = (active.parent(), active.file_name()) else {
-        return 0;
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .as_encoded_bytes()
-                .starts_with(stem.as_encoded_bytes())
-        })
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
 /// The Journal method a request path names (`/ministore.v1.Journal/Append`); `None` for
 /// other services (health, reflection) and unknown methods, so the label stays bounded.
 fn journal_method(path: &str) -> Option<&'static str> {
-    const METHODS: [&str; 5] = ["Append", "AppendBatch", "Replay", "Stream", "Info"];
+    const METHODS: [&str; 6] = [
+        "Append",
+        "AppendBatch",
+        "Replay",
+        "Stream",
+        "Info",
+        "ListJournals",
+    ];
     let name = path
         .strip_prefix('/')?
         .strip_prefix(ministore::proto::journal_server::SERVICE_NAME)?

@@ -10,8 +10,9 @@ use std::time::Instant;
 use ministore::proto::journal_server::Journal as JournalRpc;
 use ministore::proto::{
     AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, CaughtUp, Heartbeat,
-    InfoRequest, InfoResponse, Record, RecordFormat, ReplayRequest, ReplayResponse, StreamEvent,
-    StreamRequest, append_request, record, stream_event,
+    InfoRequest, InfoResponse, JournalSummary, ListJournalsRequest, ListJournalsResponse, Record,
+    RecordFormat, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest, append_request,
+    record, stream_event,
 };
 use ministore::{Append, JournalReader, JsonLine};
 use prost::Message;
@@ -40,6 +41,11 @@ pub const READ_STEP: usize = 256 * 1024;
 /// Small enough that `--max-streams` unread streams of small records (1024 x 2 x 64 KiB =
 /// 128 MiB, record and encoded copy) cannot hold the default read budget between them.
 pub const STREAM_STEP: usize = 64 * 1024;
+/// Journals per ListJournals page when the request says 0.
+pub const DEFAULT_LIST_PAGE: u32 = 100;
+/// Most journals per ListJournals page: a page summarizes each of its journals not yet
+/// open from its files, so this bounds the reads one request makes.
+pub const MAX_LIST_PAGE: u32 = 1000;
 /// Records a Stream reads from disk at a time (bytes bound it first for records over 64 B).
 const STREAM_BATCH: usize = 4096;
 /// What a streamed record costs in memory, in multiples of its JSON: the record, and its
@@ -479,6 +485,106 @@ impl JournalRpc for JournalService {
         })
         .await
     }
+
+    async fn list_journals(
+        &self,
+        request: Request<ListJournalsRequest>,
+    ) -> Result<Response<ListJournalsResponse>, Status> {
+        let grant = grant_of(&request);
+        let req = request.into_inner();
+        traced("ListJournals", "", async {
+            // Listing shows what Info shows, so it takes the read right; a token limited
+            // to some journals sees only those, and cannot learn the others' names.
+            grant.check_right(Right::Read)?;
+            let page_size = match req.page_size {
+                0 => DEFAULT_LIST_PAGE,
+                n if n > MAX_LIST_PAGE => {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "page_size {n} is more than the maximum page of {MAX_LIST_PAGE} journals; page with next_page_token"
+                    )));
+                }
+                n => n,
+            } as usize;
+            // The token is the last name of the page before: anything else is not ours.
+            let after = match req.page_token.as_str() {
+                "" => None,
+                token if validate_name(token).is_ok_and(|name| name == token) => {
+                    Some(token.to_owned())
+                }
+                token => {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "page_token {:?} is not one this server gave; pass the next_page_token of the page before as it came, or none for the first page",
+                        token.chars().take(80).collect::<String>()
+                    )));
+                }
+            };
+            let journals = self.journals.clone();
+            tokio::task::spawn_blocking(move || {
+                list_page(&journals, &grant, after.as_deref(), page_size)
+            })
+            .await
+            .map_err(|e| match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only a runtime that is shutting down cancels a blocking task.
+                Err(_) => ServerError::ShuttingDown,
+            })?
+            .map(Response::new)
+        })
+        .await
+    }
+}
+
+/// One ListJournals page: the journals after `after` that `grant` covers, at most
+/// `page_size`, each summarized; and the token of the next page (empty at the end). Reads
+/// the data directory and the files of journals not open: call it off the async runtime.
+fn list_page(
+    journals: &Journals,
+    grant: &Grant,
+    after: Option<&str>,
+    page_size: usize,
+) -> Result<ListJournalsResponse, ServerError> {
+    let names = journals.list_names()?;
+    // Sorted, so the page starts right after the token's name, whether or not that
+    // journal still exists.
+    let start = after.map_or(0, |after| {
+        names.partition_point(|name| name.as_str() <= after)
+    });
+    let mut visible = names[start..].iter().filter(|name| grant.covers(name));
+    let page: Vec<&String> = visible.by_ref().take(page_size).collect();
+    let next_page_token = match (visible.next(), page.last()) {
+        (Some(_), Some(last)) => (*last).clone(),
+        _ => String::new(),
+    };
+    let journals = page
+        .into_iter()
+        .map(|name| match journals.summary(name) {
+            Ok(summary) => JournalSummary {
+                name: name.clone(),
+                first_seq: summary.first_seq,
+                last_seq: summary.last_seq,
+                size_bytes: summary.size_bytes,
+                segments: summary.segments as u32,
+                error: String::new(),
+            },
+            // One journal that cannot be read does not hide the others.
+            Err(e) => JournalSummary {
+                name: name.clone(),
+                size_bytes: ministore::disk_bytes(
+                    journals
+                        .data_dir()
+                        .join(name)
+                        .join(ministore::verify::JOURNAL_FILE),
+                )
+                .unwrap_or(0),
+                error: Status::from(e).message().to_owned(),
+                ..JournalSummary::default()
+            },
+        })
+        .collect();
+    Ok(ListJournalsResponse {
+        journals,
+        next_page_token,
+    })
 }
 
 /// The validated journal name, if `grant` allows `right` on it.
