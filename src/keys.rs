@@ -113,6 +113,18 @@ impl KeyIndex {
     pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
+
+    /// The heap memory the index holds, from its capacities: the map's buckets (an entry
+    /// and a control byte each; the map keeps at most 7/8 of its buckets full, in a power
+    /// of two) and the queue of keys in commit order.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let buckets = match self.map.capacity() {
+            0 => 0,
+            capacity => (capacity * 8 / 7).next_power_of_two(),
+        };
+        buckets * (std::mem::size_of::<(KeyHash, Committed)>() + 1)
+            + self.order.capacity() * std::mem::size_of::<KeyHash>()
+    }
 }
 
 #[cfg(test)]

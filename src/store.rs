@@ -333,6 +333,11 @@ impl MiniStore {
         self.writer.as_ref().map_or(0, |w| w.keys.len())
     }
 
+    /// The memory the remembered keys take, in bytes (from the index's capacities).
+    pub fn remembered_keys_bytes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.keys.heap_bytes())
+    }
+
     /// The sequence number of the last appended record (0 if the journal has none).
     pub fn last_seq(&self) -> u64 {
         self.durable.borrow().last_seq

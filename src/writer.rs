@@ -482,47 +482,50 @@ impl Writer {
         if end > self.allocated && self.opts.preallocate {
             self.preallocate(end);
         }
-        // 1. Write the records at the end of the durable data (over zeros written ahead,
-        //    if any), and their entries at the end of the metadata file's. If a write
-        //    fails part-way (ENOSPC, EFBIG, EIO), cut both files back to their durable
-        //    lengths so no partial record or entry stays behind, and the store goes on
-        //    once the condition clears; the zeros ahead go too. Which file is written first
-        //    does not matter: until both are fsynced nothing counts, and a crash leaving
-        //    either without the other is cut by open (see `recovery::recover_active`).
+        // 1. Write the entries at the end of the metadata file's durable data, and start its
+        //    fdatasync on the syncer thread; then write the records at the end of the
+        //    segment's (over zeros written ahead, if any), and fdatasync that here: the two
+        //    flushes overlap, so a commit waits for the slower one, not for their sum. Which
+        //    file is written first does not matter for a crash: until both are fsynced
+        //    nothing counts, and a crash leaving either without the other is cut by open
+        //    (see `recovery::recover_active`). If a write fails part-way (ENOSPC, EFBIG,
+        //    EIO), both files are cut back to their durable lengths so no partial entry or
+        //    record stays behind, and the store goes on once the condition clears; the zeros
+        //    ahead go too.
         let io = &self.opts.faults;
-        if let Err(e) = io.write_all_at(&self.file, &self.base, data, self.len) {
-            self.restore_durable_length("a failed write");
-            return Err(MiniStoreError::io("writing to", &self.base, e));
-        }
-        self.allocated = self.allocated.max(end);
         if let Err(e) = io.write_all_at(&self.meta_file, &self.meta_path, entries, self.meta_len) {
             self.restore_durable_length("a failed write");
             return Err(MiniStoreError::io("writing to", &self.meta_path, e));
         }
-        // 2. fdatasync both: the records and their entries (and the file sizes, and the
-        //    zeros ahead when this commit extended the file) are on stable storage. The
-        //    metadata file's flush runs on the syncer thread at the same time as the
-        //    segment's here, so a commit waits for the slower flush, not for their sum.
-        //    On failure of either, the kernel may have dropped the pages and marked them
-        //    clean, and a later fsync would "succeed" over them (fsyncgate): they are
-        //    never trusted. What is durable is what the last successful fsyncs covered,
-        //    `self.len` and `self.meta_len`; both files are cut back to them, and that
-        //    made durable, before anything else reads or appends. Readers never saw the
-        //    lost bytes: they read up to `self.len` only.
         if self.syncer.is_none() {
             self.syncer = Syncer::start(&self.base.to_string_lossy())
                 .inspect_err(|e| tracing::warn!(journal = %self.base.display(), error = %e, "no thread to fsync the metadata file beside the segment; fsyncing one after the other"))
                 .ok();
         }
-        let io = &self.opts.faults;
         if let Some(syncer) = &self.syncer {
             syncer.begin(self.meta_file.clone(), self.meta_path.clone(), io.clone());
         }
-        let data_synced = io.sync_data(&self.file, &self.base);
-        let meta_synced = match &self.syncer {
+        let wait_meta = |writer: &Self| match &writer.syncer {
             Some(syncer) => syncer.wait(),
-            None => io.sync_data(&self.meta_file, &self.meta_path),
+            None => io.sync_data(&writer.meta_file, &writer.meta_path),
         };
+        if let Err(e) = io.write_all_at(&self.file, &self.base, data, self.len) {
+            // The metadata's flush is collected before anything is cut under it.
+            let _ = wait_meta(self);
+            self.restore_durable_length("a failed write");
+            return Err(MiniStoreError::io("writing to", &self.base, e));
+        }
+        self.allocated = self.allocated.max(end);
+        // 2. fdatasync both: the records and their entries (and the file sizes, and the
+        //    zeros ahead when this commit extended the file) are on stable storage. On
+        //    failure of either, the kernel may have dropped the pages and marked them
+        //    clean, and a later fsync would "succeed" over them (fsyncgate): they are
+        //    never trusted. What is durable is what the last successful fsyncs covered,
+        //    `self.len` and `self.meta_len`; both files are cut back to them, and that
+        //    made durable, before anything else reads or appends. Readers never saw the
+        //    lost bytes: they read up to `self.len` only.
+        let data_synced = io.sync_data(&self.file, &self.base);
+        let meta_synced = wait_meta(self);
         let failed = match (data_synced, meta_synced) {
             (Err(e), _) => Some((self.base.clone(), e)),
             (Ok(()), Err(e)) => Some((self.meta_path.clone(), e)),

@@ -41,7 +41,7 @@ pub struct KeyResults {
     pub open: Duration,
     /// The same journal opened remembering no keys (`max_keys(0)`).
     pub open_without_keys: Duration,
-    /// Growth of this process's resident memory from opening it, per key.
+    /// The memory the remembered keys take, per key.
     pub bytes_per_key: f64,
 }
 
@@ -190,7 +190,7 @@ fn raw_rate(dir: &Path, flush: Flush, duration: Duration) -> std::io::Result<f64
 
 /// Builds a journal of `keys` keyed 200-byte records (one segment, as the server's 64 MiB
 /// segments would not hold them: 16 MiB ones, all kept) and times opening it with and
-/// without keys; the resident memory the keys take, per key.
+/// without keys; the memory the keys take, per key.
 async fn open_with_keys(dir: &Path, keys: u64) -> Result<(Duration, Duration, f64), BoxError> {
     let path = dir.join("journal.jsonl");
     let options = ministore_server::Config::with_data_dir(dir)
@@ -214,11 +214,10 @@ async fn open_with_keys(dir: &Path, keys: u64) -> Result<(Duration, Duration, f6
     let time_open = |options: ministore::MiniStoreOptions| {
         let path = path.clone();
         async move {
-            let rss_before = rss();
             let started = Instant::now();
             let store = options.open(&path).await?;
             let took = started.elapsed();
-            let grown = rss().saturating_sub(rss_before);
+            let grown = store.remembered_keys_bytes() as u64;
             if store.last_seq() != keys {
                 return Err::<_, BoxError>(
                     format!("open found {} records", store.last_seq()).into(),
@@ -243,18 +242,6 @@ async fn open_with_keys(dir: &Path, keys: u64) -> Result<(Duration, Duration, f6
     without.sort_unstable();
     grown.sort_unstable();
     Ok((with[1], without[1], grown[1] as f64 / keys as f64))
-}
-
-/// This process's resident memory, in bytes (0 if unknown).
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// The section as a table, with its targets.
@@ -312,7 +299,7 @@ pub fn table(results: &KeyResults) -> Table {
         String::new(),
     ]);
     table.row([
-        "  memory per remembered key (RSS growth at open)".to_string(),
+        "  memory per remembered key".to_string(),
         format!("{:.0} B", results.bytes_per_key),
         String::new(),
         String::new(),

@@ -261,7 +261,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "- Append rows: the raw stub (no client coalescing, no client retries), one Append RPC per call, to the real server in this process; \"with a key\" sends a unique 36-byte key per call. Each row is the better of two runs interleaved with the other variant"
         );
         println!(
-            "- open: the journal was written with one key per 200-byte record, in commits of {} requests; median of 3 opens; memory = growth of this process's VmRSS across the open",
+            "- open: the journal was written with one key per 200-byte record, in commits of {} requests; median of 3 opens; memory per key = the key index's heap (its map's buckets and its queue, from their capacities) over the keys",
             1000
         );
     }
