@@ -258,7 +258,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         println!();
         print!("{}", keys_bench::table(keys).render());
         println!(
-            "- Append rows: the raw stub (no client coalescing, no client retries), one Append RPC per call, to the real server in this process; \"with a key\" sends a unique 36-byte key per call. Each row is the better of two runs interleaved with the other variant"
+            "- Append rows: the raw stub (no client coalescing, no client retries), one Append RPC per call, to the real server in this process; \"with a key\" sends a unique 36-byte key per call. Each row is the best of 4 runs of half the measurement time, interleaved with the other variant's"
         );
         println!(
             "- open: the journal was written with one key per 200-byte record, in commits of {} requests; median of 3 opens; memory per key = the key index's heap (its map's buckets and its queue, from their capacities) over the keys",
