@@ -37,6 +37,8 @@ pub struct KeyResults {
     pub raw_two_files: f64,
     /// The same, the second file's fdatasync on a helper thread at the same time.
     pub raw_two_concurrent: f64,
+    /// The same, the second file written over zeros written ahead.
+    pub raw_two_over_zeros: f64,
     /// Keys in the journal opened.
     pub keys: u64,
     /// Median time to open it (warm page cache).
@@ -107,12 +109,13 @@ pub async fn run(
 
     let raw_dir = dir.join("raw");
     std::fs::create_dir_all(&raw_dir)?;
-    let (raw_one_file, raw_two_files, raw_two_concurrent) =
+    let (raw_one_file, raw_two_files, raw_two_concurrent, raw_two_over_zeros) =
         tokio::task::spawn_blocking(move || {
             Ok::<_, std::io::Error>((
                 raw_rate(&raw_dir, Flush::One, duration)?,
                 raw_rate(&raw_dir, Flush::Sequential, duration)?,
                 raw_rate(&raw_dir, Flush::Concurrent, duration)?,
+                raw_rate(&raw_dir, Flush::ConcurrentOverZeros, duration)?,
             ))
         })
         .await??;
@@ -123,6 +126,7 @@ pub async fn run(
         raw_one_file,
         raw_two_files,
         raw_two_concurrent,
+        raw_two_over_zeros,
         keys,
         open,
         open_without_keys,
@@ -139,6 +143,9 @@ enum Flush {
     Sequential,
     /// Two files, the second's fdatasync on a helper thread at the same time (as the store).
     Concurrent,
+    /// As `Concurrent`, the second file's entries written over zeros written (and fsynced)
+    /// ahead, so its fdatasync has no size change to commit.
+    ConcurrentOverZeros,
 }
 
 /// Commits per second of write + fdatasync of a 200-byte line, and, unless `One`, of a
@@ -153,6 +160,12 @@ fn raw_rate(dir: &Path, flush: Flush, duration: Duration) -> std::io::Result<f64
     };
     let mut data = open(format!("data-{flush:?}"))?;
     let meta = Arc::new(open(format!("meta-{flush:?}"))?);
+    if flush == Flush::ConcurrentOverZeros {
+        meta.set_len(64 << 20)?;
+        (&*meta).write_all(&vec![0u8; 64 << 20])?;
+        meta.sync_all()?;
+    }
+    let mut meta_at = 0u64;
     let (jobs, incoming) = std::sync::mpsc::sync_channel::<()>(1);
     let (report, done) = std::sync::mpsc::sync_channel(1);
     let helper = {
@@ -169,8 +182,13 @@ fn raw_rate(dir: &Path, flush: Flush, duration: Duration) -> std::io::Result<f64
     let mut commits = 0u64;
     while start.elapsed() < duration {
         data.write_all(&line)?;
-        if flush != Flush::One {
-            (&*meta).write_all(&entry)?;
+        match flush {
+            Flush::One => {}
+            Flush::ConcurrentOverZeros => {
+                std::os::unix::fs::FileExt::write_all_at(&*meta, &entry, meta_at)?;
+                meta_at += entry.len() as u64;
+            }
+            _ => (&*meta).write_all(&entry)?,
         }
         match flush {
             Flush::One => data.sync_data()?,
@@ -178,7 +196,7 @@ fn raw_rate(dir: &Path, flush: Flush, duration: Duration) -> std::io::Result<f64
                 data.sync_data()?;
                 meta.sync_data()?;
             }
-            Flush::Concurrent => {
+            Flush::Concurrent | Flush::ConcurrentOverZeros => {
                 jobs.send(()).map_err(std::io::Error::other)?;
                 data.sync_data()?;
                 done.recv().map_err(std::io::Error::other)??;
@@ -278,6 +296,10 @@ pub fn table(results: &KeyResults) -> Table {
         (
             "at the same time (as ministore)",
             results.raw_two_concurrent,
+        ),
+        (
+            "at the same time, metadata over zeros",
+            results.raw_two_over_zeros,
         ),
     ] {
         table.row([
