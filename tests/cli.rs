@@ -380,6 +380,53 @@ async fn an_unfinished_write_in_the_active_file_is_a_warning_that_open_repairs()
 }
 
 #[tokio::test]
+async fn repair_fixes_what_a_crash_left_keeping_a_copy_and_leaves_damage_it_cannot_fix() {
+    let (_tmp, data) = data_dir().await;
+    let active = data.join("audit/journal.jsonl");
+    let mut bytes = std::fs::read(&active).unwrap();
+    bytes.extend_from_slice(b"\"d\"\n{\"half\":");
+    std::fs::write(&active, &bytes).unwrap();
+
+    let run = ministore(&["repair", arg(&data.join("audit"))]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("copied to"), "{run:?}");
+    assert!(run.stdout.ends_with("clean\n"), "{run:?}");
+    // The copy holds the file as it was; the journal holds its committed records only
+    // (the complete line without a metadata entry was never acknowledged).
+    let copy = std::fs::read_dir(data.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("journal.jsonl.before-repair-")
+        })
+        .expect("a copy of the active file");
+    assert_eq!(std::fs::read(copy).unwrap(), bytes);
+    let dump = ministore(&["dump", arg(&data.join("audit"))]);
+    let records: Vec<_> = dumped(&dump).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(records, ["a", "b", "c"]);
+    assert!(ministore(&["verify", arg(&data)]).lines("warning").is_empty());
+
+    // Damage no repair can fix without losing the record: reported, left as it is.
+    let segment = &rotated_segments(&data.join("orders/journal.jsonl"))[1];
+    let mut damaged = std::fs::read(segment).unwrap();
+    let (_, starts) = lines_of(segment);
+    damaged[starts[3] as usize + 2] ^= 0x01;
+    std::fs::write(segment, &damaged).unwrap();
+    let run = ministore(&["repair", arg(&data)]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.contains("DAMAGED"), "{run:?}");
+    assert_eq!(std::fs::read(segment).unwrap(), damaged);
+
+    // Never under a running server.
+    let server = ServerProcess::start(&data, &[]);
+    let run = ministore(&["repair", arg(&data)]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("stop it, then repair"), "{run:?}");
+    drop(server);
+}
+
+#[tokio::test]
 async fn dump_prints_exactly_the_stored_records_with_their_seqs() {
     let (_tmp, data) = data_dir().await;
     let orders = data.join("orders");

@@ -71,6 +71,16 @@ pub enum Command {
     /// with a quick structure check (`verify` reads every line). Exit codes as `verify`.
     Inspect(CheckArgs),
 
+    /// Repair what can be repaired without losing a committed record, offline: what a
+    /// crash leaves (an unfinished write, a header cut short, a rotation that did not
+    /// finish; what a server's open would repair) and indexes pointing at the wrong records.
+    ///
+    /// Each file it changes is first copied aside as `<file>.before-repair-<time>`; bytes it
+    /// cuts are kept as `.broken-<offset>`; it deletes nothing. It refuses while a server
+    /// uses the data directory. Then it verifies again: exit 0 when clean, 1 when damage is
+    /// left that no repair can fix without losing records (reported as `verify` does).
+    Repair(CheckArgs),
+
     /// Append records to a journal on the server (created by its first append) and print
     /// the seq of each, one per line, once it is durable.
     ///

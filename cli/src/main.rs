@@ -6,6 +6,7 @@ mod args;
 mod dump;
 mod error;
 mod online;
+mod repair;
 mod report;
 
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => report::verify(&args),
         Command::Inspect(args) => report::inspect(&args),
         Command::Dump(args) => dump::dump(&args),
+        Command::Repair(args) => repair::repair(&args),
         Command::Append(args) => online::append(&args),
         Command::Tail(args) => online::tail(&args),
         Command::Ls(args) => online::ls(&args),
