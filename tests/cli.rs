@@ -405,7 +405,11 @@ async fn repair_fixes_what_a_crash_left_keeping_a_copy_and_leaves_damage_it_cann
     let dump = ministore(&["dump", arg(&data.join("audit"))]);
     let records: Vec<_> = dumped(&dump).into_iter().map(|(_, r)| r).collect();
     assert_eq!(records, ["a", "b", "c"]);
-    assert!(ministore(&["verify", arg(&data)]).lines("warning").is_empty());
+    assert!(
+        ministore(&["verify", arg(&data)])
+            .lines("warning")
+            .is_empty()
+    );
 
     // Damage no repair can fix without losing the record: reported, left as it is.
     let segment = &rotated_segments(&data.join("orders/journal.jsonl"))[1];
