@@ -1,6 +1,7 @@
 //! The journal writer's file operations, in one place, so that tests can make each of them
 //! fail: a write, a short write, an fsync, a truncate, a rename, a directory fsync, a file
-//! creation or deletion (as okaywal does with its file manager). Production code runs them
+//! creation or deletion (as okaywal does with its file manager), and the reads of the
+//! store's own readers. Production code runs them
 //! as they are; with a [`FaultInjector`] (see
 //! [`MiniStoreOptions::inject_faults`](crate::MiniStoreOptions::inject_faults)) a test
 //! decides, call by call, which fail and how.
@@ -28,6 +29,8 @@ pub enum FileOp {
     Create,
     /// Deletion of a segment by retention.
     Delete,
+    /// `pread` of records by a reader of the store ([`MiniStore::reader`](crate::MiniStore::reader)).
+    Read,
 }
 
 /// What a faulted operation does instead of its work.
@@ -150,6 +153,17 @@ impl Faults {
     /// `segment::write_new_file`'s).
     pub(crate) fn check_create(&self, path: &Path) -> std::io::Result<()> {
         self.run(FileOp::Create, path, || Ok(()))
+    }
+
+    /// `pread` into `buf` at `offset` (a reader's: a fault fails it, having read nothing).
+    pub(crate) fn read_at(
+        &self,
+        file: &File,
+        path: &Path,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> std::io::Result<usize> {
+        self.run(FileOp::Read, path, || file.read_at(buf, offset))
     }
 
     /// Deletes a file.

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::blocking::blocking;
 use crate::durable::Durable;
 use crate::index::{self, SegmentShape};
+use crate::io::Faults;
 use crate::meta::{self, EntryCursor};
 use crate::segment::{self, Segment};
 use crate::{MiniStoreError, Result};
@@ -97,6 +98,14 @@ impl JournalReader {
     /// retained one if the reader started before it).
     pub fn next_seq(&self) -> u64 {
         self.cursor.as_ref().map_or(0, |c| c.next_seq)
+    }
+
+    /// Makes its reads meet the faults of `faults` (the store's, for its own readers).
+    pub(crate) fn with_faults(mut self, faults: Faults) -> Self {
+        if let Some(cursor) = &mut self.cursor {
+            cursor.faults = faults;
+        }
+        self
     }
 
     /// Refuses records longer than `max` bytes with [`MiniStoreError::RecordTooLarge`]
@@ -210,6 +219,8 @@ struct Cursor {
     listed: Vec<Segment>,
     /// Longest record held in memory; longer ones are refused.
     max_line: usize,
+    /// Faults its reads meet (tests only; none by default).
+    faults: Faults,
 }
 
 /// What the metadata says of the next record: its CRC32C and commit time.
@@ -252,6 +263,8 @@ struct OpenSegment {
     /// The segment's metadata entries, read in step with its records; `None` for a
     /// segment without metadata (read unverified, as the published crate's).
     meta: Option<EntryCursor>,
+    /// Faults its reads meet (the cursor's).
+    faults: Faults,
     /// The first seq of the entry last found whole in the file (see `check_for`).
     whole_entry: Option<u64>,
 }
@@ -266,6 +279,7 @@ impl Cursor {
             recent: Vec::new(),
             listed: Vec::new(),
             max_line: usize::MAX,
+            faults: Faults::default(),
         }
     }
 
@@ -448,6 +462,7 @@ impl Cursor {
             let Some(mut open) = OpenSegment::open(seg, next_first, &metas)? else {
                 continue;
             };
+            open.faults = self.faults.clone();
             let cap = durable
                 .filter(|d| d.active_first_seq == open.first_seq)
                 .map(|d| d.active_len);
@@ -533,6 +548,7 @@ impl OpenSegment {
             start: 0,
             meta,
             whole_entry: None,
+            faults: Faults::default(),
         }))
     }
 
@@ -731,7 +747,10 @@ impl OpenSegment {
         let have = self.buf.len();
         let want = chunk.min((end - self.pos).min(usize::MAX as u64) as usize);
         self.buf.resize(have + want, 0);
-        let n = match self.file.read_at(&mut self.buf[have..], self.pos) {
+        let n = match self
+            .faults
+            .read_at(&self.file, &self.path, &mut self.buf[have..], self.pos)
+        {
             Ok(n) => n,
             Err(e) => {
                 // Drop the zeros we made room with, or a retry would read them as data.

@@ -396,7 +396,11 @@ impl MiniStore {
     /// # }
     /// ```
     pub fn reader(&self, from_seq: u64) -> JournalReader {
-        JournalReader::with_durable(&self.path, from_seq, self.watch_durable())
+        let reader = JournalReader::with_durable(&self.path, from_seq, self.watch_durable());
+        match &self.writer {
+            Some(writer) => reader.with_faults(writer.faults()),
+            None => reader,
+        }
     }
 
     /// Replays all records from a journal (including rotated segments) as a `Vec` of

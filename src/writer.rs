@@ -265,6 +265,11 @@ impl Writer {
         })
     }
 
+    /// The faults its file operations meet (tests), for the store's readers too.
+    pub(crate) fn faults(&self) -> crate::io::Faults {
+        self.opts.faults.clone()
+    }
+
     pub(crate) fn durable(&self) -> Durable {
         Durable {
             last_seq: self.next_seq - 1,

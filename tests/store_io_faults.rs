@@ -300,3 +300,19 @@ async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_
         .unwrap();
     assert_eq!(stored, vec![1, 2]);
 }
+
+#[tokio::test]
+async fn a_failed_read_is_an_error_naming_the_file_and_the_reader_goes_on_once_it_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, script) = journal(dir.path(), MiniStoreOptions::new()).await;
+    script.fail(FileOp::Read, EIO, 2);
+    let mut reader = store.reader(1);
+    for _ in 0..2 {
+        let err = reader.next_batch(10).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
+        assert!(err.to_string().contains("journal.jsonl"), "{err}");
+    }
+    // The fault is gone: the same reader reads from where it was, nothing skipped.
+    assert_eq!(seqs(&reader.next_batch(10).await.unwrap()), [1, 2, 3]);
+    holds_exactly(&dir.path().join("journal.jsonl"), 3);
+}
