@@ -160,8 +160,9 @@ pub enum ProblemKind {
     Evidence,
     /// An index, or a temporary index, whose segment is gone; `open` deletes it. Info.
     OrphanIndex,
-    /// A per-record metadata sidecar (`.meta`, designed for #15), which this version does
-    /// not check yet. Info.
+    /// A file named as the first draft of the metadata design named metadata files
+    /// (`journal.jsonl.000003.meta`); this version writes `journal.jsonl.from-<seq>.meta`
+    /// (checked with the records) and ignores it. Info.
     Metadata,
     /// A file or directory that is not part of the journal (or of the data directory).
     /// Readers and the server ignore it. Info.
@@ -1226,7 +1227,8 @@ fn other_file(base_name: &str, file_name: &str, path: &Path) -> Problem {
         return Problem::new(
             ProblemKind::Metadata,
             path,
-            "a per-record metadata sidecar (docs/metadata-design.md): not checked by this version",
+            "named like a metadata file of the first design draft; this version names them \
+             journal.jsonl.from-<seq>.meta and ignores this one",
         );
     }
     unknown(path)
