@@ -246,4 +246,33 @@ pub mod proto {
 
     /// The journal a request means when it leaves `journal` empty (see the proto).
     pub const DEFAULT_JOURNAL: &str = "default";
+
+    /// The canonical name of a gRPC status code, as the gRPC docs and the README's error
+    /// table write it (metrics labels and the CLI's messages use it).
+    ///
+    /// ```
+    /// assert_eq!(ministore::proto::code_name(tonic::Code::DataLoss), "DATA_LOSS");
+    /// ```
+    pub fn code_name(code: tonic::Code) -> &'static str {
+        use tonic::Code;
+        match code {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
 }

@@ -52,7 +52,7 @@ pub enum CliError {
     Usage(String),
 
     /// The server could not be reached, or answered with an error status.
-    #[error("{addr}: {message} ({})", code_name(*code))]
+    #[error("{addr}: {message} ({})", ministore::proto::code_name(*code))]
     Server {
         /// The server's address, as given.
         addr: String,
@@ -130,30 +130,6 @@ fn server_exit_code(code: ministore_client::Code) -> u8 {
         Code::NotFound => EXIT_NOT_FOUND,
         Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,
         _ => EXIT_REFUSED,
-    }
-}
-
-/// The code's name as gRPC and the README's error table spell it.
-fn code_name(code: ministore_client::Code) -> &'static str {
-    use ministore_client::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -269,29 +269,6 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from_i32(code))
 }
 
-/// The canonical name of `code`, as the gRPC docs and this README write it.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// One Journal RPC in flight, recorded exactly once: when its status is known, or as
 /// CANCELLED when it is dropped before (client gone, deadline passed, connection closed).
 #[derive(Debug)]
@@ -318,7 +295,7 @@ impl Rpc {
             .rpcs
             .get_or_create(&RpcLabels {
                 method: self.method,
-                code: code_name(code),
+                code: ministore::proto::code_name(code),
             })
             .inc();
     }
