@@ -201,6 +201,117 @@ fn the_producer_in_docs_python_md_is_the_one_the_tests_run() {
     }
 }
 
+#[test]
+fn the_follower_in_docs_python_md_sees_every_record_once_across_sigkills() {
+    let root = tools::workspace_root();
+    let markdown =
+        std::fs::read_to_string(root.join("docs/python.md")).expect("reading docs/python.md");
+    let script_path = root.join("tests/python/follower.py");
+    let script = std::fs::read_to_string(&script_path).expect("reading tests/python/follower.py");
+    let section = markdown
+        .find("A follower that must outlive server restarts")
+        .expect("docs/python.md has its resuming follower");
+    let (shown, _) = fenced_block(&markdown, "```python", section);
+    assert!(
+        script.contains(&shown),
+        "docs/python.md shows a follower that tests/python/follower.py does not hold:\n{shown}"
+    );
+
+    let stubs = generate_stubs();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mut server = ServerProcess::start(&data, &[]);
+    let addr = server.addr.to_string();
+    const RECORDS: u64 = 30;
+    let stderr = tmp.path().join("follower.stderr");
+    let mut child = Command::new(tools::python())
+        .arg(&script_path)
+        .args([&addr, "feed", &RECORDS.to_string()])
+        .env(
+            "PYTHONPATH",
+            std::env::join_paths([stubs.path(), &root.join("tests/python")]).unwrap(),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&stderr).expect("creating a stderr file"))
+        .spawn()
+        .expect("starting follower.py");
+    let _kill = KillOnDrop(child.id());
+    let (lines, printed) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next_record = |server: &ServerProcess, seen: &mut Vec<u64>, n: u64| {
+        append_one(server.url(), "feed", n);
+        let line = printed.recv_timeout(EVENT_BOUND).unwrap_or_else(|e| {
+            panic!(
+                "the follower printed nothing for record {n} ({e}):\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        });
+        let value: Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_eq!(value["record"], json!({ "n": n }), "{line}");
+        seen.push(value["seq"].as_u64().expect("a seq"));
+    };
+    // Ten records, then the server dies and comes back on the same port and data, twice:
+    // the follower goes on with the next record each time.
+    let mut n = 1;
+    for round in 0..3 {
+        for _ in 0..RECORDS / 3 {
+            next_record(&server, &mut seen, n);
+            n += 1;
+        }
+        if round < 2 {
+            server.signal("KILL");
+            let _ = server.wait();
+            server = ServerProcess::start(&data, &["--listen", &addr]);
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=RECORDS).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    let status = child.wait().expect("waiting for follower.py");
+    assert!(status.success(), "follower.py failed ({status})");
+}
+
+/// Appends `{"n": n}` to `journal` at `url` through the Rust client, with its retries.
+fn append_one(url: String, journal: &str, n: u64) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let client = ministore_client::Client::connect(url)
+                .await
+                .expect("connect");
+            client
+                .append(journal, &json!({ "n": n }))
+                .await
+                .expect("append");
+        });
+}
+
+/// Kills a child process if the test ends before it does.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// Producers of the crash test, each a `producer.py` process.
 const PRODUCERS: usize = 8;
 /// Producers in Rust, through one `ministore_client::Client` (its own keys and retries),
