@@ -249,7 +249,7 @@ fn the_follower_in_docs_python_md_sees_every_record_once_across_sigkills() {
         }
     });
     let mut seen = Vec::new();
-    let mut next_record = |server: &ServerProcess, seen: &mut Vec<u64>, n: u64| {
+    let next_record = |server: &ServerProcess, seen: &mut Vec<u64>, n: u64| {
         append_one(server.url(), "feed", n);
         let line = printed.recv_timeout(EVENT_BOUND).unwrap_or_else(|e| {
             panic!(
