@@ -114,12 +114,22 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Bytes the entry takes in its file, its `len` field included.
+    pub(crate) fn encoded_len(&self) -> u64 {
+        4 + self.body_len() as u64
+    }
+
+    /// Bytes after the `len` field: the fixed fields, the key, the CRCs, the entry's CRC.
+    fn body_len(&self) -> usize {
+        let key = self.key.as_deref().map_or(0, str::len);
+        ENTRY_FIXED + key + 4 * self.record_crcs.len() + 4
+    }
+
     /// The entry's bytes, `len` field first, appended to `out`.
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         let key = self.key.as_deref().unwrap_or("").as_bytes();
         debug_assert!(key.len() <= MAX_KEY_BYTES);
-        let len = ENTRY_FIXED + key.len() + 4 * self.record_crcs.len() + 4;
-        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&(self.body_len() as u32).to_le_bytes());
         let start = out.len();
         out.extend_from_slice(&self.first_seq.to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
@@ -401,6 +411,21 @@ impl EntryCursor {
     }
 }
 
+/// The metadata file among `metas` (as [`list`] gives them) of the segment whose records
+/// run from `first_seq` to before `next_first` (the next segment's; `None` for the
+/// newest): the newest whose first seq is in that range.
+pub(crate) fn of_segment(
+    metas: &[(u64, PathBuf)],
+    first_seq: u64,
+    next_first: Option<u64>,
+) -> Option<&Path> {
+    metas
+        .iter()
+        .rev()
+        .find(|(m, _)| *m >= first_seq && next_first.is_none_or(|next| *m < next))
+        .map(|(_, path)| path.as_path())
+}
+
 /// The metadata files of the journal at `base`: (first seq in the name, path), ascending.
 pub(crate) fn list(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found: Vec<(u64, PathBuf)> = crate::segment::list_siblings(base)?
@@ -449,6 +474,7 @@ mod tests {
         let mut bytes = Vec::new();
         entry.encode_into(&mut bytes);
         assert_eq!(Entry::decode(&bytes[4..]).unwrap(), entry);
+        assert_eq!(entry.encoded_len(), bytes.len() as u64);
         for bit in 0..(bytes.len() - 4) * 8 {
             let mut bad = bytes[4..].to_vec();
             bad[bit / 8] ^= 1 << (bit % 8);

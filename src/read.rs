@@ -528,12 +528,8 @@ impl OpenSegment {
         if header.first_seq.is_some_and(|f| f != seg.first_seq) {
             return Ok(None);
         }
-        let meta = match metas
-            .iter()
-            .rev()
-            .find(|(m, _)| *m >= seg.first_seq && next_first.is_none_or(|next| *m < next))
-        {
-            Some((_, path)) => EntryCursor::open(path)?,
+        let meta = match meta::of_segment(metas, seg.first_seq, next_first) {
+            Some(path) => EntryCursor::open(path)?,
             None => None,
         };
         Ok(Some(OpenSegment {

@@ -134,7 +134,7 @@ pub(crate) fn recover_active(
         next_seq = entry.end_seq();
         covered_end = entry.data_end();
         last_commit_ns = last_commit_ns.max(entry.commit_unix_ns);
-        len = offset + entry_len(&entry);
+        len = offset + entry.encoded_len();
         kept.push(entry);
     }
     // A whole, valid entry of a later commit group after the first bad one proves that the
@@ -202,13 +202,6 @@ pub(crate) fn create(base: &Path, first_seq: u64, data_offset: u64) -> Result<Ac
         last_commit_ns: 0,
         entries: Vec::new(),
     })
-}
-
-/// Bytes an entry takes in its file, its `len` field included.
-fn entry_len(entry: &Entry) -> u64 {
-    let mut bytes = Vec::new();
-    entry.encode_into(&mut bytes);
-    bytes.len() as u64
 }
 
 /// Whether the records of `entry` are in the segment as they were committed: each line

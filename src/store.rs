@@ -545,9 +545,6 @@ impl MiniStore {
 /// JSON lines as the file holds them: each followed by a newline.
 fn encode_lines(lines: &[JsonLine]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(lines.iter().map(|l| l.as_bytes().len() + 1).sum());
-    for line in lines {
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-    }
+    Lines::Json(lines).encode_into(&mut buf);
     buf
 }

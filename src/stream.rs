@@ -62,12 +62,9 @@ impl StreamCheck {
             .iter()
             .find(|s| s.first_seq > first_seq)
             .map(|s| s.first_seq);
-        let (_, meta_path) = meta::list(&base)
-            .ok()?
-            .into_iter()
-            .rev()
-            .find(|(m, _)| *m >= first_seq && next_first.is_none_or(|next| *m < next))?;
-        let entries = EntryCursor::open(&meta_path).ok()??;
+        let metas = meta::list(&base).ok()?;
+        let entries =
+            EntryCursor::open(meta::of_segment(&metas, first_seq, next_first)?).ok()??;
         Some(StreamCheck { first_seq, entries })
     }
 

@@ -43,7 +43,7 @@ impl<'a> From<&'a Append> for Request<'a> {
 
 impl Lines<'_> {
     /// Appends the records to `out`; how many there are.
-    fn encode_into(&self, out: &mut Vec<u8>) -> u64 {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> u64 {
         match self {
             Lines::Encoded { buf, count } => {
                 out.extend_from_slice(buf);
