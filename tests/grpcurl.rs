@@ -152,13 +152,11 @@ fn append_value(server: &ServerProcess, journal: &str, value: Value) -> u64 {
         .unwrap_or_else(|| panic!("Append answered {response}"))
 }
 
-/// The record lines of `journal`'s active file, as on disk (segment headers left out, and
-/// the zeros the open journal's writer writes ahead of its records).
+/// The record lines of `journal`'s active file, as on disk (segment headers left out).
 fn lines_on_disk(server: &ServerProcess, journal: &str) -> Vec<String> {
     let path = server.data_dir.join(journal).join("journal.jsonl");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-        .trim_end_matches('\0')
         .lines()
         .filter(|line| !line.starts_with("//"))
         .map(str::to_owned)

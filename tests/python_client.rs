@@ -148,12 +148,10 @@ fn python_client_appends_replays_follows_and_gets_error_codes() {
     });
     assert_eq!(replayed, expected);
 
-    // And on disk, line for line (the journal is open: its file ends in the zeros its
-    // writer writes ahead of the records).
+    // And on disk, line for line.
     let file = server.data_dir.join("py-orders/journal.jsonl");
     let text = std::fs::read_to_string(&file).expect("reading the journal file");
     let lines: Vec<&str> = text
-        .trim_end_matches('\0')
         .lines()
         .filter(|l| !l.starts_with("//"))
         .collect();
