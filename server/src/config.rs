@@ -37,6 +37,62 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Where journals live: `local` (DATA_DIR on this machine, the default), or a NATS
+    /// JetStream cluster, `nats://HOST:PORT[,HOST:PORT...]` (`tls://` for TLS): each journal
+    /// is then a replicated stream, acknowledged once a majority of replicas stored it,
+    /// and several ministore-servers can serve the same journals. The cluster's servers
+    /// must run with `sync_interval: always` (see README, "Running a cluster").
+    #[arg(long, env = "MINISTORE_BACKEND", default_value = "local")]
+    pub backend: String,
+
+    /// With a nats:// backend: replicas of each journal's stream (1, 3 or 5).
+    #[arg(long, env = "MINISTORE_NATS_REPLICAS", default_value_t = 3)]
+    pub nats_replicas: usize,
+
+    /// With a nats:// backend: a NATS credentials file (JWT and NKey seed), as `nats --creds`.
+    #[arg(long, env = "MINISTORE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// With a nats:// backend: user name (with --nats-password).
+    #[arg(long, env = "MINISTORE_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+
+    /// With a nats:// backend: password of --nats-user.
+    #[arg(long, env = "MINISTORE_NATS_PASSWORD", requires = "nats_user")]
+    pub nats_password: Option<String>,
+
+    /// With a nats:// backend: an authentication token.
+    #[arg(long, env = "MINISTORE_NATS_TOKEN")]
+    pub nats_token: Option<String>,
+
+    /// With a nats:// backend: PEM CA certificate(s) to verify the NATS servers (implies TLS).
+    #[arg(long, env = "MINISTORE_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// With a nats:// backend: PEM client certificate for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "MINISTORE_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// With a nats:// backend: PEM private key of --nats-tls-cert.
+    #[arg(long, env = "MINISTORE_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// With a nats:// backend: how long a journal's stream remembers idempotency keys
+    /// (JetStream's duplicate window), in seconds. A retry later than that is written again.
+    #[arg(
+        long,
+        env = "MINISTORE_NATS_DEDUPE_WINDOW_SECONDS",
+        default_value_t = 120
+    )]
+    pub nats_dedupe_window_seconds: u64,
+
+    /// With a nats:// backend: the cluster's monitoring URLs (http://HOST:8222, comma
+    /// separated). When given, the server refuses to start unless every one reports
+    /// `sync_interval: always` (fsync before acknowledging); without it, it warns that it
+    /// could not check.
+    #[arg(long, env = "MINISTORE_NATS_MONITOR", value_delimiter = ',')]
+    pub nats_monitor: Vec<String>,
+
     /// Size in bytes at which a journal's active segment is rotated.
     #[arg(long, env = "MINISTORE_MAX_BYTES_PER_SEGMENT", default_value_t = 64 * 1024 * 1024)]
     pub max_bytes_per_segment: u64,
@@ -200,6 +256,12 @@ impl Config {
             })
             .preallocate(self.preallocate)
             .max_keys(self.dedupe_keys)
+    }
+
+    /// Whether journals live in the local data directory (`--backend local`), not in a
+    /// NATS JetStream cluster.
+    pub fn is_local(&self) -> bool {
+        self.backend == "local"
     }
 
     /// One line saying how much each journal keeps, for the startup log.

@@ -122,6 +122,18 @@ pub enum ServerError {
         source: Arc<std::io::Error>,
     },
 
+    /// The NATS JetStream cluster of a `nats://` backend failed or did not answer.
+    #[error("journal {journal:?}: JetStream cluster: {message}")]
+    Cluster {
+        /// The journal.
+        journal: String,
+        /// What failed, and what to do.
+        message: String,
+        /// The cluster could not be reached or did not answer in time (an election, a
+        /// node down): retrying later may succeed.
+        unavailable: bool,
+    },
+
     /// The journal store refused or failed.
     #[error("journal {journal:?}: {source}")]
     Store {
@@ -159,6 +171,10 @@ impl From<ServerError> for Status {
             | ServerError::Listing { .. } => Code::Unavailable,
             ServerError::DataDirLocked { .. } | ServerError::Startup { .. } => Code::Internal,
             ServerError::Store { source, .. } => store_code(source),
+            ServerError::Cluster { unavailable, .. } => match unavailable {
+                true => Code::Unavailable,
+                false => Code::Internal,
+            },
         };
         let mut status = Status::new(code, with_hint(&err));
         // Where a reader overtaken by retention can resume, for programs: a trailer.

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -29,6 +30,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authenticator;
+use crate::backend::Backend;
+use crate::backend::jetstream::JetStreamBackend;
+use crate::backend::local::LocalBackend;
 use crate::connections::ConnectionLimits;
 use crate::limits::{ReadBudget, StreamLimits};
 use crate::metrics::Metrics;
@@ -69,7 +73,8 @@ pub struct Server {
     tls: Option<ServerTlsConfig>,
     /// Bound for `--metrics-listen`, served once running.
     metrics_listener: Option<std::net::TcpListener>,
-    _data_dir_lock: std::fs::File,
+    /// `None` with a cluster backend, which has no data directory.
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 impl Server {
@@ -94,7 +99,10 @@ impl Server {
     /// Takes the data directory and serves on an already bound `listener` (tests bind
     /// `127.0.0.1:0`).
     pub fn from_listener(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
-        let lock = lock_data_dir(&config.data_dir)?;
+        let lock = match config.is_local() {
+            true => Some(lock_data_dir(&config.data_dir)?),
+            false => None,
+        };
         let (auth, tls) = load_security(&config)?;
         let metrics_listener = config
             .metrics_listen
@@ -140,25 +148,32 @@ impl Server {
             _data_dir_lock: lock,
         } = self;
         let metrics = Metrics::default();
-        let journals = Arc::new(
-            Journals::new(&config.data_dir, config.store_options())
-                .with_max_open(config.max_journals)
-                .watch_data_dir(config.data_dir.join(LOCK_FILE), &lock)
-                .with_metrics(metrics.clone()),
-        );
+        let mut journals = Journals::new(&config.data_dir, config.store_options())
+            .with_max_open(config.max_journals)
+            .with_metrics(metrics.clone());
+        if let Some(lock) = &lock {
+            journals = journals.watch_data_dir(config.data_dir.join(LOCK_FILE), lock);
+        }
+        // With a cluster backend these local journals stay empty: metrics read them.
+        let journals = Arc::new(journals);
+        let backend: Arc<dyn Backend> = match config.is_local() {
+            true => Arc::new(LocalBackend::new(journals.clone())),
+            false => Arc::new(JetStreamBackend::connect(&config).await?),
+        };
         let watchdog = tokio::spawn({
             let journals = journals.clone();
+            let local = lock.is_some();
             async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-                while journals.check_data_dir_now() {
+                while local && journals.check_data_dir_now() {
                     every.tick().await;
                 }
             }
         });
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let streams = StreamLimits::new(config.max_streams, config.max_streams_per_connection);
-        let service = JournalService::new(
-            journals.clone(),
+        let service = JournalService::with_backend(
+            backend.clone(),
             config.max_payload_bytes,
             streams,
             ReadBudget::new(config.max_read_bytes),
@@ -209,7 +224,14 @@ impl Server {
             .local_addr()
             .map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
         let connections = ConnectionLimits::from_config(&config);
-        tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary());
+        match config.is_local() {
+            true => {
+                tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "serving; {}", config.retention_summary())
+            }
+            false => {
+                tracing::info!(addr = %local, backend = %config.backend, "serving; {}", config.retention_summary())
+            }
+        }
 
         let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -273,7 +295,7 @@ impl Server {
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }
-        journals.shut_down().await;
+        backend.shut_down().await;
         drop(lock);
         tracing::info!("stopped");
         served.map_err(|e| ServerError::Startup {

@@ -1,5 +1,6 @@
-//! The `ministore.v1.Journal` service: request -> journal -> response. Each method checks
-//! its input, then delegates to [`Journals`].
+//! The `ministore.v1.Journal` service: request -> backend -> response. Each method checks
+//! its input, then delegates to a [`Backend`]: the local store or a JetStream cluster, with
+//! the same validation, statuses, limits, auth and metrics in front of both.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -10,11 +11,11 @@ use std::time::Instant;
 use ministore::proto::journal_server::Journal as JournalRpc;
 use ministore::proto::{
     AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, CaughtUp, Heartbeat,
-    InfoRequest, InfoResponse, JournalSummary, ListJournalsRequest, ListJournalsResponse, Record,
-    RecordFormat, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest, append_request,
-    record, stream_event,
+    InfoRequest, InfoResponse, ListJournalsRequest, ListJournalsResponse, Record, RecordFormat,
+    ReplayRequest, ReplayResponse, StreamEvent, StreamRequest, append_request, record,
+    stream_event,
 };
-use ministore::{Append, JournalReader, JsonLine};
+use ministore::{Append, JsonLine};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -22,8 +23,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::auth::{Grant, Right, grant_of};
+use crate::backend::local::LocalBackend;
+use crate::backend::{Backend, RecordReader};
 use crate::error::ServerError;
-use crate::journals::{Journal, Journals, validate_name};
+use crate::journals::{Journals, validate_name};
 use crate::limits::{Held, HeldForReply, ReadBudget, StreamLimits, StreamPermit};
 use crate::metrics::{Metrics, OpenStream};
 use crate::value;
@@ -55,7 +58,7 @@ const STREAM_COPIES: usize = 2;
 /// The gRPC service over a set of journals.
 #[derive(Debug, Clone)]
 pub struct JournalService {
-    journals: Arc<Journals>,
+    backend: Arc<dyn Backend>,
     max_payload_bytes: usize,
     streams: Arc<StreamLimits>,
     budget: ReadBudget,
@@ -64,9 +67,9 @@ pub struct JournalService {
 }
 
 impl JournalService {
-    /// A service over `journals` that refuses records larger than `max_payload_bytes`,
-    /// keeps open streams within `streams` and records held for readers within `budget`,
-    /// and ends streams when `shutdown` turns true.
+    /// A service over the local `journals` that refuses records larger than
+    /// `max_payload_bytes`, keeps open streams within `streams` and records held for
+    /// readers within `budget`, and ends streams when `shutdown` turns true.
     pub fn new(
         journals: Arc<Journals>,
         max_payload_bytes: usize,
@@ -74,8 +77,20 @@ impl JournalService {
         budget: ReadBudget,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let backend = Arc::new(LocalBackend::new(journals));
+        JournalService::with_backend(backend, max_payload_bytes, streams, budget, shutdown)
+    }
+
+    /// A service like [`JournalService::new`] over any [`Backend`].
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        max_payload_bytes: usize,
+        streams: Arc<StreamLimits>,
+        budget: ReadBudget,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         JournalService {
-            journals,
+            backend,
             max_payload_bytes,
             streams,
             budget,
@@ -88,32 +103,6 @@ impl JournalService {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    /// A reader of `journal`'s durable records from `from_seq` that refuses records larger
-    /// than this server accepts, so no file makes it hold more than it budgets.
-    /// The commit time of record `seq` (`None` for a record written without metadata, or
-    /// one retention deleted meanwhile): one record read, through the usual reader.
-    async fn commit_time(
-        &self,
-        journal: &Journal,
-        seq: u64,
-    ) -> Result<Option<prost_types::Timestamp>, ServerError> {
-        let mut reader = self.reader(journal, seq);
-        let record = match reader.next_batch(1).await {
-            Ok(mut records) => records.pop(),
-            Err(ministore::MiniStoreError::Truncated { .. }) => None,
-            Err(e) => return Err(ServerError::store(journal.name(), e)),
-        };
-        Ok(record
-            .filter(|r| r.seq == seq)
-            .and_then(|r| r.commit_unix_ns)
-            .map(timestamp))
-    }
-
-    fn reader(&self, journal: &Journal, from_seq: u64) -> JournalReader {
-        JournalReader::with_durable(journal.path(), from_seq, journal.watch_durable())
-            .max_record_bytes(self.max_payload_bytes)
     }
 
     /// The memory one read of `step` bytes from disk may need: the step plus the one record
@@ -130,8 +119,7 @@ impl JournalService {
     /// deadlocking on each other's reservations.
     async fn read_page(
         &self,
-        reader: &mut JournalReader,
-        journal: &str,
+        reader: &mut dyn RecordReader,
         limit: usize,
         as_value: bool,
     ) -> Result<(Vec<Record>, Held), ServerError> {
@@ -149,8 +137,7 @@ impl JournalService {
             }
             let batch = reader
                 .next_batch_within(limit - records.len(), READ_STEP)
-                .await
-                .map_err(|e| ServerError::store(journal, e))?;
+                .await?;
             if batch.is_empty() {
                 break;
             }
@@ -205,10 +192,19 @@ impl JournalService {
         Ok(line)
     }
 
-    /// The journal to read, and where to start: `from_seq` may be at most one past the end.
-    async fn open_for_read(&self, name: &str, from_seq: u64) -> Result<Arc<Journal>, ServerError> {
-        let journal = self.journals.get(name, false).await?;
-        let last_seq = journal.durable().last_seq;
+    /// A reader of the journal from `from_seq`, which may be at most one past the end. It
+    /// refuses records larger than this server accepts, so no file makes it hold more than
+    /// it budgets.
+    async fn open_for_read(
+        &self,
+        name: &str,
+        from_seq: u64,
+    ) -> Result<Box<dyn RecordReader>, ServerError> {
+        let reader = self
+            .backend
+            .reader(name, from_seq, self.max_payload_bytes)
+            .await?;
+        let last_seq = reader.last_seq();
         if from_seq > last_seq + 1 {
             return Err(ServerError::PastEnd {
                 journal: name.to_owned(),
@@ -216,7 +212,7 @@ impl JournalService {
                 last_seq,
             });
         }
-        Ok(journal)
+        Ok(reader)
     }
 }
 
@@ -248,17 +244,9 @@ fn to_wire(record: ministore::Record, as_value: bool) -> (Record, usize) {
     let record = Record {
         seq: record.seq,
         body: Some(body),
-        commit_time: record.commit_unix_ns.map(timestamp),
+        commit_time: record.commit_unix_ns.map(crate::backend::timestamp),
     };
     (record, cost)
-}
-
-/// A time in nanoseconds since the Unix epoch as a protobuf Timestamp.
-fn timestamp(unix_ns: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: (unix_ns / 1_000_000_000) as i64,
-        nanos: (unix_ns % 1_000_000_000) as i32,
-    }
 }
 
 /// Whether records go as values: the requested format, checked.
@@ -308,9 +296,8 @@ impl JournalRpc for JournalService {
                     ));
                 }
             };
-            let journal = self.journals.get(name, true).await?;
             let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
-            let appended = journal.append(request).await?;
+            let appended = self.backend.append(name, request).await?;
             let seq = appended.seqs.start;
             tracing::Span::current().record("seq", seq);
             Ok(Response::new(AppendResponse {
@@ -353,9 +340,8 @@ impl JournalRpc for JournalService {
                     .map(|(i, v)| self.line_from_value(name, v).map_err(|e| at_index(i, e)))
                     .collect::<Result<Vec<_>, _>>()?,
             };
-            let journal = self.journals.get(name, true).await?;
             let request = append_with(lines, req.idempotency_key, req.expected_last_seq);
-            let appended = journal.append(request).await?;
+            let appended = self.backend.append(name, request).await?;
             let range = appended.seqs;
             tracing::Span::current().record("seq", range.end - 1);
             Ok(Response::new(AppendBatchResponse {
@@ -385,10 +371,9 @@ impl JournalRpc for JournalService {
                 }
                 n => n,
             } as usize;
-            let journal = self.open_for_read(name, req.from_seq).await?;
-            let mut reader = self.reader(&journal, req.from_seq);
-            let last_seq = journal.durable().last_seq;
-            let (records, held) = self.read_page(&mut reader, name, limit, as_value).await?;
+            let mut reader = self.open_for_read(name, req.from_seq).await?;
+            let last_seq = reader.last_seq();
+            let (records, held) = self.read_page(reader.as_mut(), limit, as_value).await?;
             let next_seq = records.last().map_or(reader.next_seq(), |r| r.seq + 1);
             let mut response = Response::new(ReplayResponse {
                 records,
@@ -411,7 +396,7 @@ impl JournalRpc for JournalService {
         let grant = grant_of(&request);
         let peer = request.remote_addr();
         let req = request.into_inner();
-        let (name, journal, as_value, permit) = traced("Stream", &req.journal, async {
+        let (name, reader, as_value, permit) = traced("Stream", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Read)?.to_owned();
             let as_value = as_value(req.format)?;
             let heartbeat = req.heartbeat_seconds;
@@ -422,12 +407,12 @@ impl JournalRpc for JournalService {
             }
             let permit = self.streams.acquire(peer)?;
             // A follower may start before its journal exists: it waits for it in the feed.
-            let journal = match self.open_for_read(&name, req.from_seq).await {
-                Ok(journal) => Some(journal),
+            let reader = match self.open_for_read(&name, req.from_seq).await {
+                Ok(reader) => Some(reader),
                 Err(ServerError::JournalNotFound(_)) if req.follow && req.from_seq <= 1 => None,
                 Err(e) => return Err(e),
             };
-            Ok((name, journal, as_value, permit))
+            Ok((name, reader, as_value, permit))
         })
         .await?;
         let heartbeat = match req.heartbeat_seconds {
@@ -437,12 +422,11 @@ impl JournalRpc for JournalService {
         let feed = StreamFeed {
             _permit: permit,
             _open: self.metrics.stream_opened(req.follow),
-            reader: journal.as_deref().map(|j| self.reader(j, req.from_seq)),
-            journal,
+            reader,
             name,
             from_seq: req.from_seq,
             service: self.clone(),
-            opened: self.journals.watch_opened(),
+            opened: self.backend.watch_created(),
             heartbeat: std::time::Duration::from_secs(heartbeat.into()),
             behind: true,
             as_value,
@@ -464,24 +448,7 @@ impl JournalRpc for JournalService {
         let req = request.into_inner();
         traced("Info", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Read)?;
-            let journal = self.journals.get(name, false).await?;
-            let durable = journal.durable();
-            let (first_commit_time, last_commit_time) = match durable.last_seq {
-                0 => (None, None),
-                last => (
-                    self.commit_time(&journal, durable.first_seq).await?,
-                    self.commit_time(&journal, last).await?,
-                ),
-            };
-            Ok(Response::new(InfoResponse {
-                first_seq: durable.first_seq,
-                last_seq: durable.last_seq,
-                segments: durable.segments as u32,
-                damage: journal.damage().unwrap_or_default().to_owned(),
-                first_commit_time,
-                last_commit_time,
-                checksums_from_seq: durable.checksums_from,
-            }))
+            Ok(Response::new(self.backend.info(name).await?))
         })
         .await
     }
@@ -518,32 +485,23 @@ impl JournalRpc for JournalService {
                     )));
                 }
             };
-            let journals = self.journals.clone();
-            tokio::task::spawn_blocking(move || {
-                list_page(&journals, &grant, after.as_deref(), page_size)
-            })
-            .await
-            .map_err(|e| match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                // Only a runtime that is shutting down cancels a blocking task.
-                Err(_) => ServerError::ShuttingDown,
-            })?
-            .map(Response::new)
+            list_page(self.backend.as_ref(), &grant, after.as_deref(), page_size)
+                .await
+                .map(Response::new)
         })
         .await
     }
 }
 
 /// One ListJournals page: the journals after `after` that `grant` covers, at most
-/// `page_size`, each summarized; and the token of the next page (empty at the end). Reads
-/// the data directory and the files of journals not open: call it off the async runtime.
-fn list_page(
-    journals: &Journals,
+/// `page_size`, each summarized; and the token of the next page (empty at the end).
+async fn list_page(
+    backend: &dyn Backend,
     grant: &Grant,
     after: Option<&str>,
     page_size: usize,
 ) -> Result<ListJournalsResponse, ServerError> {
-    let names = journals.list_names()?;
+    let names = backend.list_names().await?;
     // Sorted, so the page starts right after the token's name, whether or not that
     // journal still exists.
     let start = after.map_or(0, |after| {
@@ -555,32 +513,10 @@ fn list_page(
         (Some(_), Some(last)) => (*last).clone(),
         _ => String::new(),
     };
-    let journals = page
-        .into_iter()
-        .map(|name| match journals.summary(name) {
-            Ok(summary) => JournalSummary {
-                name: name.clone(),
-                first_seq: summary.first_seq,
-                last_seq: summary.last_seq,
-                size_bytes: summary.size_bytes,
-                segments: summary.segments as u32,
-                error: String::new(),
-            },
-            // One journal that cannot be read does not hide the others.
-            Err(e) => JournalSummary {
-                name: name.clone(),
-                size_bytes: ministore::disk_bytes(
-                    journals
-                        .data_dir()
-                        .join(name)
-                        .join(ministore::verify::JOURNAL_FILE),
-                )
-                .unwrap_or(0),
-                error: Status::from(e).message().to_owned(),
-                ..JournalSummary::default()
-            },
-        })
-        .collect();
+    let mut journals = Vec::with_capacity(page.len());
+    for name in page {
+        journals.push(backend.summary(name).await);
+    }
     Ok(ListJournalsResponse {
         journals,
         next_page_token,
@@ -611,8 +547,7 @@ struct StreamFeed {
     _permit: StreamPermit,
     _open: OpenStream,
     /// `None` while a follower waits for its journal to exist.
-    journal: Option<Arc<Journal>>,
-    reader: Option<JournalReader>,
+    reader: Option<Box<dyn RecordReader>>,
     name: String,
     from_seq: u64,
     service: JournalService,
@@ -661,7 +596,7 @@ impl StreamFeed {
     }
 
     fn last_seq(&self) -> u64 {
-        self.journal.as_ref().map_or(0, |j| j.durable().last_seq)
+        self.reader.as_ref().map_or(0, |r| r.last_seq())
     }
 
     async fn next_event(&mut self) -> Result<Option<stream_event::Event>, ServerError> {
@@ -679,9 +614,8 @@ impl StreamFeed {
                 // A follower whose journal does not exist yet: look again whenever a
                 // journal is opened, until this one is.
                 match self.service.open_for_read(&self.name, self.from_seq).await {
-                    Ok(journal) => {
-                        self.reader = Some(self.service.reader(&journal, self.from_seq));
-                        self.journal = Some(journal);
+                    Ok(reader) => {
+                        self.reader = Some(reader);
                         continue;
                     }
                     Err(ServerError::JournalNotFound(_)) => {}
@@ -710,16 +644,14 @@ impl StreamFeed {
                 _ = self.shutdown.wait_for(|stop| *stop) => return Err(ServerError::ShuttingDown),
             };
             self.held = reserved;
-            let batch = reader
-                .next_batch_within(STREAM_BATCH, STREAM_STEP)
-                .await
-                .map_err(|e| ServerError::store(&self.name, e))?;
+            let batch = reader.next_batch_within(STREAM_BATCH, STREAM_STEP).await?;
             let reached = reader.next_seq();
+            let last_seq = reader.last_seq();
             self.held
                 .shrink_to(STREAM_COPIES * batch.iter().map(|r| r.json.len()).sum::<usize>());
             if !batch.is_empty() {
                 // More was durable than one read took: the stream is behind.
-                if reached <= self.last_seq() {
+                if reached <= last_seq {
                     self.behind = true;
                 }
                 self.ahead.extend(batch);
