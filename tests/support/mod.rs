@@ -2,6 +2,7 @@
 //! one test file needs lives in that file.
 
 pub mod binaries;
+pub mod cluster;
 pub mod docs;
 pub mod events;
 pub mod files;

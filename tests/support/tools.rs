@@ -37,6 +37,11 @@ pub fn grpcurl() -> PathBuf {
     python_env().join("bin").join("grpcurl")
 }
 
+/// `nats-server`, pinned in tests/requirements.txt, installed in the test venv.
+pub fn nats_server() -> PathBuf {
+    python_env().join("bin").join("nats-server")
+}
+
 /// The workspace root: the parent of this package's directory (`tests/`).
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

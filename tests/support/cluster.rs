@@ -1,0 +1,268 @@
+//! A NATS JetStream cluster on loopback for the JetStream backend's tests: three
+//! `nats-server` processes (pinned in tests/requirements.txt), each with its own client,
+//! cluster and monitoring port and its own store directory, routed to each other, with
+//! `sync_interval: always` as ministore requires. Readiness is read from `/jsz` on the
+//! monitoring ports, never waited for with a sleep.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+/// One node of the cluster.
+struct Node {
+    name: String,
+    client_port: u16,
+    http_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running cluster; its processes are killed when it is dropped, or when the test
+/// process ends (they are started with a parent-death signal).
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+/// The cluster shared by every test of one test binary (started on first use).
+pub fn shared() -> &'static NatsCluster {
+    static CLUSTER: OnceLock<NatsCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| NatsCluster::start(3))
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes and returns once every node reports a JetStream meta leader.
+    pub fn start(size: usize) -> NatsCluster {
+        let binary = crate::tools::nats_server();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Ports taken together and released together just before the servers bind them.
+        let listeners: Vec<std::net::TcpListener> = (0..size * 3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("addr").port())
+            .collect();
+        drop(listeners);
+        let routes: Vec<String> = (0..size)
+            .map(|i| format!("\"nats-route://127.0.0.1:{}\"", ports[3 * i + 1]))
+            .collect();
+        let nodes = (0..size)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                let store = dir.path().join(&name);
+                let config = dir.path().join(format!("{name}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
+                         jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n\
+                         cluster {{\n  name: ministore-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
+                        client = ports[3 * i],
+                        cluster = ports[3 * i + 1],
+                        http = ports[3 * i + 2],
+                        store = store.display(),
+                        routes = routes.join(", "),
+                    ),
+                )
+                .expect("write nats config");
+                Node {
+                    name,
+                    client_port: ports[3 * i],
+                    http_port: ports[3 * i + 2],
+                    config,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, _dir: dir };
+        for i in 0..size {
+            cluster.nodes[i].child = Some(spawn(&binary, &cluster.nodes[i].config));
+        }
+        cluster.wait_for_meta_leader();
+        cluster
+    }
+
+    /// `nats://127.0.0.1:A,127.0.0.1:B,...`: the `--backend` of a ministore-server.
+    pub fn url(&self) -> String {
+        let servers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.client_port))
+            .collect();
+        format!("nats://{}", servers.join(","))
+    }
+
+    /// The monitoring URLs (`--nats-monitor`).
+    pub fn monitor_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("http://127.0.0.1:{}", n.http_port))
+            .collect()
+    }
+
+    /// Polls every running node's `/jsz` until each names a meta leader among running nodes.
+    pub fn wait_for_meta_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+            let leaders: Vec<Option<String>> = running
+                .iter()
+                .map(|n| {
+                    let jsz = jsz(n.http_port, "")?;
+                    let leader = jsz.pointer("/meta_cluster/leader")?.as_str()?.to_owned();
+                    // The leader also sees every other running node current.
+                    let current = jsz
+                        .pointer("/meta_cluster/replicas")
+                        .and_then(|r| r.as_array())
+                        .map_or(0, |r| {
+                            r.iter()
+                                .filter(|p| {
+                                    p.get("current").and_then(|c| c.as_bool()) == Some(true)
+                                })
+                                .count()
+                        });
+                    let ready = leader != n.name || current + 1 >= running.len();
+                    Some(leader).filter(|l| ready && running.iter().any(|r| &r.name == l))
+                })
+                .collect();
+            if leaders.iter().all(Option::is_some) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no JetStream meta leader after 60 s: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The index of the node leading `stream`, as the running nodes' `/jsz` report it.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let leader = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .find_map(|n| {
+                let jsz = jsz(n.http_port, "?streams=true")?;
+                jsz.get("account_details")?
+                    .as_array()?
+                    .iter()
+                    .flat_map(|a| {
+                        a.get("stream_detail")
+                            .and_then(|s| s.as_array())
+                            .into_iter()
+                            .flatten()
+                    })
+                    .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(stream))?
+                    .pointer("/cluster/leader")?
+                    .as_str()
+                    .map(str::to_owned)
+            })?;
+        self.nodes.iter().position(|n| n.name == leader)
+    }
+
+    /// Polls until `stream` has a leader among the running nodes; its index.
+    pub fn wait_for_stream_leader(&self, stream: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(leader) = self
+                .stream_leader(stream)
+                .filter(|&i| self.nodes[i].child.is_some())
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader for {stream} after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs node `i` (kill -9): no shutdown, no flush.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) {
+        let binary = crate::tools::nats_server();
+        self.nodes[i].child = Some(spawn(&binary, &self.nodes[i].config));
+        self.wait_for_meta_leader();
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `/jsz` of the node monitored on `port`, `None` while it does not answer.
+fn jsz(port: u16, query: &str) -> Option<serde_json::Value> {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        socket,
+        "GET /jsz{query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).ok()?;
+    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Starts `nats-server -c config` from one thread that lives as long as the test process:
+/// the child gets SIGKILL when that thread's process ends (PR_SET_PDEATHSIG follows the
+/// spawning thread, so a test's own thread would kill it when the test ends).
+fn spawn(binary: &std::path::Path, config: &std::path::Path) -> Child {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (send, receive) = mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for (mut command, reply) in receive {
+                let _ = reply.send(command.spawn());
+            }
+            // Keep the thread (and so the children) alive until the process exits.
+            loop {
+                std::thread::park();
+            }
+        });
+        Mutex::new(send)
+    });
+    let mut command = Command::new(binary);
+    command
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (reply, replied) = mpsc::channel();
+    spawner
+        .lock()
+        .expect("spawner")
+        .send((command, reply))
+        .expect("spawner thread");
+    replied
+        .recv()
+        .expect("spawner thread")
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()))
+}
