@@ -183,6 +183,48 @@ impl NatsCluster {
         }
     }
 
+    /// Polls until `stream`'s leader reports every other replica current (caught up).
+    pub fn wait_for_stream_current(&self, stream: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let current = self.nodes.iter().filter(|n| n.child.is_some()).any(|n| {
+                let Some(jsz) = jsz(n.http_port, "?streams=true") else {
+                    return false;
+                };
+                let detail = jsz
+                    .get("account_details")
+                    .and_then(|a| a.as_array())
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|a| {
+                        a.get("stream_detail")
+                            .and_then(|s| s.as_array())
+                            .into_iter()
+                            .flatten()
+                    })
+                    .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(stream));
+                let Some(cluster) = detail.and_then(|d| d.get("cluster")) else {
+                    return false;
+                };
+                let replicas = cluster.get("replicas").and_then(|r| r.as_array());
+                cluster.get("leader").and_then(|l| l.as_str()) == Some(n.name.as_str())
+                    && replicas.is_some_and(|r| {
+                        r.len() + 1 == self.nodes.len()
+                            && r.iter()
+                                .all(|p| p.get("current").and_then(|c| c.as_bool()) == Some(true))
+                    })
+            });
+            if current {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stream} not current on every node after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILLs node `i` (kill -9): no shutdown, no flush.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
