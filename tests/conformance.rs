@@ -514,3 +514,52 @@ conformance!(
     info_and_list_describe_the_journal,
     concurrent_appends_get_unique_dense_seqs,
 );
+
+/// Several stateless ministore-servers can serve the same journals: a follower on one sees,
+/// live, what is appended through the other, even to a journal that did not exist when it
+/// started following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_front_of_one_cluster_serve_the_same_journal() {
+    let (one, two) = (Target::jetstream().await, Target::jetstream().await);
+    let journal = one.journal("shared");
+    let mut follower = two.stub().await;
+    let mut events = follower
+        .stream(StreamRequest {
+            journal: journal.clone(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut writer = one.stub().await;
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        match event.unwrap().event.unwrap() {
+            stream_event::Event::CaughtUp(c) if c.last_seq == 0 => {
+                for i in 1..=3 {
+                    let seq = append(&mut writer, &journal, &format!("{{\"via\":1,\"i\":{i}}}"))
+                        .await
+                        .unwrap();
+                    assert_eq!(seq, i);
+                }
+            }
+            stream_event::Event::Record(r) => {
+                seen.push((r.seq, payload_of(&r)));
+                if seen.len() == 3 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=3)
+            .map(|i| (i, format!("{{\"via\":1,\"i\":{i}}}")))
+            .collect::<Vec<_>>()
+    );
+    // And the second server appends after them, on the same seqs.
+    let mut second_writer = two.stub().await;
+    assert_eq!(append(&mut second_writer, &journal, "4").await.unwrap(), 4);
+}

@@ -58,7 +58,7 @@ impl NatsCluster {
                 std::fs::write(
                     &config,
                     format!(
-                        "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
+                        "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: 8MB\n\
                          jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n\
                          cluster {{\n  name: ministore-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
                         client = ports[3 * i],
