@@ -209,7 +209,7 @@ pub struct AppendLoads {
 }
 
 /// The project's client of `addr`, with `max_appends_in_flight(in_flight)`.
-async fn connect(addr: &str, in_flight: usize) -> Result<Client, BoxError> {
+pub(crate) async fn connect(addr: &str, in_flight: usize) -> Result<Client, BoxError> {
     Ok(ClientBuilder::new(addr)
         .max_appends_in_flight(in_flight)
         .connect()
@@ -337,9 +337,18 @@ pub(crate) async fn with_server<T>(
     in_flight: usize,
     work: impl AsyncFnOnce(&Client, &str) -> Result<T, BoxError>,
 ) -> Result<T, BoxError> {
+    let config = ministore_server::Config::with_data_dir(data_dir);
+    with_server_config(config, in_flight, work).await
+}
+
+/// Like [`with_server`], with the server's whole `config` (a cluster backend, say).
+pub(crate) async fn with_server_config<T>(
+    config: ministore_server::Config,
+    in_flight: usize,
+    work: impl AsyncFnOnce(&Client, &str) -> Result<T, BoxError>,
+) -> Result<T, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let config = ministore_server::Config::with_data_dir(data_dir);
     let server = ministore_server::Server::from_listener(config, listener)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async {

@@ -25,6 +25,7 @@
 //! the current directory, on the disk you care about; `/tmp` is often tmpfs, where fsync
 //! costs nothing) and removed afterwards; every loop is bounded by time or count.
 
+mod cluster_bench;
 mod fill;
 mod grpc_bench;
 mod keys_bench;
@@ -104,6 +105,9 @@ enum Section {
     Open,
     /// Appends with and without idempotency keys; open time and memory with 1M keys.
     Keys,
+    /// Append through ministore-server on a 3-node JetStream cluster it starts, beside the
+    /// local store and raw JetStream publish-with-ack.
+    Cluster,
 }
 
 /// Records in the stream section's journal.
@@ -244,6 +248,22 @@ async fn run(args: Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let cluster = if wanted(Section::Cluster) {
+        progress(
+            "cluster: Append at 1 and 64 callers, local store vs a 3-node JetStream cluster vs raw JetStream publish",
+        );
+        Some(
+            cluster_bench::run(
+                &dir.path().join("cluster"),
+                duration,
+                warmup,
+                args.appends_in_flight,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
@@ -265,9 +285,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
             1000
         );
     }
+    if let Some(cluster) = &cluster {
+        println!();
+        print!("{}", cluster_bench::table(cluster).render());
+        println!(
+            "- through the client as it comes (concurrent appends beyond its in-flight limit share an AppendBatch); the cluster is 3 nats-server 2.15.1 on this machine's loopback with sync_interval: always, so all three fsync on the same disk"
+        );
+    }
     if args.markdown {
         println!();
         print!("{}", table.render_markdown());
+        if let Some(cluster) = &cluster {
+            println!();
+            print!("{}", cluster_bench::table(cluster).render_markdown());
+        }
         if let Some(keys) = &keys {
             println!();
             print!("{}", keys_bench::table(keys).render_markdown());
