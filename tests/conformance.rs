@@ -185,6 +185,12 @@ async fn a_retried_key_is_answered_with_its_seq_and_expectations_are_checked(tar
         .into_inner();
     assert_eq!((retry.seq, retry.duplicate), (1, true));
 
+    let reused = stub
+        .append(keyed("\"other\"", "k1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+
     let stale = stub.append(keyed("3", "k3", Some(1))).await.unwrap_err();
     assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
     assert_eq!(

@@ -273,10 +273,48 @@ impl JetStreamBackend {
             .map_err(|e| publish_error(journal, expected, e))?
             .await
             .map_err(|e| publish_error(journal, expected, e))?;
+        if ack.duplicate
+            && let Some(key) = key
+        {
+            // JetStream answers a known Msg-Id whatever the record; the local store refuses
+            // a key reused for another record, and so does this backend.
+            self.check_same(journal, key, ack.sequence, ack.sequence, line)
+                .await?;
+        }
         Ok(Appended {
             seqs: ack.sequence..ack.sequence + 1,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// Refuses (ALREADY_EXISTS) a retried key whose stored record `seq` is not `line`.
+    async fn check_same(
+        &self,
+        journal: &str,
+        key: &str,
+        first_seq: u64,
+        seq: u64,
+        line: &ministore::JsonLine,
+    ) -> Result<(), ServerError> {
+        let stream = self
+            .js
+            .get_stream_no_info(stream_name(journal))
+            .await
+            .map_err(|e| unavailable(journal, "reading the journal's stream", e))?;
+        let stored = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| unavailable(journal, "reading the record of a retried key", e))?;
+        match stored.payload.as_ref() == line.as_bytes() {
+            true => Ok(()),
+            false => Err(ServerError::store(
+                journal,
+                MiniStoreError::KeyReused {
+                    key: key.to_owned(),
+                    first_seq,
+                },
+            )),
+        }
     }
 
     /// An atomic batch: every message but the last is published without waiting, the last
@@ -341,8 +379,14 @@ impl JetStreamBackend {
                     duplicate: ack.duplicate,
                 }),
                 Err(e) if api_code(&e) == Some(BATCH_DUPLICATE) && key.is_some() => {
-                    self.committed_batch(journal, &subject, key.unwrap_or_default(), count)
-                        .await
+                    self.committed_batch(
+                        journal,
+                        &subject,
+                        key.unwrap_or_default(),
+                        count,
+                        lines.last(),
+                    )
+                    .await
                 }
                 Err(e) => Err(publish_error(journal, expected, e)),
             };
@@ -358,6 +402,7 @@ impl JetStreamBackend {
         subject: &str,
         key: &str,
         count: usize,
+        last_line: Option<&ministore::JsonLine>,
     ) -> Result<Appended, ServerError> {
         let stream = self.stream(journal).await?;
         let reused = |first_seq| {
@@ -378,10 +423,15 @@ impl JetStreamBackend {
             .get(BATCH_SIZE_HEADER)
             .and_then(|v| v.as_str().parse::<u64>().ok());
         match size {
-            Some(size) if size == count as u64 => Ok(Appended {
-                seqs: last.sequence + 1 - size..last.sequence + 1,
-                duplicate: true,
-            }),
+            Some(size)
+                if size == count as u64
+                    && Some(last.payload.as_ref()) == last_line.map(|l| l.as_bytes()) =>
+            {
+                Ok(Appended {
+                    seqs: last.sequence + 1 - size..last.sequence + 1,
+                    duplicate: true,
+                })
+            }
             _ => Err(reused(last.sequence)),
         }
     }
@@ -429,6 +479,7 @@ impl Backend for JetStreamBackend {
             received: next_seq,
             last_seq,
             messages: None,
+            consumer: None,
             ahead: VecDeque::new(),
         }))
     }
@@ -522,7 +573,32 @@ struct JetStreamReader {
     received: u64,
     last_seq: u64,
     messages: Option<consumer::pull::Ordered>,
+    /// The name of the consumer this reader created last, deleted when it is replaced or
+    /// the reader dropped: a stream has room for 1000 consumers, and an abandoned one
+    /// would hold its place for 30 s.
+    consumer: Option<String>,
     ahead: VecDeque<Record>,
+}
+
+impl JetStreamReader {
+    /// Stops reading through the current consumer, and deletes it in the background.
+    fn drop_consumer(&mut self) {
+        self.messages = None;
+        if let (Some(name), Ok(runtime)) =
+            (self.consumer.take(), tokio::runtime::Handle::try_current())
+        {
+            let stream = self.stream.clone();
+            runtime.spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
+
+impl Drop for JetStreamReader {
+    fn drop(&mut self) {
+        self.drop_consumer();
+    }
 }
 
 impl JetStreamReader {
@@ -531,8 +607,10 @@ impl JetStreamReader {
         let deadline = patience.map(|p| tokio::time::Instant::now() + p);
         loop {
             if self.messages.is_none() {
-                let messages = consume_from(&self.stream, &self.journal, self.received).await?;
+                let (messages, name) =
+                    consume_from(&self.stream, &self.journal, self.received).await?;
                 self.messages = Some(messages);
+                self.consumer = Some(name);
             }
             let messages = self.messages.as_mut().expect("set above");
             let next = match deadline {
@@ -548,7 +626,7 @@ impl JetStreamReader {
                 // from the seq this reader needs, never from where the old one would.
                 Some(Err(e)) => {
                     tracing::debug!(journal = %self.journal, error = %e, "consumer failed; recreating it");
-                    self.messages = None;
+                    self.drop_consumer();
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         return Ok(None);
                     }
@@ -556,7 +634,7 @@ impl JetStreamReader {
                     continue;
                 }
                 None => {
-                    self.messages = None;
+                    self.drop_consumer();
                     continue;
                 }
             };
@@ -590,7 +668,7 @@ impl JetStreamReader {
                     ));
                 }
                 // Not deleted, yet skipped: never pass over it; read again from it.
-                self.messages = None;
+                self.drop_consumer();
                 continue;
             }
             let json = String::from_utf8(message.payload.to_vec()).map_err(|_| {
@@ -609,12 +687,12 @@ impl JetStreamReader {
     }
 }
 
-/// An ordered consumer of `stream` from `seq`.
+/// An ordered consumer of `stream` from `seq`, and its name.
 async fn consume_from(
     stream: &stream::Stream,
     journal: &str,
     seq: u64,
-) -> Result<consumer::pull::Ordered, ServerError> {
+) -> Result<(consumer::pull::Ordered, String), ServerError> {
     {
         let config = consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -626,10 +704,12 @@ async fn consume_from(
             .create_consumer(config)
             .await
             .map_err(|e| unavailable(journal, "creating a consumer", e))?;
-        consumer
+        let name = consumer.cached_info().name.clone();
+        let messages = consumer
             .messages()
             .await
-            .map_err(|e| unavailable(journal, "consuming", e))
+            .map_err(|e| unavailable(journal, "consuming", e))?;
+        Ok((messages, name))
     }
 }
 
