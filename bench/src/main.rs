@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
-//!                                           [--only store,noop,server,stream,open,keys]
+//!                                           [--only store,noop,server,stream,open,keys,peers]
 //!                                           [--markdown]
 //! ```
 //!
@@ -30,6 +30,7 @@ mod grpc_bench;
 mod keys_bench;
 mod noop;
 mod open_bench;
+mod peers_bench;
 mod report;
 mod rounds;
 mod store_bench;
@@ -104,6 +105,9 @@ enum Section {
     Open,
     /// Appends with and without idempotency keys; open time and memory with 1M keys.
     Keys,
+    /// AppendStream beside unary Append, the Rust client's two ways, a Python producer,
+    /// and etcd and Redis when installed.
+    Peers,
 }
 
 /// Records in the stream section's journal.
@@ -244,6 +248,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let peers = if wanted(Section::Peers) {
+        progress(
+            "peers: AppendStream and unary Append at 1 and 64; the client's two ways; a Python producer; etcd and Redis if installed",
+        );
+        Some(peers_bench::run(&dir.path().join("peers"), duration, warmup).await?)
+    } else {
+        None
+    };
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
@@ -265,9 +277,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
             1000
         );
     }
+    if let Some(peers) = &peers {
+        println!();
+        print!("{}", peers_bench::table(peers).render());
+        println!(
+            "- all rows at 200-byte records to one journal (one etcd key per Put, one Redis stream); peers run on loopback with their data beside ours, started and stopped by the benchmark. Latency of an AppendStream row: from a record's hand-over to the stream to its ack"
+        );
+    }
     if args.markdown {
         println!();
         print!("{}", table.render_markdown());
+        if let Some(peers) = &peers {
+            println!();
+            print!("{}", peers_bench::table(peers).render_markdown());
+        }
         if let Some(keys) = &keys {
             println!();
             print!("{}", keys_bench::table(keys).render_markdown());

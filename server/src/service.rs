@@ -21,6 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::append_stream::{self, AckStream};
 use crate::auth::{Grant, Right, grant_of};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals, validate_name};
@@ -205,6 +206,28 @@ impl JournalService {
         Ok(line)
     }
 
+    /// An AppendRequest checked (rights, name, record) and made the store's request, with
+    /// the journal to append it to, opened (or created) if needed.
+    pub(crate) async fn append_of(
+        &self,
+        grant: &Grant,
+        req: AppendRequest,
+    ) -> Result<(Arc<Journal>, Append), ServerError> {
+        let name = authorize(grant, &req.journal, Right::Append)?;
+        let line = match &req.record {
+            Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
+            Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
+            None => {
+                return Err(ServerError::InvalidArgument(
+                    "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
+                ));
+            }
+        };
+        let journal = self.journals.get(name, true).await?;
+        let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
+        Ok((journal, request))
+    }
+
     /// The journal to read, and where to start: `from_seq` may be at most one past the end.
     async fn open_for_read(&self, name: &str, from_seq: u64) -> Result<Arc<Journal>, ServerError> {
         let journal = self.journals.get(name, false).await?;
@@ -297,19 +320,9 @@ impl JournalRpc for JournalService {
     ) -> Result<Response<AppendResponse>, Status> {
         let grant = grant_of(&request);
         let req = request.into_inner();
-        traced("Append", &req.journal, async {
-            let name = authorize(&grant, &req.journal, Right::Append)?;
-            let line = match &req.record {
-                Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
-                Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
-                None => {
-                    return Err(ServerError::InvalidArgument(
-                        "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
-                    ));
-                }
-            };
-            let journal = self.journals.get(name, true).await?;
-            let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
+        let journal_name = req.journal.clone();
+        traced("Append", &journal_name, async {
+            let (journal, request) = self.append_of(&grant, req).await?;
             let appended = journal.append(request).await?;
             let seq = appended.seqs.start;
             tracing::Span::current().record("seq", seq);
@@ -365,6 +378,24 @@ impl JournalRpc for JournalService {
             }))
         })
         .await
+    }
+
+    type AppendStreamStream = AckStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let grant = grant_of(&request);
+        let permit = self.streams.acquire(request.remote_addr())?;
+        let requests = request.into_inner();
+        Ok(Response::new(append_stream::start(
+            self.clone(),
+            grant,
+            permit,
+            self.shutdown.clone(),
+            requests,
+        )))
     }
 
     async fn replay(
