@@ -113,6 +113,12 @@ impl Journals {
         }
     }
 
+    /// The faults the journals' files meet (none outside tests): the readers of RPCs
+    /// meet them too.
+    pub fn faults(&self) -> ministore::io::Faults {
+        self.options.faults.clone()
+    }
+
     /// Records commits in `metrics` (by default, in metrics nobody reads).
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;

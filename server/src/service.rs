@@ -115,6 +115,7 @@ impl JournalService {
     fn reader(&self, journal: &Journal, from_seq: u64) -> JournalReader {
         JournalReader::with_durable(journal.path(), from_seq, journal.watch_durable())
             .max_record_bytes(self.max_payload_bytes)
+            .with_faults(self.journals.faults())
     }
 
     /// The memory one read of `step` bytes from disk may need: the step plus the one record
