@@ -487,6 +487,52 @@ async fn concurrent_appends_get_unique_dense_seqs(target: Target) {
     assert_eq!(replay_all(&mut stub, &journal).await.len(), 80);
 }
 
+async fn an_append_stream_is_acked_in_order_with_keys_and_expectations(target: Target) {
+    let mut stub = target.stub().await;
+    let journal = target.journal("append-stream");
+    let keyed = |json: &str, key: &str| AppendRequest {
+        idempotency_key: key.into(),
+        ..payload_req(&journal, json)
+    };
+    let mut sent: Vec<AppendRequest> = (1..=50)
+        .map(|i| payload_req(&journal, &i.to_string()))
+        .collect();
+    sent.push(keyed("51", "k"));
+    sent.push(keyed("51", "k"));
+    sent.push(AppendRequest {
+        expected_last_seq: Some(7),
+        ..payload_req(&journal, "52")
+    });
+    sent.push(payload_req(&journal, "{oops"));
+    sent.push(payload_req(&journal, "52"));
+    let mut acks = stub
+        .append_stream(tokio_stream::iter(sent))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        got.push(ack);
+    }
+    assert_eq!(got.len(), 55);
+    for (i, ack) in got.iter().enumerate().take(50) {
+        assert_eq!(
+            (ack.index, ack.seq, &ack.error),
+            (i as u64, i as u64 + 1, &None)
+        );
+    }
+    assert_eq!((got[50].seq, got[50].duplicate), (51, false));
+    assert_eq!((got[51].seq, got[51].duplicate), (51, true));
+    let stale = got[52].error.as_ref().expect("a stale expectation fails");
+    assert_eq!((stale.code, stale.last_seq), (Code::Aborted as i32, 51));
+    assert_eq!(
+        got[53].error.as_ref().unwrap().code,
+        Code::InvalidArgument as i32
+    );
+    assert_eq!((got[54].seq, &got[54].error), (52, &None));
+    assert_eq!(replay_all(&mut stub, &journal).await.len(), 52);
+}
+
 /// Each behaviour above, once per backend.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -519,6 +565,7 @@ conformance!(
     a_follower_of_a_journal_not_yet_written_sees_its_first_record,
     info_and_list_describe_the_journal,
     concurrent_appends_get_unique_dense_seqs,
+    an_append_stream_is_acked_in_order_with_keys_and_expectations,
 );
 
 /// Several stateless ministore-servers can serve the same journals: a follower on one sees,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
-//!                                           [--only store,noop,server,stream,open,keys]
+//!                                           [--only store,noop,server,stream,open,keys,peers]
 //!                                           [--markdown]
 //! ```
 //!
@@ -31,6 +31,7 @@ mod grpc_bench;
 mod keys_bench;
 mod noop;
 mod open_bench;
+mod peers_bench;
 mod report;
 mod rounds;
 mod store_bench;
@@ -108,6 +109,9 @@ enum Section {
     /// Append through ministore-server on a 3-node JetStream cluster it starts, beside the
     /// local store and raw JetStream publish-with-ack.
     Cluster,
+    /// AppendStream beside unary Append, the Rust client's two ways, a Python producer,
+    /// and etcd and Redis when installed.
+    Peers,
 }
 
 /// Records in the stream section's journal.
@@ -264,6 +268,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let peers = if wanted(Section::Peers) {
+        progress(
+            "peers: AppendStream and unary Append at 1 and 64; the client's two ways; a Python producer; etcd and Redis if installed",
+        );
+        Some(peers_bench::run(&dir.path().join("peers"), duration, warmup).await?)
+    } else {
+        None
+    };
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
@@ -292,12 +304,23 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "- through the client as it comes (concurrent appends beyond its in-flight limit share an AppendBatch); the cluster is 3 nats-server 2.15.1 on this machine's loopback with sync_interval: always, so all three fsync on the same disk"
         );
     }
+    if let Some(peers) = &peers {
+        println!();
+        print!("{}", peers_bench::table(peers).render());
+        println!(
+            "- all rows at 200-byte records to one journal (one etcd key per Put, one Redis stream); peers run on loopback with their data beside ours, started and stopped by the benchmark. Latency of an AppendStream row: from a record's hand-over to the stream to its ack"
+        );
+    }
     if args.markdown {
         println!();
         print!("{}", table.render_markdown());
         if let Some(cluster) = &cluster {
             println!();
             print!("{}", cluster_bench::table(cluster).render_markdown());
+        }
+        if let Some(peers) = &peers {
+            println!();
+            print!("{}", peers_bench::table(peers).render_markdown());
         }
         if let Some(keys) = &keys {
             println!();

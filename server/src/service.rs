@@ -22,6 +22,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::append_stream::{self, AckStream};
 use crate::auth::{Grant, Right, grant_of};
 use crate::backend::local::LocalBackend;
 use crate::backend::{Backend, RecordReader};
@@ -192,6 +193,32 @@ impl JournalService {
         Ok(line)
     }
 
+    /// An AppendRequest checked (rights, name, record) and made the store's request, with
+    /// the name of the journal to append it to.
+    pub(crate) fn append_of(
+        &self,
+        grant: &Grant,
+        req: AppendRequest,
+    ) -> Result<(String, Append), ServerError> {
+        let name = authorize(grant, &req.journal, Right::Append)?;
+        let line = match &req.record {
+            Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
+            Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
+            None => {
+                return Err(ServerError::InvalidArgument(
+                    "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
+                ));
+            }
+        };
+        let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
+        Ok((name.to_owned(), request))
+    }
+
+    /// The backend the service stores in (AppendStream submits through it).
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     /// A reader of the journal from `from_seq`, which may be at most one past the end. It
     /// refuses records larger than this server accepts, so no file makes it hold more than
     /// it budgets.
@@ -285,19 +312,10 @@ impl JournalRpc for JournalService {
     ) -> Result<Response<AppendResponse>, Status> {
         let grant = grant_of(&request);
         let req = request.into_inner();
-        traced("Append", &req.journal, async {
-            let name = authorize(&grant, &req.journal, Right::Append)?;
-            let line = match &req.record {
-                Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
-                Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
-                None => {
-                    return Err(ServerError::InvalidArgument(
-                        "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
-                    ));
-                }
-            };
-            let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
-            let appended = self.backend.append(name, request).await?;
+        let journal_name = req.journal.clone();
+        traced("Append", &journal_name, async {
+            let (name, request) = self.append_of(&grant, req)?;
+            let appended = self.backend.append(&name, request).await?;
             let seq = appended.seqs.start;
             tracing::Span::current().record("seq", seq);
             Ok(Response::new(AppendResponse {
@@ -351,6 +369,24 @@ impl JournalRpc for JournalService {
             }))
         })
         .await
+    }
+
+    type AppendStreamStream = AckStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let grant = grant_of(&request);
+        let permit = self.streams.acquire(request.remote_addr())?;
+        let requests = request.into_inner();
+        Ok(Response::new(append_stream::start(
+            self.clone(),
+            grant,
+            permit,
+            self.shutdown.clone(),
+            requests,
+        )))
     }
 
     async fn replay(

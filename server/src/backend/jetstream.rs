@@ -40,7 +40,7 @@ use ministore::proto::{InfoResponse, JournalSummary};
 use ministore::{Append, Appended, MiniStoreError, Record};
 use tokio::sync::watch;
 
-use super::{Backend, RecordReader};
+use super::{Backend, PendingCommit, RecordReader};
 use crate::config::Config;
 use crate::error::ServerError;
 
@@ -57,6 +57,8 @@ const READ_PATIENCE: Duration = Duration::from_secs(10);
 const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(12);
 /// JetStream API error: an atomic batch holds a `Nats-Msg-Id` already stored.
 const BATCH_DUPLICATE: u64 = 10201;
+/// JetStream API error: a `Nats-Msg-Id` whose first message is still being committed.
+const MSG_ID_IN_PROCESS: u64 = 10158;
 /// JetStream API error: a wrong `Nats-Expected-Last-Sequence`.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// Header on each message of a keyed batch: the number of records in it.
@@ -259,62 +261,10 @@ impl JetStreamBackend {
         key: Option<&str>,
         expected: Option<u64>,
     ) -> Result<Appended, ServerError> {
-        let mut publish = Publish::build().payload(Bytes::copy_from_slice(line.as_bytes()));
-        if let Some(key) = key {
-            publish = publish.message_id(msg_id(journal, key));
-        }
-        if let Some(expected) = expected {
-            publish = publish.expected_last_sequence(expected);
-        }
-        let ack = self
-            .js
-            .send_publish(subject(journal), publish)
-            .await
-            .map_err(|e| publish_error(journal, expected, e))?
-            .await
-            .map_err(|e| publish_error(journal, expected, e))?;
-        if ack.duplicate
-            && let Some(key) = key
-        {
-            // JetStream answers a known Msg-Id whatever the record; the local store refuses
-            // a key reused for another record, and so does this backend.
-            self.check_same(journal, key, ack.sequence, ack.sequence, line)
-                .await?;
-        }
-        Ok(Appended {
-            seqs: ack.sequence..ack.sequence + 1,
-            duplicate: ack.duplicate,
-        })
-    }
-
-    /// Refuses (ALREADY_EXISTS) a retried key whose stored record `seq` is not `line`.
-    async fn check_same(
-        &self,
-        journal: &str,
-        key: &str,
-        first_seq: u64,
-        seq: u64,
-        line: &ministore::JsonLine,
-    ) -> Result<(), ServerError> {
-        let stream = self
-            .js
-            .get_stream_no_info(stream_name(journal))
-            .await
-            .map_err(|e| unavailable(journal, "reading the journal's stream", e))?;
-        let stored = stream
-            .get_raw_message(seq)
-            .await
-            .map_err(|e| unavailable(journal, "reading the record of a retried key", e))?;
-        match stored.payload.as_ref() == line.as_bytes() {
-            true => Ok(()),
-            false => Err(ServerError::store(
-                journal,
-                MiniStoreError::KeyReused {
-                    key: key.to_owned(),
-                    first_seq,
-                },
-            )),
-        }
+        let acked = send_one(&self.js, journal, line, key, expected)
+            .await?
+            .await;
+        answer_one(&self.js, journal, line, key, expected, acked).await
     }
 
     /// An atomic batch: every message but the last is published without waiting, the last
@@ -437,6 +387,88 @@ impl JetStreamBackend {
     }
 }
 
+/// What an Append of `line` answers, given JetStream's acknowledgement of it.
+async fn answer_one(
+    js: &jetstream::Context,
+    journal: &str,
+    line: &ministore::JsonLine,
+    key: Option<&str>,
+    expected: Option<u64>,
+    mut acked: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+) -> Result<Appended, ServerError> {
+    // The same key sent again while its first request is still being committed (a
+    // pipelined or concurrent retry) is refused for now (10158): once that commit is
+    // done, the key is answered as a duplicate, so ask again until then.
+    let deadline = tokio::time::Instant::now() + READ_PATIENCE;
+    while let Err(e) = &acked
+        && api_code(e) == Some(MSG_ID_IN_PROCESS)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        acked = send_one(js, journal, line, key, expected).await?.await;
+    }
+    let ack = acked.map_err(|e| publish_error(journal, expected, e))?;
+    if ack.duplicate
+        && let Some(key) = key
+    {
+        // JetStream answers a known Msg-Id whatever the record; the local store refuses
+        // a key reused for another record, and so does this backend.
+        check_same(js, journal, key, ack.sequence, line).await?;
+    }
+    Ok(Appended {
+        seqs: ack.sequence..ack.sequence + 1,
+        duplicate: ack.duplicate,
+    })
+}
+
+/// Refuses (ALREADY_EXISTS) a retried key whose stored record `seq` is not `line`.
+async fn check_same(
+    js: &jetstream::Context,
+    journal: &str,
+    key: &str,
+    seq: u64,
+    line: &ministore::JsonLine,
+) -> Result<(), ServerError> {
+    let stream = js
+        .get_stream_no_info(stream_name(journal))
+        .await
+        .map_err(|e| unavailable(journal, "reading the journal's stream", e))?;
+    let stored = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| unavailable(journal, "reading the record of a retried key", e))?;
+    match stored.payload.as_ref() == line.as_bytes() {
+        true => Ok(()),
+        false => Err(ServerError::store(
+            journal,
+            MiniStoreError::KeyReused {
+                key: key.to_owned(),
+                first_seq: seq,
+            },
+        )),
+    }
+}
+
+/// Publishes one record; the returned future is its acknowledgement.
+async fn send_one(
+    js: &jetstream::Context,
+    journal: &str,
+    line: &ministore::JsonLine,
+    key: Option<&str>,
+    expected: Option<u64>,
+) -> Result<jetstream::context::PublishAckFuture, ServerError> {
+    let mut publish = Publish::build().payload(Bytes::copy_from_slice(line.as_bytes()));
+    if let Some(key) = key {
+        publish = publish.message_id(msg_id(journal, key));
+    }
+    if let Some(expected) = expected {
+        publish = publish.expected_last_sequence(expected);
+    }
+    js.send_publish(subject(journal), publish)
+        .await
+        .map_err(|e| publish_error(journal, expected, e))
+}
+
 impl Drop for JetStreamBackend {
     fn drop(&mut self) {
         self.advisories.abort();
@@ -458,6 +490,24 @@ impl Backend for JetStreamBackend {
                     .await
             }
         }
+    }
+
+    async fn submit(&self, journal: &str, request: Append) -> Result<PendingCommit, ServerError> {
+        if request.lines.len() != 1 {
+            // Batches are not pipelined: answered as `append` answers them.
+            let result = self.append(journal, request).await;
+            return Ok(Box::pin(async move { result }));
+        }
+        self.ensure_stream(journal).await?;
+        let (key, expected) = (request.key.as_deref(), request.expected_last_seq);
+        // Sent now, in the caller's order; acknowledged later.
+        let acked = send_one(&self.js, journal, &request.lines[0], key, expected).await?;
+        let (js, journal) = (self.js.clone(), journal.to_owned());
+        Ok(Box::pin(async move {
+            let acked = acked.await;
+            let key = request.key.as_deref();
+            answer_one(&js, &journal, &request.lines[0], key, expected, acked).await
+        }))
     }
 
     async fn reader(

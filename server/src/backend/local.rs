@@ -7,7 +7,7 @@ use ministore::proto::{InfoResponse, JournalSummary};
 use ministore::{Append, Appended, JournalReader, Record};
 use tokio::sync::watch;
 
-use super::{Backend, RecordReader};
+use super::{Backend, PendingCommit, RecordReader};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals};
 
@@ -66,7 +66,8 @@ impl LocalBackend {
         LocalReader {
             journal: journal.clone(),
             reader: JournalReader::with_durable(journal.path(), from_seq, journal.watch_durable())
-                .max_record_bytes(max),
+                .max_record_bytes(max)
+                .with_faults(self.journals.faults()),
         }
     }
 
@@ -98,6 +99,16 @@ impl Backend for LocalBackend {
             .await?
             .append(request)
             .await
+    }
+
+    async fn submit(&self, journal: &str, request: Append) -> Result<PendingCommit, ServerError> {
+        let pending = self
+            .journals
+            .get(journal, true)
+            .await?
+            .submit(request)
+            .await?;
+        Ok(Box::pin(pending))
     }
 
     async fn reader(

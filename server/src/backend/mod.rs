@@ -10,11 +10,18 @@
 pub mod jetstream;
 pub mod local;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use ministore::proto::{InfoResponse, JournalSummary};
 use ministore::{Append, Appended, Record};
 use tokio::sync::watch;
 
 use crate::error::ServerError;
+
+/// An append handed to its backend, resolving once it is committed (or failed). Dropping
+/// it does not withdraw the request.
+pub type PendingCommit = Pin<Box<dyn Future<Output = Result<Appended, ServerError>> + Send>>;
 
 /// Where journals live. Each method takes a journal name already validated by the service
 /// (see [`crate::journals::validate_name`]) and already authorized.
@@ -26,6 +33,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// request whose key was already committed is answered with the original seqs and
     /// `duplicate = true`, before `expected_last_seq` is checked.
     async fn append(&self, journal: &str, request: Append) -> Result<Appended, ServerError>;
+
+    /// Hands `request` to `journal` (creating it on its first append) and returns its
+    /// commit to come, as [`Backend::append`] would answer it: what AppendStream pipelines.
+    /// Requests one caller submits one after another are sent in that order, so their seqs
+    /// follow it (on JetStream, unless a leader change fails one and not the next).
+    async fn submit(&self, journal: &str, request: Append) -> Result<PendingCommit, ServerError>;
 
     /// A reader of `journal`'s acknowledged records from `from_seq` (a seq before the
     /// oldest retained starts at the oldest). [`ServerError::JournalNotFound`] if the
