@@ -104,8 +104,15 @@ async fn acknowledged_records_survive_two_node_kills_once_each_in_order() {
     };
     resumes(0, 300).await;
 
-    let leader = cluster.wait_for_stream_leader(&stream);
-    cluster.kill(leader);
+    // The cluster's calls block (they poll /jsz): off the runtime the server runs on.
+    let (mut cluster, leader) = tokio::task::spawn_blocking(move || {
+        let leader = cluster.wait_for_stream_leader(&stream);
+        cluster.kill(leader);
+        (cluster, leader)
+    })
+    .await
+    .unwrap();
+    let stream = stream_name(JOURNAL);
     let at_kill = count.load(Ordering::Relaxed);
     resumes(at_kill, 300).await;
     let mut cluster = tokio::task::spawn_blocking(move || {
@@ -117,8 +124,13 @@ async fn acknowledged_records_survive_two_node_kills_once_each_in_order() {
     .unwrap();
     let stream = stream_name(JOURNAL);
     // Another node this time: the new leader, after the cluster recovered.
-    let second = cluster.wait_for_stream_leader(&stream);
-    cluster.kill(second);
+    let cluster = tokio::task::spawn_blocking(move || {
+        let second = cluster.wait_for_stream_leader(&stream);
+        cluster.kill(second);
+        cluster
+    })
+    .await
+    .unwrap();
     let at_second = count.load(Ordering::Relaxed);
     resumes(at_second, 300).await;
 
