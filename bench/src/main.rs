@@ -259,12 +259,26 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
-    println!();
-    print!("{}", table.render());
+    // The main table, unless only the sections with tables of their own ran.
+    let main_table = [
+        Section::Store,
+        Section::Noop,
+        Section::Server,
+        Section::Stream,
+        Section::Open,
+    ]
+    .into_iter()
+    .any(wanted);
+    if main_table {
+        println!();
+        print!("{}", table.render());
+    }
     println!();
     println!("load average at end: {load_after}");
-    for note in notes(&results, args.appends_in_flight) {
-        println!("- {note}");
+    if main_table {
+        for note in notes(&results, args.appends_in_flight) {
+            println!("- {note}");
+        }
     }
     if let Some(keys) = &keys {
         println!();
@@ -285,8 +299,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     if args.markdown {
-        println!();
-        print!("{}", table.render_markdown());
+        if main_table {
+            println!();
+            print!("{}", table.render_markdown());
+        }
         if let Some(peers) = &peers {
             println!();
             print!("{}", peers_bench::table(peers).render_markdown());
