@@ -23,12 +23,12 @@ pub const CALLERS: [usize; 2] = [1, 64];
 pub struct ClusterResults {
     /// Append through ministore-server, local store / JetStream cluster, and raw publish.
     pub rows: Vec<(usize, Load, Load, Load)>,
-    /// 64 callers, every append its own RPC (no coalescing): local, clustered.
+    /// 64 callers, every append its own unary Append RPC: local, clustered.
     pub per_call: (Load, Load),
 }
 
-/// Append at each of [`CALLERS`] through the client as it comes, then at 64 callers with
-/// one RPC per append (`max_appends_in_flight(0)`).
+/// Append at each of [`CALLERS`] through the client as it comes (one AppendStream per
+/// journal), then at 64 callers with one unary Append RPC per append.
 async fn loads(
     client: &ministore_client::Client,
     addr: &str,
@@ -37,7 +37,11 @@ async fn loads(
     warmup: Duration,
 ) -> Result<(Vec<Load>, Load), BoxError> {
     let loads = grpc_bench::appends(client, prefix, &CALLERS, duration, warmup).await?;
-    let per_call_client = grpc_bench::connect(addr, 0).await?;
+    let per_call_client = ministore_client::ClientBuilder::new(addr)
+        .append_streams(false)
+        .max_appends_in_flight(0)
+        .connect()
+        .await?;
     let prefix = format!("{prefix}-per-call");
     let mut per_call =
         grpc_bench::appends(&per_call_client, &prefix, &[64], duration, warmup).await?;
@@ -146,7 +150,7 @@ pub fn table(results: &ClusterResults) -> Table {
         })
         .collect();
     rows.push((
-        "Append, 64 callers, one RPC each (/s)".to_string(),
+        "Append, 64 callers, one unary RPC each (/s)".to_string(),
         local,
         clustered,
         raw_64,

@@ -279,12 +279,26 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
-    println!();
-    print!("{}", table.render());
+    // The main table, unless only the sections with tables of their own ran.
+    let main_table = [
+        Section::Store,
+        Section::Noop,
+        Section::Server,
+        Section::Stream,
+        Section::Open,
+    ]
+    .into_iter()
+    .any(wanted);
+    if main_table {
+        println!();
+        print!("{}", table.render());
+    }
     println!();
     println!("load average at end: {load_after}");
-    for note in notes(&results, args.appends_in_flight) {
-        println!("- {note}");
+    if main_table {
+        for note in notes(&results, args.appends_in_flight) {
+            println!("- {note}");
+        }
     }
     if let Some(keys) = &keys {
         println!();
@@ -301,7 +315,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         println!();
         print!("{}", cluster_bench::table(cluster).render());
         println!(
-            "- through the client as it comes (concurrent appends beyond its in-flight limit share an AppendBatch); the cluster is 3 nats-server 2.15.1 on this machine's loopback with sync_interval: always, so all three fsync on the same disk"
+            "- Append rows through Client::append as it comes (a journal's appends share one AppendStream); \"one unary RPC each\": append_streams(false), max_appends_in_flight(0); the cluster is 3 nats-server 2.15.1 on this machine's loopback with sync_interval: always, so all three fsync on the same disk"
         );
     }
     if let Some(peers) = &peers {
@@ -312,8 +326,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     if args.markdown {
-        println!();
-        print!("{}", table.render_markdown());
+        if main_table {
+            println!();
+            print!("{}", table.render_markdown());
+        }
         if let Some(cluster) = &cluster {
             println!();
             print!("{}", cluster_bench::table(cluster).render_markdown());
