@@ -616,3 +616,35 @@ async fn two_servers_in_front_of_one_cluster_serve_the_same_journal() {
     let mut second_writer = two.stub().await;
     assert_eq!(append(&mut second_writer, &journal, "4").await.unwrap(), 4);
 }
+
+/// A cluster that acknowledges before fsync would break the durability promise: with
+/// `--nats-monitor`, a server in front of one refuses to start, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_sync_always_is_refused_at_start() {
+    let cluster = cluster::shared();
+    // A monitoring endpoint that reports JetStream's default, sync every 2 minutes.
+    let monitor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let monitor_url = format!("http://{}", monitor.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = monitor.accept().await {
+            let mut request = [0; 1024];
+            let _ = socket.read(&mut request).await;
+            let body = r#"{"jetstream":{"config":{"sync_interval":120000000000}}}"#;
+            let reply = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(tmp.path().join("unused"));
+    config.backend = cluster.url();
+    config.nats_monitor = vec![monitor_url.clone()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = ministore_server::serve(config, listener, std::future::pending()).await;
+    let err = served.expect_err("refused to start").to_string();
+    assert!(err.contains(&monitor_url), "{err}");
+    assert!(err.contains("sync_interval: always"), "{err}");
+}

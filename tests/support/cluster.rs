@@ -129,7 +129,13 @@ impl NatsCluster {
                     Some(leader).filter(|l| ready && running.iter().any(|r| &r.name == l))
                 })
                 .collect();
-            if leaders.iter().all(Option::is_some) {
+            // And each node's /healthz says its JetStream is current (placement on a node
+            // not yet current fails with "peer offline").
+            if leaders.iter().all(Option::is_some)
+                && running
+                    .iter()
+                    .all(|n| http(n.http_port, "/healthz").is_some_and(|(status, _)| status == 200))
+            {
                 return;
             }
             assert!(
@@ -251,16 +257,20 @@ impl Drop for NatsCluster {
 
 /// `/jsz` of the node monitored on `port`, `None` while it does not answer.
 fn jsz(port: u16, query: &str) -> Option<serde_json::Value> {
+    let (_, body) = http(port, &format!("/jsz{query}"))?;
+    serde_json::from_str(&body).ok()
+}
+
+/// GET `path` from the monitoring port: the status code and the body.
+fn http(port: u16, path: &str) -> Option<(u16, String)> {
     let mut socket = TcpStream::connect(("127.0.0.1", port)).ok()?;
     socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        socket,
-        "GET /jsz{query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .ok()?;
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();
     socket.read_to_string(&mut response).ok()?;
-    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// Starts `nats-server -c config` from one thread that lives as long as the test process:

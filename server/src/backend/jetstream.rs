@@ -267,8 +267,23 @@ impl JetStreamBackend {
                     .await
             }
             lines => {
-                self.append_batch(journal, lines, key, request.expected_last_seq)
-                    .await
+                let deadline = tokio::time::Instant::now() + READ_PATIENCE;
+                loop {
+                    let result = self
+                        .append_batch(journal, lines, key, request.expected_last_seq)
+                        .await;
+                    // No responder for the commit: the batch was never committed (an
+                    // uncommitted batch is dropped), so it is sent again, with a new id.
+                    match result {
+                        Err(NoResponder) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(NoResponder) => {
+                            return Err(unavailable(journal, "publishing a batch", "no responder"));
+                        }
+                        Ok(result) => return result,
+                    }
+                }
             }
         }
     }
@@ -294,12 +309,12 @@ impl JetStreamBackend {
         lines: &[ministore::JsonLine],
         key: Option<&str>,
         expected: Option<u64>,
-    ) -> Result<Appended, ServerError> {
+    ) -> Result<Result<Appended, ServerError>, NoResponder> {
         let count = lines.len();
         if count > MAX_BATCH {
-            return Err(ServerError::InvalidArgument(format!(
+            return Ok(Err(ServerError::InvalidArgument(format!(
                 "a batch of {count} records is more than the {MAX_BATCH} a JetStream backend commits atomically; split it"
-            )));
+            ))));
         }
         let id = format!(
             "{}-{}",
@@ -327,10 +342,13 @@ impl JetStreamBackend {
             }
             let payload = Bytes::copy_from_slice(line.as_bytes());
             if i + 1 < count {
-                self.client
+                if let Err(e) = self
+                    .client
                     .publish_with_headers(subject.clone(), headers, payload)
                     .await
-                    .map_err(|e| unavailable(journal, "publishing a batch", e))?;
+                {
+                    return Ok(Err(unavailable(journal, "publishing a batch", e)));
+                }
                 continue;
             }
             headers.insert("Nats-Batch-Commit", "1");
@@ -343,24 +361,26 @@ impl JetStreamBackend {
                 Err(e) => Err(e),
             };
             return match acked {
-                Ok(ack) => Ok(Appended {
+                Ok(ack) => Ok(Ok(Appended {
                     seqs: ack.sequence + 1 - count as u64..ack.sequence + 1,
                     duplicate: ack.duplicate,
-                }),
-                Err(e) if api_code(&e) == Some(BATCH_DUPLICATE) && key.is_some() => {
-                    self.committed_batch(
+                })),
+                Err(e) if no_responder(&e) => Err(NoResponder),
+                Err(e) if api_code(&e) == Some(BATCH_DUPLICATE) && key.is_some() => Ok(self
+                    .committed_batch(
                         journal,
                         &subject,
                         key.unwrap_or_default(),
                         count,
                         lines.last(),
                     )
-                    .await
-                }
-                Err(e) => Err(publish_error(journal, expected, e)),
+                    .await),
+                Err(e) => Ok(Err(publish_error(journal, expected, e))),
             };
         }
-        unreachable!("a batch has at least one record: the service refuses empty ones")
+        Ok(Err(ServerError::InvalidArgument(
+            "AppendBatchRequest has no records".into(),
+        )))
     }
 
     /// The seqs of the batch committed earlier with `key`: the last message on its key
@@ -415,12 +435,13 @@ async fn answer_one(
     expected: Option<u64>,
     mut acked: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 ) -> Result<Appended, ServerError> {
-    // The same key sent again while its first request is still being committed (a
-    // pipelined or concurrent retry) is refused for now (10158): once that commit is
-    // done, the key is answered as a duplicate, so ask again until then.
+    // Two refusals that say nothing was stored, so asking again is safe: the same key
+    // sent again while its first request is still being committed (10158; once that
+    // commit is done, the key is answered as a duplicate), and no responder (a stream
+    // just created whose subject the server we talk to does not route yet).
     let deadline = tokio::time::Instant::now() + READ_PATIENCE;
     while let Err(e) = &acked
-        && api_code(e) == Some(MSG_ID_IN_PROCESS)
+        && (api_code(e) == Some(MSG_ID_IN_PROCESS) || no_responder(e))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -926,6 +947,15 @@ async fn http_get(base: &str, path: &str) -> Result<String, String> {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .ok_or_else(|| format!("{base}{path}: not an HTTP response"))
+}
+
+/// A publish that no server took: nothing was stored.
+#[derive(Debug)]
+struct NoResponder;
+
+/// Whether a failed publish reached no server (nothing stored, safe to send again).
+fn no_responder(err: &jetstream::context::PublishError) -> bool {
+    err.kind() == PublishErrorKind::StreamNotFound
 }
 
 /// The API error code of a failed publish, when JetStream gave one.
