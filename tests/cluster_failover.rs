@@ -146,7 +146,19 @@ async fn acknowledged_records_survive_two_node_kills_once_each_in_order() {
     );
 
     // Every acknowledged record, once, at the seq its ack gave; seqs dense from 1.
-    let replayed: Vec<(u64, serde_json::Value)> = client.replay(JOURNAL, 1).await.unwrap();
+    // Read as a user would: UNAVAILABLE (the cluster still settling after the kill) is
+    // retried.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let replayed: Vec<(u64, serde_json::Value)> = loop {
+        match client.replay(JOURNAL, 1).await {
+            Ok(records) => break records,
+            Err(e) if e.code() == Some(ministore_client::Code::Unavailable) => {
+                assert!(Instant::now() < deadline, "Replay still unavailable: {e}");
+                eprintln!("replay: {e}; retrying");
+            }
+            Err(e) => panic!("replay: {e}"),
+        }
+    };
     let seqs: Vec<u64> = replayed.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(
         seqs,

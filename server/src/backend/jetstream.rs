@@ -53,6 +53,9 @@ pub const MAX_BATCH: usize = 1000;
 /// How long a reader waits for a record it knows was acknowledged before it reports the
 /// cluster unavailable (a replica catching up, or an election).
 const READ_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a follower at the end waits for its consumer before it checks with the
+/// stream leader that nothing was appended which the consumer failed to deliver.
+const FOLLOW_CHECK: Duration = Duration::from_secs(2);
 /// How long a JetStream request (publish ack, stream or consumer info) is waited for.
 /// Short: during an election (6-14 s) a request fails fast as UNAVAILABLE and the client
 /// retries it with its key, rather than one request waiting past the client's budget.
@@ -712,10 +715,22 @@ impl JetStreamReader {
         let deadline = patience.map(|p| tokio::time::Instant::now() + p);
         loop {
             if self.messages.is_none() {
-                let (messages, name) =
-                    consume_from(&self.stream, &self.journal, self.received).await?;
-                self.messages = Some(messages);
-                self.consumer = Some(name);
+                match consume_from(&self.stream, &self.journal, self.received).await {
+                    Ok((messages, name)) => {
+                        self.messages = Some(messages);
+                        self.consumer = Some(name);
+                    }
+                    // Right after a node died, creating a consumer can time out while the
+                    // cluster settles: try again while there is time.
+                    Err(e) => match deadline {
+                        Some(deadline) if tokio::time::Instant::now() < deadline => {
+                            tracing::debug!(journal = %self.journal, error = %e, "creating a consumer again");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        _ => return Err(e),
+                    },
+                }
             }
             let messages = self.messages.as_mut().expect("set above");
             let next = match deadline {
@@ -867,15 +882,28 @@ impl RecordReader for JetStreamReader {
         if !self.ahead.is_empty() || self.received <= self.last_seq {
             return true;
         }
-        match self.receive(None).await {
-            Ok(Some(record)) => {
-                self.ahead.push_back(record);
-                true
-            }
-            Ok(None) => true,
-            Err(e) => {
-                tracing::warn!(journal = %self.journal, error = %e, "a follower's consumer failed");
-                false
+        loop {
+            match self.receive(Some(FOLLOW_CHECK)).await {
+                Ok(Some(record)) => {
+                    self.ahead.push_back(record);
+                    return true;
+                }
+                // Quiet: ask the stream leader whether records came that the consumer has
+                // not delivered (a consumer on a node that died can stall without an
+                // error); if so, read them through a new consumer.
+                Ok(None) => {
+                    if let Ok(info) = self.stream.info().await
+                        && info.state.last_sequence >= self.received
+                    {
+                        self.last_seq = self.last_seq.max(info.state.last_sequence);
+                        self.drop_consumer();
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(journal = %self.journal, error = %e, "a follower's consumer failed");
+                    return false;
+                }
             }
         }
     }
