@@ -151,10 +151,7 @@ fn python_client_appends_replays_follows_and_gets_error_codes() {
     // And on disk, line for line.
     let file = server.data_dir.join("py-orders/journal.jsonl");
     let text = std::fs::read_to_string(&file).expect("reading the journal file");
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("//"))
-        .collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("//")).collect();
     let texts: Vec<&str> = expected.iter().map(|(_, json)| json.as_str()).collect();
     assert_eq!(lines, texts, "{}", file.display());
 }
