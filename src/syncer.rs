@@ -110,14 +110,23 @@ fn run(pool: &'static Pool, helper: Arc<Helper>) {
         let job = helper.job.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(job) = job {
             let result = job.faults.sync_data(&job.file, &job.path);
+            // Idle again before the writer hears the result, so that its next commit
+            // finds this helper instead of starting another: the helpers never outnumber
+            // the commits that ran at once.
+            pool.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .push(helper.clone());
             // The writer always waits for it; if it is gone, nobody needs the result.
             let _ = job.done.send(result);
+        } else {
+            pool.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .push(helper.clone());
         }
-        pool.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .push(helper.clone());
         let mut job = helper.job.lock().unwrap_or_else(|e| e.into_inner());
         while job.is_none() {
             let (next, timeout) = helper
