@@ -159,12 +159,18 @@ async fn a_follower_keeps_receiving_while_its_journal_is_closed_and_reopened() {
     // Another journal takes the only place: the followed journal's files close.
     client.append("other", &1).await.unwrap();
     let followed = server.data_dir.join("followed");
-    // The follower's reader keeps what it reads open; the writer's lock is released.
-    let held = journal_descriptors("self", &followed);
-    assert!(
-        !held.iter().any(|p| p.ends_with("journal.jsonl.lock")),
-        "the journal is still open for writing: {held:?}"
-    );
+    // The writer's files close at once; the follower's reader lets go of its own once
+    // it has waited a moment (a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !journal_descriptors("self", &followed).is_empty() {
+        let held = journal_descriptors("self", &followed);
+        assert!(
+            !held.iter().any(|p| p.ends_with("journal.jsonl.lock")),
+            "the journal is still open for writing: {held:?}"
+        );
+        assert!(Instant::now() < deadline, "still open 10 s later: {held:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Its next append reopens it, and the follower sees the record.
     assert_eq!(client.append("followed", &2).await.unwrap(), 2);
     let next = events.record().await.unwrap().expect("the stream goes on");

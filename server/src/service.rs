@@ -51,6 +51,9 @@ pub const MAX_LIST_PAGE: u32 = 1000;
 /// a few hundred MB/s, so this keeps each step on the runtime well under ~500 µs, and
 /// small appends (most) keep the shorter path.
 pub const OFFLOAD_JSON_BYTES: usize = 64 * 1024;
+/// How long a following Stream waits at the end before its reader closes its files and
+/// frees its buffers (found again when records come): idle followers cost little.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Records a Stream reads from disk at a time (bytes bound it first for records over 64 B).
 const STREAM_BATCH: usize = 4096;
 /// What a streamed record costs in memory, in multiples of its JSON: the record, and its
@@ -816,8 +819,13 @@ impl StreamFeed {
                 let last_seq = self.last_seq();
                 return Ok(Some(stream_event::Event::CaughtUp(CaughtUp { last_seq })));
             }
+            // Nothing is held while waiting: a burst's batch queue is not kept either.
+            if self.ahead.capacity() > 16 {
+                self.ahead = VecDeque::new();
+            }
             let reader = self.reader.as_mut().expect("checked above");
-            match wait(self.heartbeat, self.shutdown.clone(), reader.wait()).await? {
+            let more = reader.wait_parking(PARK_AFTER);
+            match wait(self.heartbeat, self.shutdown.clone(), more).await? {
                 Woke::More => continue,
                 Woke::Heartbeat => return Ok(Some(self.heartbeat())),
             }
