@@ -191,14 +191,17 @@ impl JournalReader {
     /// its open segment (its file descriptors and its read buffer of up to 64 KiB) and
     /// finds its place again when records come: ten thousand idle followers then cost a
     /// few KiB each, not a buffer and two descriptors each, while a reader that keeps up
-    /// with a busy journal keeps its files. Needs a runtime with its timer enabled.
+    /// with a busy journal keeps its files. With a `park_after` of zero it lets go at once
+    /// (no timer); otherwise it needs a runtime with its timer enabled.
     pub async fn wait_parking(&mut self, park_after: std::time::Duration) -> bool {
         let next = self.next_seq();
         let Some(durable) = &mut self.durable else {
             return false;
         };
         let more = |d: &Durable| d.last_seq >= next;
-        if let Ok(waited) = tokio::time::timeout(park_after, durable.wait_for(more)).await {
+        if !park_after.is_zero()
+            && let Ok(waited) = tokio::time::timeout(park_after, durable.wait_for(more)).await
+        {
             return waited.is_ok();
         }
         if let Some(cursor) = &mut self.cursor {

@@ -159,8 +159,7 @@ async fn a_follower_keeps_receiving_while_its_journal_is_closed_and_reopened() {
     // Another journal takes the only place: the followed journal's files close.
     client.append("other", &1).await.unwrap();
     let followed = server.data_dir.join("followed");
-    // The writer's files close at once; the follower's reader lets go of its own once
-    // it has waited a moment (a second).
+    // The writer's files close at once, and the waiting follower holds none.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !journal_descriptors("self", &followed).is_empty() {
         let held = journal_descriptors("self", &followed);

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
-//!                                           [--only store,noop,server,stream,open,keys]
+//!                                           [--only store,noop,server,stream,open,keys,
+//!                                                   journals,followers,offload]
 //!                                           [--markdown]
 //! ```
 //!
@@ -18,7 +19,10 @@
 //! - `open`: opening a journal of ~1 GiB of segments;
 //! - `keys`: what retry safety costs: Append with an idempotency key beside without, at 1
 //!   and 64 callers; raw fdatasync of two files per commit beside one; opening a journal of
-//!   1,000,000 keys, and the memory per key (its own table, after the main one).
+//!   1,000,000 keys, and the memory per key (its own table, after the main one);
+//! - `journals`, `followers`, `offload` (issue #17, item 3): 10,000 journals (threads, RSS,
+//!   descriptors per journal, Append latency spread over them), 10,000 idle followers (RSS
+//!   each, fan-out time of a burst), Append p99 while 16 MiB batches are checked.
 //!
 //! The targets of issue #6 are printed beside the figures they judge, each PASS or MISS.
 //! Everything happens on loopback, in a temporary directory made inside `--dir` (default:
@@ -32,6 +36,7 @@ mod noop;
 mod open_bench;
 mod report;
 mod rounds;
+mod scale_bench;
 mod store_bench;
 mod stream_bench;
 mod table;
@@ -104,6 +109,12 @@ enum Section {
     Open,
     /// Appends with and without idempotency keys; open time and memory with 1M keys.
     Keys,
+    /// 10,000 journals: threads, RSS and descriptors per journal, Append latency.
+    Journals,
+    /// 10,000 idle followers: RSS each, fan-out of a burst.
+    Followers,
+    /// Append p99 while another client sends 16 MiB batches.
+    Offload,
 }
 
 /// Records in the stream section's journal.
@@ -244,6 +255,27 @@ async fn run(args: Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let many = if args.quick {
+        scale_bench::QUICK_MANY
+    } else {
+        scale_bench::MANY
+    };
+    if wanted(Section::Journals) {
+        progress(&format!(
+            "journals: Append to one journal, then {many} journals created, then Append spread over them"
+        ));
+        results.journals = Some(scale_bench::journals(dir.path(), many, duration, warmup).await?);
+    }
+    if wanted(Section::Followers) {
+        progress(&format!(
+            "followers: {many} following streams, then a burst of appends to all of them"
+        ));
+        results.followers = Some(scale_bench::followers(dir.path(), many).await?);
+    }
+    if wanted(Section::Offload) {
+        progress("offload: Append at 1 caller alone, then while 16 MiB batches are sent");
+        results.offload = Some(scale_bench::offload(dir.path(), duration, warmup).await?);
+    }
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
@@ -298,6 +330,31 @@ fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
             "open: MiniStoreOptions::open with the server's options (64 MiB segments, 16 kept), median of 3; journal built with append_json in {:.1} s; the active segment ({}) is scanned and each line JSON-validated by open; \"page cache evicted\" = posix_fadvise(DONTNEED) on each file before each open",
             open.fill.as_secs_f64(),
             table::mib(open.active_bytes)
+        ));
+    }
+    if let Some(j) = &results.journals {
+        notes.push(format!(
+            "journals: the server in a child process with default flags (--max-journals {}, --writer-threads {}); {} journals created with one append each, {} at a time, in {:.1} s; threads, VmRSS and descriptors from /proc before and after creating them; \"spread\" = each call to the next journal in turn, so most calls reopen a journal closed to make room (--max-journals)",
+            j.max_open,
+            ministore_server::journals::DEFAULT_WRITER_THREADS,
+            j.journals,
+            64,
+            j.create.as_secs_f64()
+        ));
+    }
+    if let Some(f) = &results.followers {
+        notes.push(format!(
+            "followers: {} following Streams of one journal on {} connections, from seq 2 of a 1-record journal, each caught up and waiting when RSS is read; then one AppendBatch of {} records: fan-out = from that call to the last follower's last record",
+            f.followers,
+            f.followers.div_ceil(100),
+            f.burst
+        ));
+    }
+    if let Some(o) = &results.offload {
+        notes.push(format!(
+            "offload: Append at 1 caller to one journal, alone, then while another connection sends AppendBatch requests of {} MiB of nested JSON in a loop ({} sent), each checked in full and refused by its expectation (so the disk is not what is measured)",
+            o.batch_bytes >> 20,
+            o.batches
         ));
     }
     notes

@@ -52,8 +52,11 @@ pub const MAX_LIST_PAGE: u32 = 1000;
 /// small appends (most) keep the shorter path.
 pub const OFFLOAD_JSON_BYTES: usize = 64 * 1024;
 /// How long a following Stream waits at the end before its reader closes its files and
-/// frees its buffers (found again when records come): idle followers cost little.
-const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// frees its buffers (and positions again when records come): at once, so a follower holds
+/// descriptors only while it has records to send, and 10,000 idle followers hold none
+/// (with two each they would need 20,000, a common hard limit). The price is a
+/// positioning per wake-up (two directory listings, two opens, an index lookup).
+const PARK_AFTER: std::time::Duration = std::time::Duration::ZERO;
 /// Records a Stream reads from disk at a time (bytes bound it first for records over 64 B).
 const STREAM_BATCH: usize = 4096;
 /// What a streamed record costs in memory, in multiples of its JSON: the record, and its
