@@ -162,15 +162,22 @@ impl Journals {
 
     /// Housekeeping, called by the server every second: closes the files of journals idle
     /// for the idle-close time, and forgets closed journals nobody uses (no follower, no
-    /// RPC in progress), so memory stays with the journals in use, not every journal ever
-    /// touched. Blocks briefly (closing files): call it off the async runtime.
+    /// RPC in progress) and nobody appended to for that time either, so memory stays with
+    /// the journals in use, not every journal ever touched. Blocks briefly (closing files): call it off the async runtime.
     pub fn sweep(&self) {
         self.pool.close_idle(self.idle_close);
+        // Forgotten once closed and unused for the idle time too: a journal appended to
+        // now and then stays known, and reopens on its writer thread, not through `get`.
+        let cutoff = self
+            .pool
+            .now()
+            .saturating_sub(self.idle_close.as_nanos() as u64);
         let mut open = self.open.write().expect("journals lock");
         // Under the write lock nobody can clone an Arc out of the map (`lookup` clones under
         // the read lock), so a count of 1 means no RPC, stream or follower holds it.
         open.retain(|_, journal| {
             Arc::strong_count(journal) > 1
+                || journal.slot.last_used.load(Ordering::Relaxed) >= cutoff
                 || journal.slot.scheduled.load(Ordering::SeqCst)
                 || journal.slot.pending.load(Ordering::SeqCst) != 0
                 || journal
@@ -229,7 +236,6 @@ impl Journals {
                 counted: true,
                 data_dir: self.data_dir.clone(),
                 data_dir_check: self.data_dir_check.clone(),
-                runtime: tokio::runtime::Handle::current(),
                 queue: Some(queue),
                 stopping: false,
                 durable: durable_tx,
@@ -779,8 +785,6 @@ struct Writer {
     /// Never reopen into a data directory that is not ours any more: open would create
     /// the journal afresh and hand out its sequence numbers again.
     data_dir_check: Arc<DataDirCheck>,
-    /// The runtime the server runs on, for the async `open` of a reopen.
-    runtime: tokio::runtime::Handle,
     /// `None` once the journal is closed for good (shutdown).
     queue: Option<mpsc::Receiver<WriterJob>>,
     /// Set at `Stop`: commit what is queued, then close.
@@ -932,7 +936,8 @@ impl Writer {
                     pool.reserve(slot)?;
                     self.counted = true;
                 }
-                match self.runtime.block_on(self.options.clone().open(&self.path)) {
+                // On this writer thread: it does blocking I/O anyway.
+                match self.options.clone().blocking_open(&self.path) {
                     Ok(reopened) => {
                         if reopening_idle {
                             tracing::debug!(
