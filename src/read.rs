@@ -101,8 +101,9 @@ impl JournalReader {
         self.cursor.as_ref().map_or(0, |c| c.next_seq)
     }
 
-    /// Makes its reads meet the faults of `faults` (the store's, for its own readers).
-    pub(crate) fn with_faults(mut self, faults: Faults) -> Self {
+    /// Makes its reads meet the faults of `faults` (the store's, for its own readers; a
+    /// server's, for the readers of its RPCs), so tests can fail them.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
         if let Some(cursor) = &mut self.cursor {
             cursor.faults = faults;
         }

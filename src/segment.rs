@@ -386,6 +386,25 @@ pub(crate) struct Segment {
 /// published crate (no `first_seq`) the records of the segment before are counted; the
 /// oldest of those is taken to start at 1.
 pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
+    // A rotation (renaming the active file, then creating the next) or a retention
+    // deletion between listing the files and reading their headers makes a listed file
+    // vanish: list again. Each retry means the writer moved on, so a few always suffice
+    // unless rotations come faster than a directory listing; then say so.
+    for _ in 0..8 {
+        match catalog_once(base) {
+            Err(MiniStoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            done => return done,
+        }
+    }
+    Err(MiniStoreError::Io {
+        op: "listing the segments of",
+        path: base.to_path_buf(),
+        source: std::io::Error::other("segment files kept vanishing while being listed"),
+    })
+}
+
+fn catalog_once(base: &Path) -> Result<Vec<Segment>> {
     let mut files: Vec<(Option<u64>, PathBuf)> = list_rotated(base)?
         .into_iter()
         .map(|(n, p)| (Some(n), p))
@@ -393,7 +412,17 @@ pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
     match std::fs::metadata(base) {
         Ok(m) if m.len() > 0 => files.push((None, base.to_path_buf())),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No active file: none yet, or one just renamed by a rotation, whose new
+            // segment the listing above may have missed. If the segments changed, retry.
+            let again: Vec<(Option<u64>, PathBuf)> = list_rotated(base)?
+                .into_iter()
+                .map(|(n, p)| (Some(n), p))
+                .collect();
+            if again != files {
+                return Err(MiniStoreError::io("reading metadata of", base, e));
+            }
+        }
         Err(e) => return Err(MiniStoreError::io("reading metadata of", base, e)),
     }
     let mut segments: Vec<Segment> = Vec::with_capacity(files.len());

@@ -228,3 +228,32 @@ async fn a_frozen_server_fails_a_pending_call_within_the_documented_bound_and_wo
     let seq = client.append("frozen", &3).await.unwrap();
     assert!(seq == 2 || seq == 3, "{seq}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_call_timeout_bounds_an_append_on_its_journals_stream() {
+    use ministore_tests::server::ServerProcess;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path(), &[]);
+    let client = ClientBuilder::new(server.url())
+        .timeout(Duration::from_secs(1))
+        .retry_budget(Duration::ZERO)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.append("timed", &1).await.unwrap(), 1);
+
+    server.signal("STOP");
+    let started = std::time::Instant::now();
+    let err = client.append("timed", &2).await.unwrap_err();
+    let waited = started.elapsed();
+    server.signal("CONT");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("within the client's timeout"),
+        "{err}"
+    );
+}

@@ -12,7 +12,7 @@ use std::task::Poll;
 
 use ministore::proto::journal_server::{Journal, JournalServer};
 use ministore::proto::{
-    AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
+    AppendAck, AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
     InfoResponse, ReplayRequest, ReplayResponse, StreamEvent, StreamRequest, append_request,
 };
 use ministore_client::{AppendOptions, Client, ClientBuilder, ClientError};
@@ -212,6 +212,16 @@ impl Journal for Service {
         }))
     }
 
+    type AppendStreamStream = Pin<Box<dyn Stream<Item = Result<AppendAck, Status>> + Send>>;
+
+    /// As a server older than AppendStream: a client falls back to unary appends.
+    async fn append_stream(
+        &self,
+        _: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        Err(Status::unimplemented("unary appends only"))
+    }
+
     async fn replay(&self, _: Request<ReplayRequest>) -> Result<Response<ReplayResponse>, Status> {
         Err(Status::unimplemented("appends only"))
     }
@@ -283,6 +293,7 @@ fn append_to(client: &Client, journal: &str, text: &str) -> Append {
 async fn scripted_with_client() -> (Arc<Scripted>, Client) {
     let (server, addr) = scripted().await;
     let client = ClientBuilder::new(addr)
+        .append_streams(false)
         .max_appends_in_flight(1)
         .connect()
         .await
@@ -601,6 +612,7 @@ fn an_append_dropped_outside_a_runtime_fails_those_waiting_instead_of_panicking(
 async fn many_concurrent_appends_to_the_real_server_each_get_the_seq_of_their_record() {
     let server = TestServer::start().await;
     let client = ClientBuilder::new(server.addr.to_string())
+        .append_streams(false)
         .max_appends_in_flight(1)
         .connect()
         .await
@@ -653,5 +665,24 @@ async fn an_empty_journal_name_and_default_share_one_lane() {
             Call::Append("hold".into()),
             Call::Batch(vec!["a".into(), "b".into()])
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_default_client_of_a_server_without_append_stream_appends_with_unary_rpcs() {
+    let (server, addr) = scripted().await;
+    let client = Client::connect(addr).await.unwrap();
+    assert_eq!(client.append("j", "a").await.unwrap(), 1);
+    assert_eq!(client.append("j", "b").await.unwrap(), 2);
+    let calls: Vec<Call> = server
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.call.clone())
+        .collect();
+    assert_eq!(
+        calls,
+        vec![Call::Append("a".into()), Call::Append("b".into())]
     );
 }

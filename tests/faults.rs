@@ -372,3 +372,58 @@ async fn a_rotation_that_fails_keeps_every_record_and_is_finished_once_it_can() 
         (1..=n).map(|i| (i, record(i, 100))).collect::<Vec<_>>()
     );
 }
+
+/// Fails every read of a journal file by an RPC while switched on, with EIO (a failing disk
+/// sector, a cable pulled from a disk array).
+#[derive(Debug, Default)]
+struct FailingReads(std::sync::atomic::AtomicBool);
+
+impl ministore::io::FaultInjector for FailingReads {
+    fn fault(&self, op: ministore::io::FileOp, _path: &Path) -> Option<ministore::io::Fault> {
+        (op == ministore::io::FileOp::Read && self.0.load(std::sync::atomic::Ordering::SeqCst))
+            .then(|| ministore::io::Fault::Fail(std::io::Error::from_raw_os_error(5)))
+    }
+}
+
+#[tokio::test]
+async fn a_read_failing_with_eio_is_unavailable_naming_the_file_and_reads_resume_once_it_clears() {
+    use ministore::proto::StreamRequest;
+    use ministore_tests::server::TestServer;
+    let tmp = tempfile::tempdir().unwrap();
+    let faults = std::sync::Arc::new(FailingReads::default());
+    let mut config = ministore_server::Config::with_data_dir(tmp.path());
+    config.store_faults = ministore::MiniStoreOptions::new()
+        .inject_faults(faults.clone())
+        .faults;
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+    for i in 1..=3u64 {
+        assert_eq!(client.append("disk", &i).await.unwrap(), i);
+    }
+
+    faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = client.replay_page::<u64>("disk", 1, 0).await.unwrap_err();
+    assert_code(
+        &err,
+        Code::Unavailable,
+        &["disk/journal.jsonl", "os error 5"],
+    );
+    let mut stub = server.stub().await;
+    let request = StreamRequest {
+        journal: "disk".into(),
+        from_seq: 1,
+        ..Default::default()
+    };
+    let status = match stub.stream(request).await {
+        Ok(stream) => stream.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("os error 5"), "{status:?}");
+    // Appends do not read: they go on while reads fail.
+    assert_eq!(client.append("disk", &4u64).await.unwrap(), 4);
+
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    let all: Vec<(u64, u64)> = client.replay("disk", 1).await.unwrap();
+    assert_eq!(all, [(1, 1), (2, 2), (3, 3), (4, 4)]);
+}

@@ -272,11 +272,17 @@ async fn rpcs_refused_before_their_handler_count_with_the_code_the_client_sees()
     );
     let metrics = server.metrics_addr();
 
-    // The token check refuses these before the service sees them.
-    let anonymous = Client::connect(server.url()).await.unwrap();
+    // The token check refuses these before the service sees them (unary Appends: a
+    // refusal inside an AppendStream is an ack, not the RPC's status).
+    let anonymous = ministore_client::ClientBuilder::new(server.url())
+        .append_streams(false)
+        .connect()
+        .await
+        .unwrap();
     let err = anonymous.append("orders", &1).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unauthenticated), "{err:?}");
     let reader = ministore_client::ClientBuilder::new(server.url())
+        .append_streams(false)
         .bearer_token("9f86d081884c7d65")
         .connect()
         .await

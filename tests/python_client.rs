@@ -197,6 +197,37 @@ fn the_producer_in_docs_python_md_is_the_one_the_tests_run() {
 }
 
 #[test]
+fn the_stream_producer_in_docs_python_md_appends_in_order_on_one_append_stream() {
+    let root = tools::workspace_root();
+    let markdown =
+        std::fs::read_to_string(root.join("docs/python.md")).expect("reading docs/python.md");
+    let script_path = root.join("tests/python/stream_producer.py");
+    let script = std::fs::read_to_string(&script_path).expect("reading stream_producer.py");
+    let section = markdown
+        .find("\n## Many records on one stream\n")
+        .expect("docs/python.md has its AppendStream section");
+    let (shown, _) = fenced_block(&markdown, "```python", section);
+    assert!(
+        script.contains(&shown),
+        "docs/python.md shows code that tests/python/stream_producer.py does not hold:\n{shown}"
+    );
+
+    let setup = PythonSetup::new();
+    let out = setup.run(&script_path, &["py-stream", "3000"]);
+    let summary: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(summary["records"], 3000, "{out}");
+    assert_eq!(
+        (summary["first_seq"].as_u64(), summary["last_seq"].as_u64()),
+        (Some(1), Some(3000))
+    );
+    let lines = std::fs::read_to_string(setup.server.data_dir.join("py-stream/journal.jsonl"))
+        .expect("reading the journal file");
+    let records: Vec<&str> = lines.lines().filter(|l| !l.starts_with("//")).collect();
+    let wanted: Vec<String> = (0..3000).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    assert_eq!(records, wanted);
+}
+
+#[test]
 fn the_follower_in_docs_python_md_sees_every_record_once_across_sigkills() {
     let root = tools::workspace_root();
     let markdown =

@@ -348,7 +348,12 @@ async fn streams_beyond_the_limits_are_resource_exhausted() {
     config.max_streams = 5;
     config.max_streams_per_connection = 3;
     let server = TestServer::start_with(config).await;
-    let client = server.client().await;
+    // A unary append: the client's own AppendStream would take one of the three places.
+    let client = ministore_client::ClientBuilder::new(server.url())
+        .append_streams(false)
+        .connect()
+        .await
+        .unwrap();
     client.append("s", &1).await.unwrap();
 
     let follow = || StreamRequest {

@@ -121,25 +121,37 @@ where
         end = end.max(finished);
     }
     let cpu = process_cpu().saturating_sub(cpu_before);
-    all.sort_unstable();
+    Ok(load_of(callers, records_per_call, end - start, all, cpu))
+}
+
+/// A [`Load`] from every call's latency, the wall time and the process's CPU time.
+pub fn load_of(
+    callers: usize,
+    records_per_call: u64,
+    elapsed: Duration,
+    mut latencies: Vec<Duration>,
+    cpu: Duration,
+) -> Load {
+    latencies.sort_unstable();
     let at = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
     };
-    Ok(Load {
+    Load {
         callers,
-        calls: all.len() as u64,
+        calls: latencies.len() as u64,
         records_per_call,
-        elapsed: end - start,
+        elapsed,
         p50: at(0.50),
         p99: at(0.99),
-        cpu_per_call: cpu / (all.len().max(1) as u32),
-    })
+        cpu_per_call: cpu / (latencies.len().max(1) as u32),
+    }
 }
 
 /// User plus system CPU time of this process so far, all threads.
-fn process_cpu() -> Duration {
+pub fn process_cpu() -> Duration {
     // SAFETY: getrusage writes only into `usage`.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
-//!                                           [--only store,noop,server,stream,open,keys,
+//!                                           [--only store,noop,server,stream,open,keys,peers,
 //!                                                   journals,followers,offload]
 //!                                           [--markdown]
 //! ```
@@ -34,6 +34,7 @@ mod grpc_bench;
 mod keys_bench;
 mod noop;
 mod open_bench;
+mod peers_bench;
 mod report;
 mod rounds;
 mod scale_bench;
@@ -115,6 +116,9 @@ enum Section {
     Followers,
     /// Append p99 while another client sends 16 MiB batches.
     Offload,
+    /// AppendStream beside unary Append, the Rust client's two ways, a Python producer,
+    /// and etcd and Redis when installed.
+    Peers,
 }
 
 /// Records in the stream section's journal.
@@ -276,15 +280,37 @@ async fn run(args: Args) -> Result<(), BoxError> {
         progress("offload: Append at 1 caller alone, then while 16 MiB batches are sent");
         results.offload = Some(scale_bench::offload(dir.path(), duration, warmup).await?);
     }
+    let peers = if wanted(Section::Peers) {
+        progress(
+            "peers: AppendStream and unary Append at 1 and 64; the client's two ways; a Python producer; etcd and Redis if installed",
+        );
+        Some(peers_bench::run(&dir.path().join("peers"), duration, warmup).await?)
+    } else {
+        None
+    };
     let load_after = loadavg();
 
     let table = report::table(&results, args.quick);
-    println!();
-    print!("{}", table.render());
+    // The main table, unless only the sections with tables of their own ran.
+    let main_table = [
+        Section::Store,
+        Section::Noop,
+        Section::Server,
+        Section::Stream,
+        Section::Open,
+    ]
+    .into_iter()
+    .any(wanted);
+    if main_table {
+        println!();
+        print!("{}", table.render());
+    }
     println!();
     println!("load average at end: {load_after}");
-    for note in notes(&results, args.appends_in_flight) {
-        println!("- {note}");
+    if main_table {
+        for note in notes(&results, args.appends_in_flight) {
+            println!("- {note}");
+        }
     }
     if let Some(keys) = &keys {
         println!();
@@ -297,9 +323,22 @@ async fn run(args: Args) -> Result<(), BoxError> {
             1000
         );
     }
-    if args.markdown {
+    if let Some(peers) = &peers {
         println!();
-        print!("{}", table.render_markdown());
+        print!("{}", peers_bench::table(peers).render());
+        println!(
+            "- all rows at 200-byte records to one journal (one etcd key per Put, one Redis stream); peers run on loopback with their data beside ours, started and stopped by the benchmark. Latency of an AppendStream row: from a record's hand-over to the stream to its ack"
+        );
+    }
+    if args.markdown {
+        if main_table {
+            println!();
+            print!("{}", table.render_markdown());
+        }
+        if let Some(peers) = &peers {
+            println!();
+            print!("{}", peers_bench::table(peers).render_markdown());
+        }
         if let Some(keys) = &keys {
             println!();
             print!("{}", keys_bench::table(keys).render_markdown());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ministore::proto::journal_server::{Journal, JournalServer};
 use ministore::proto::{
-    AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
+    AppendAck, AppendBatchRequest, AppendBatchResponse, AppendRequest, AppendResponse, InfoRequest,
     InfoResponse, ListJournalsRequest, ListJournalsResponse, ReplayRequest, ReplayResponse,
     StreamEvent, StreamRequest,
 };
@@ -51,6 +51,31 @@ impl Journal for NoopJournal {
             last_seq: first_seq + n - 1,
             duplicate: false,
         }))
+    }
+
+    type AppendStreamStream = Pin<Box<dyn Stream<Item = Result<AppendAck, Status>> + Send>>;
+
+    /// Acks each request as it arrives, in order.
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let acks = futures_util::stream::unfold(
+            (request.into_inner(), 0u64),
+            |(mut requests, index)| async move {
+                let Ok(Some(_)) = requests.message().await else {
+                    return None;
+                };
+                let ack = AppendAck {
+                    index,
+                    seq: index + 1,
+                    duplicate: false,
+                    error: None,
+                };
+                Some((Ok(ack), (requests, index + 1)))
+            },
+        );
+        Ok(Response::new(Box::pin(acks)))
     }
 
     async fn replay(

@@ -5,6 +5,7 @@ use std::ops::RangeInclusive;
 
 use ministore::proto::{AppendBatchRequest, AppendRequest, append_request};
 
+use crate::pipeline::Pipeline;
 use crate::retry::Retry;
 use crate::{ClientError, Rpc};
 
@@ -84,8 +85,11 @@ pub struct AppendedBatch {
 }
 
 /// One `Append` of `payload` with `key`, retried while the failure may be an outage.
+/// With a `pipeline`, each attempt goes on the journal's AppendStream (or as a unary Append
+/// when no stream can be had); without, as a unary Append.
 pub(crate) async fn append_one(
     rpc: &Rpc,
+    pipeline: Option<&Pipeline>,
     retry: &Retry,
     journal: &str,
     payload: Vec<u8>,
@@ -102,7 +106,15 @@ pub(crate) async fn append_one(
         .run(key, false, || {
             // The identical request each time: the key settles what an earlier attempt did.
             let (mut rpc, request) = (rpc.clone(), request.clone());
-            async move { Ok(rpc.append(request).await?.into_inner()) }
+            async move {
+                if let Some(answer) = match pipeline {
+                    Some(pipeline) => pipeline.append(request.clone()).await,
+                    None => None,
+                } {
+                    return answer;
+                }
+                Ok(rpc.append(request).await?.into_inner())
+            }
         })
         .await;
     let reply = reply?;

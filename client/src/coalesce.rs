@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use tonic::Code;
 
 use crate::append::{AppendOptions, Appended, append_many, append_one};
+use crate::pipeline::Pipeline;
 use crate::retry::{Retry, new_key};
 use crate::{ClientError, Rpc};
 
@@ -58,6 +59,9 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct Coalescer {
     rpc: Rpc,
+    /// When set, every append goes on its journal's AppendStream, and no lanes are kept:
+    /// the stream shares commits without batching.
+    pipeline: Option<Arc<Pipeline>>,
     retry: Retry,
     /// Places per lane; 0: every append is its own RPC, and no lanes are kept.
     max_in_flight: usize,
@@ -83,9 +87,15 @@ struct Waiting {
 
 impl Coalescer {
     /// Coalesces once `max_in_flight` appends to a journal are on the wire; 0 means never.
-    pub(crate) fn new(rpc: Rpc, retry: Retry, max_in_flight: usize) -> Self {
+    pub(crate) fn new(
+        rpc: Rpc,
+        pipeline: Option<Arc<Pipeline>>,
+        retry: Retry,
+        max_in_flight: usize,
+    ) -> Self {
         Coalescer {
             rpc,
+            pipeline,
             retry,
             max_in_flight,
             lanes: Mutex::default(),
@@ -100,10 +110,20 @@ impl Coalescer {
         payload: Vec<u8>,
         options: AppendOptions,
     ) -> Result<Appended, ClientError> {
-        if self.max_in_flight == 0 || !options.may_share() {
+        if self.pipeline.is_some() || self.max_in_flight == 0 || !options.may_share() {
             let key = options.key.unwrap_or_else(new_key);
             let expected = options.expected_last_seq;
-            return append_one(&self.rpc, &self.retry, journal, payload, &key, expected).await;
+            let pipeline = self.pipeline.as_deref();
+            return append_one(
+                &self.rpc,
+                pipeline,
+                &self.retry,
+                journal,
+                payload,
+                &key,
+                expected,
+            )
+            .await;
         }
         let key = new_key();
         // What the server takes "" for, so that both spellings share one lane.
@@ -145,7 +165,7 @@ impl Coalescer {
                     coalescer: self,
                     journal,
                 };
-                append_one(&self.rpc, &self.retry, journal, payload, &key, None).await
+                append_one(&self.rpc, None, &self.retry, journal, payload, &key, None).await
             }
         }
     }
@@ -226,7 +246,7 @@ impl Drop for Place<'_> {
 async fn send_batch(rpc: &Rpc, retry: &Retry, journal: &str, mut batch: Vec<Waiting>) {
     if batch.len() == 1 {
         let one = batch.pop().expect("one");
-        let answer = append_one(rpc, retry, journal, one.payload, &one.key, None).await;
+        let answer = append_one(rpc, None, retry, journal, one.payload, &one.key, None).await;
         let _ = one.reply.send(answer);
         return;
     }
@@ -252,7 +272,7 @@ async fn send_batch(rpc: &Rpc, retry: &Retry, journal: &str, mut batch: Vec<Wait
             // alone, in the order its caller came, with its own key, for an answer of its
             // own.
             for w in batch {
-                let answer = append_one(rpc, retry, journal, w.payload, &w.key, None).await;
+                let answer = append_one(rpc, None, retry, journal, w.payload, &w.key, None).await;
                 let _ = w.reply.send(answer);
             }
         }

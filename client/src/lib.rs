@@ -68,6 +68,7 @@ mod append;
 mod coalesce;
 mod connection;
 mod error;
+mod pipeline;
 mod retry;
 mod stream;
 
@@ -95,6 +96,7 @@ pub use stream::{Event, EventStream, RecordStream};
 pub use tonic::Code;
 
 use coalesce::Coalescer;
+use pipeline::Pipeline;
 use retry::{Retry, new_key};
 
 /// The generated stub over the client's connection.
@@ -221,6 +223,7 @@ pub struct ClientBuilder {
     tls: Option<ClientTlsConfig>,
     token: Option<String>,
     appends_in_flight: usize,
+    append_streams: bool,
     retry_budget: Duration,
 }
 
@@ -239,6 +242,7 @@ impl ClientBuilder {
             tls: None,
             token: None,
             appends_in_flight: DEFAULT_APPENDS_IN_FLIGHT,
+            append_streams: true,
             retry_budget: DEFAULT_RETRY_BUDGET,
         }
     }
@@ -320,8 +324,9 @@ impl ClientBuilder {
         self
     }
 
-    /// How many [`Client::append`] calls to one journal go out at once, each as its own
-    /// `Append` RPC (default [`DEFAULT_APPENDS_IN_FLIGHT`]). Further concurrent appends to
+    /// With [`append_streams(false)`](Self::append_streams): how many [`Client::append`]
+    /// calls to one journal go out at once, each as its own `Append` RPC (default
+    /// [`DEFAULT_APPENDS_IN_FLIGHT`]). Further concurrent appends to
     /// that journal wait for one of those to return and then go together, as one
     /// `AppendBatch`: one RPC and one fsync for all of them, each still answered with its
     /// own sequence number or error. 0 sends every append as its own RPC.
@@ -331,6 +336,23 @@ impl ClientBuilder {
     /// ```
     pub fn max_appends_in_flight(mut self, n: usize) -> Self {
         self.appends_in_flight = n;
+        self
+    }
+
+    /// Whether [`Client::append`] and [`Client::append_with`] go on one `AppendStream` per
+    /// journal (the default) rather than one `Append` RPC each. On a stream, concurrent
+    /// appends share the server's group commits without per-call overhead and without
+    /// waiting for each other; each is still answered, and retried, on its own. A client
+    /// keeps at most 16 such streams open (one per journal appended to in the last 2 s);
+    /// appends to further journals go as unary RPCs. With `false`, concurrent appends
+    /// beyond [`max_appends_in_flight`](Self::max_appends_in_flight) share `AppendBatch`
+    /// RPCs instead.
+    ///
+    /// ```
+    /// let builder = ministore_client::ClientBuilder::new("127.0.0.1:50051").append_streams(false);
+    /// ```
+    pub fn append_streams(mut self, on: bool) -> Self {
+        self.append_streams = on;
         self
     }
 
@@ -423,6 +445,8 @@ impl ClientBuilder {
         Ok(Client {
             appends: Arc::new(Coalescer::new(
                 rpc.clone(),
+                self.append_streams
+                    .then(|| Pipeline::new(rpc.clone(), self.addr.as_str().into(), self.timeout)),
                 retry.clone(),
                 self.appends_in_flight,
             )),
@@ -458,10 +482,9 @@ impl Client {
     /// [`ClientError::GaveUp`]. [`append_with`](Self::append_with) takes a key of your own
     /// and an expectation.
     ///
-    /// Concurrent appends to one journal share RPCs: beyond
-    /// [`max_appends_in_flight`](ClientBuilder::max_appends_in_flight) at once, they wait
-    /// and go together as one `AppendBatch` (one fsync), each still answered on its own. A
-    /// lone caller's append is always its own `Append` RPC, sent at once.
+    /// Concurrent appends to one journal share one `AppendStream`: each is sent at once
+    /// and answered as soon as it is durable, and records sent together share the
+    /// server's fsyncs (see [`ClientBuilder::append_streams`] for the other way).
     ///
     /// # Errors
     /// [`ClientError::Encode`] if `record` does not serialize; [`ClientError::Rpc`] with the
@@ -492,8 +515,8 @@ impl Client {
     /// Appends `record` as `options` say: with the caller's idempotency key, so the record
     /// is written once however often any process sends it, and/or only if the journal's
     /// last sequence number is the one expected. Retried like [`append`](Self::append),
-    /// with the caller's key (or a fresh one); such an append always goes out as its own
-    /// `Append` RPC, never shared with other callers.
+    /// with the caller's key (or a fresh one); such an append is its own request (on the
+    /// journal's `AppendStream`, or its own `Append` RPC), never batched with others.
     ///
     /// # Errors
     /// As [`append`](Self::append), and: `ALREADY_EXISTS` if the key was used for another

@@ -176,6 +176,11 @@ pub struct Config {
     /// spans and timings are logged at debug.
     #[arg(long, env = "MINISTORE_LOG", default_value = "info")]
     pub log_level: String,
+
+    /// Faults for the journals' file operations and the RPCs' reads, for tests of the
+    /// failure paths (see `ministore::io`); none by default, and no flag sets any.
+    #[arg(skip)]
+    pub store_faults: ministore::io::Faults,
 }
 
 /// How log lines are written.
@@ -204,7 +209,9 @@ impl Config {
 
     /// The store options for each journal (0 segments meaning "keep all").
     pub fn store_options(&self) -> ministore::MiniStoreOptions {
-        ministore::MiniStoreOptions::new()
+        let mut options = ministore::MiniStoreOptions::new();
+        options.faults = self.store_faults.clone();
+        options
             .max_bytes_per_segment(self.max_bytes_per_segment)
             .max_segments(match self.max_segments {
                 0 => usize::MAX,

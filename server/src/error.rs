@@ -122,6 +122,11 @@ pub enum ServerError {
         source: Arc<std::io::Error>,
     },
 
+    /// A request of a stream could not be read (over `--max-message-bytes`, or not a valid
+    /// message): tonic's status for it, passed on as it is.
+    #[error("{}", .0.message())]
+    Unreadable(Status),
+
     /// The journal store refused or failed.
     #[error("journal {journal:?}: {source}")]
     Store {
@@ -137,6 +142,32 @@ impl ServerError {
         ServerError::Store {
             journal: journal.to_owned(),
             source: Arc::new(source),
+        }
+    }
+}
+
+impl ServerError {
+    /// Whether this is a fault of the one request (its record, name, key or expectation)
+    /// rather than of its journal or the server: another request may well succeed. An
+    /// AppendStream answers such a request with an error and goes on.
+    pub fn is_request_error(&self) -> bool {
+        match self {
+            ServerError::InvalidJournalName { .. }
+            | ServerError::InvalidArgument(_)
+            | ServerError::PayloadTooLarge { .. }
+            | ServerError::PermissionDenied(_)
+            | ServerError::LimitReached(_)
+            | ServerError::OutsideDataDir { .. } => true,
+            ServerError::Store { source, .. } => matches!(
+                source.as_ref(),
+                MiniStoreError::InvalidJson(_)
+                    | MiniStoreError::Serialize(_)
+                    | MiniStoreError::InvalidArgument(_)
+                    | MiniStoreError::RecordTooLarge { .. }
+                    | MiniStoreError::KeyReused { .. }
+                    | MiniStoreError::LastSeqMismatch { .. }
+            ),
+            _ => false,
         }
     }
 }
@@ -159,6 +190,7 @@ impl From<ServerError> for Status {
             | ServerError::Listing { .. } => Code::Unavailable,
             ServerError::DataDirLocked { .. } | ServerError::Startup { .. } => Code::Internal,
             ServerError::Store { source, .. } => store_code(source),
+            ServerError::Unreadable(status) => client_code(status.code(), status.message()),
         };
         let mut status = Status::new(code, with_hint(&err));
         // Where a reader overtaken by retention can resume, for programs: a trailer.
@@ -176,6 +208,20 @@ impl From<ServerError> for Status {
             status.metadata_mut().insert(LAST_SEQ_TRAILER, value);
         }
         status
+    }
+}
+
+/// The code for a client's own mistake that tonic reports before our code runs, corrected:
+/// a message over the size limit is OUT_OF_RANGE there, and bytes that are not a valid
+/// protobuf message are INTERNAL. gRPC's status-code guide says RESOURCE_EXHAUSTED and
+/// INVALID_ARGUMENT, and INTERNAL must mean a bug of ours. Other codes stay as they are.
+pub(crate) fn client_code(code: Code, message: &str) -> Code {
+    match code {
+        Code::OutOfRange if message.contains("message length too large") => Code::ResourceExhausted,
+        Code::Internal if message.contains("failed to decode Protobuf message") => {
+            Code::InvalidArgument
+        }
+        other => other,
     }
 }
 

@@ -126,6 +126,12 @@ impl Journals {
         }
     }
 
+    /// The faults the journals' files meet (none outside tests): the readers of RPCs
+    /// meet them too.
+    pub fn faults(&self) -> ministore::io::Faults {
+        self.options.faults.clone()
+    }
+
     /// Records commits in `metrics` (by default, in metrics nobody reads).
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
@@ -488,10 +494,17 @@ impl Journal {
     /// [`Append`]); resolves once they are fsynced, possibly in one commit with other
     /// callers' records, or at once for a duplicate key.
     pub async fn append(&self, request: Append) -> Result<Appended, ServerError> {
+        self.submit(request).await?.await
+    }
+
+    /// Queues the request for the writer (waiting while the queue is full) without waiting
+    /// for its commit: the [`PendingAppend`] resolves when it is durable. Requests submitted
+    /// one after another are committed in that order, so they get increasing seqs.
+    pub async fn submit(&self, request: Append) -> Result<PendingAppend, ServerError> {
         let (reply, result) = oneshot::channel();
         self.send(WriterJob::Append(AppendJob { request, reply }))
             .await?;
-        result.await.map_err(|_| ServerError::ShuttingDown)?
+        Ok(PendingAppend(result))
     }
 
     /// Queues `job` for the journal's writer and schedules it on a writer thread.
@@ -508,6 +521,24 @@ impl Journal {
             .store(self.pool.now(), Ordering::Relaxed);
         self.pool.schedule(&self.slot);
         Ok(())
+    }
+}
+
+/// An append queued by [`Journal::submit`]: resolves to its outcome once committed. Dropping
+/// it does not withdraw the request: the records are committed all the same.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Appended, ServerError>>);
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended, ServerError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|result| result.map_err(|_| ServerError::ShuttingDown)?)
     }
 }
 

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod append_stream;
 pub mod auth;
 pub mod config;
 pub mod connections;
@@ -308,10 +309,8 @@ impl tonic::service::Interceptor for RequireToken {
     }
 }
 
-/// Corrects two codes tonic gives to the client's own mistakes, which it reports before
-/// our code runs: a message over the size limit is OUT_OF_RANGE there, and bytes that are
-/// not a valid protobuf message are INTERNAL. gRPC's status-code guide says
-/// RESOURCE_EXHAUSTED and INVALID_ARGUMENT, and INTERNAL must mean a bug of ours.
+/// Corrects the codes tonic gives to the client's own mistakes, which it reports before
+/// our code runs, in a response's status (see [`error::client_code`]).
 fn client_errors_keep_client_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers();
     let message = headers
@@ -319,15 +318,17 @@ fn client_errors_keep_client_codes<B>(mut response: http::Response<B>) -> http::
         .and_then(|m| m.to_str().ok())
         .unwrap_or("")
         .replace("%20", " ");
-    let corrected = match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
-        Some("11") if message.contains("message length too large") => Some("8"),
-        Some("13") if message.contains("failed to decode Protobuf message") => Some("3"),
-        _ => None,
-    };
-    if let Some(code) = corrected {
-        response
-            .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static(code));
+    let code = headers
+        .get("grpc-status")
+        .and_then(|s| s.to_str().ok()?.parse::<i32>().ok())
+        .map(tonic::Code::from);
+    if let Some(code) = code {
+        let corrected = error::client_code(code, &message);
+        if corrected != code {
+            response
+                .headers_mut()
+                .insert("grpc-status", http::HeaderValue::from(corrected as i32));
+        }
     }
     response
 }

@@ -21,6 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::append_stream::{self, AckStream};
 use crate::auth::{Grant, Right, grant_of};
 use crate::error::ServerError;
 use crate::journals::{Journal, Journals, validate_name};
@@ -125,6 +126,7 @@ impl JournalService {
     fn reader(&self, journal: &Journal, from_seq: u64) -> JournalReader {
         JournalReader::with_durable(journal.path(), from_seq, journal.watch_durable())
             .max_record_bytes(self.max_payload_bytes)
+            .with_faults(self.journals.faults())
     }
 
     /// The memory one read of `step` bytes from disk may need: the step plus the one record
@@ -187,6 +189,42 @@ impl JournalService {
         }
         held.shrink_to(memory);
         Ok((records, held))
+    }
+
+    /// An AppendRequest checked (rights, name, record) and made the store's request, with
+    /// the journal to append it to, opened (or created) if needed. A record of more than
+    /// [`OFFLOAD_JSON_BYTES`] is checked on the blocking pool.
+    pub(crate) async fn append_of(
+        &self,
+        grant: &Grant,
+        req: AppendRequest,
+    ) -> Result<(Arc<Journal>, Append), ServerError> {
+        let name = authorize(grant, &req.journal, Right::Append)?;
+        let max = self.max_payload_bytes;
+        let line = match req.record {
+            Some(append_request::Record::Payload(bytes)) => {
+                let journal = name.to_owned();
+                off_runtime(bytes.len(), move || {
+                    line_from_payload(max, &journal, &bytes)
+                })
+                .await??
+            }
+            Some(append_request::Record::Value(value)) => {
+                let journal = name.to_owned();
+                off_runtime(value.encoded_len(), move || {
+                    line_from_value(max, &journal, &value)
+                })
+                .await??
+            }
+            None => {
+                return Err(ServerError::InvalidArgument(
+                    "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
+                ));
+            }
+        };
+        let journal = self.journals.get(name, true).await?;
+        let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
+        Ok((journal, request))
     }
 
     /// The journal to read, and where to start: `from_seq` may be at most one past the end.
@@ -387,30 +425,9 @@ impl JournalRpc for JournalService {
     ) -> Result<Response<AppendResponse>, Status> {
         let grant = grant_of(&request);
         let req = request.into_inner();
-        traced("Append", &req.journal, async {
-            let name = authorize(&grant, &req.journal, Right::Append)?;
-            let max = self.max_payload_bytes;
-            let line = match req.record {
-                Some(append_request::Record::Payload(bytes)) => {
-                    let journal = name.to_owned();
-                    off_runtime(bytes.len(), move || line_from_payload(max, &journal, &bytes))
-                        .await??
-                }
-                Some(append_request::Record::Value(value)) => {
-                    let journal = name.to_owned();
-                    off_runtime(value.encoded_len(), move || {
-                        line_from_value(max, &journal, &value)
-                    })
-                    .await??
-                }
-                None => {
-                    return Err(ServerError::InvalidArgument(
-                        "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
-                    ));
-                }
-            };
-            let journal = self.journals.get(name, true).await?;
-            let request = append_with(vec![line], req.idempotency_key, req.expected_last_seq);
+        let journal_name = req.journal.clone();
+        traced("Append", &journal_name, async {
+            let (journal, request) = self.append_of(&grant, req).await?;
             let appended = journal.append(request).await?;
             let seq = appended.seqs.start;
             tracing::Span::current().record("seq", seq);
@@ -450,6 +467,24 @@ impl JournalRpc for JournalService {
             }))
         })
         .await
+    }
+
+    type AppendStreamStream = AckStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let grant = grant_of(&request);
+        let permit = self.streams.acquire(request.remote_addr())?;
+        let requests = request.into_inner();
+        Ok(Response::new(append_stream::start(
+            self.clone(),
+            grant,
+            permit,
+            self.shutdown.clone(),
+            requests,
+        )))
     }
 
     async fn replay(
