@@ -298,6 +298,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Section::Server,
         Section::Stream,
         Section::Open,
+        Section::Journals,
+        Section::Followers,
+        Section::Offload,
     ]
     .into_iter()
     .any(wanted);
@@ -373,7 +376,7 @@ fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
     }
     if let Some(j) = &results.journals {
         notes.push(format!(
-            "journals: the server in a child process with default flags (--max-journals {}, --writer-threads {}); {} journals created with one append each, {} at a time, in {:.1} s; threads, VmRSS and descriptors from /proc before and after creating them; \"spread\" = each call to the next journal in turn, so most calls reopen a journal closed to make room (--max-journals)",
+            "journals: unary Append RPCs (the client without AppendStream); the server in a child process with default flags (--max-journals {}, --writer-threads {}); {} journals created with one append each, {} at a time, in {:.1} s; threads, VmRSS and descriptors from /proc before and after creating them; \"spread\" = each call to the next journal in turn, so most calls reopen a journal closed to make room (--max-journals)",
             j.max_open,
             ministore_server::journals::DEFAULT_WRITER_THREADS,
             j.journals,
@@ -391,7 +394,7 @@ fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
     }
     if let Some(o) = &results.offload {
         notes.push(format!(
-            "offload: Append at 1 caller to one journal, alone, then while another connection sends AppendBatch requests of {} MiB of nested JSON in a loop ({} sent), each checked in full and refused by its expectation (so the disk is not what is measured)",
+            "offload: unary Append at 1 caller to one journal, alone, then while another connection sends AppendBatch requests of {} MiB of nested JSON in a loop ({} sent), each checked in full and refused by its expectation (so the disk is not what is measured)",
             o.batch_bytes >> 20,
             o.batches
         ));

@@ -104,6 +104,16 @@ impl Usage {
     }
 }
 
+/// A client of `child` whose appends are unary `Append` RPCs: the client's default, one
+/// `AppendStream` per journal for at most 16 journals, would compare a stream to one
+/// journal with unary RPCs to the others.
+async fn unary(child: &ChildServer) -> Result<Client, BoxError> {
+    Ok(ministore_client::ClientBuilder::new(child.addr.clone())
+        .append_streams(false)
+        .connect()
+        .await?)
+}
+
 /// The `journals` section.
 pub async fn journals(
     dir: &std::path::Path,
@@ -112,7 +122,7 @@ pub async fn journals(
     warmup: Duration,
 ) -> Result<JournalsResults, BoxError> {
     let child = ChildServer::start(&dir.join("journals-data"))?;
-    let client = Client::connect(child.addr.clone()).await?;
+    let client = unary(&child).await?;
     let record: Arc<RawValue> = Arc::from(record());
     let one = |journals: Arc<Vec<String>>| {
         let (client, record) = (client.clone(), record.clone());
@@ -289,7 +299,7 @@ pub async fn offload(
     warmup: Duration,
 ) -> Result<OffloadResults, BoxError> {
     let child = ChildServer::start(&dir.join("offload-data"))?;
-    let client = Client::connect(child.addr.clone()).await?;
+    let client = unary(&child).await?;
     let record: Arc<RawValue> = Arc::from(record());
     let append = {
         let (client, record) = (client.clone(), record.clone());
