@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ministore::proto::journal_client::JournalClient;
-use ministore::proto::{AppendAck, AppendRequest, InfoRequest, ReplayRequest, append_request};
+use ministore::proto::{AppendAck, AppendRequest, InfoRequest, append_request};
 use ministore_server::Config;
 use ministore_server::append_stream::{MAX_UNACKED, MAX_UNACKED_BYTES};
-use ministore_tests::server::{ServerProcess, TestServer};
+use ministore_tests::server::{ServerProcess, TestServer, replay_texts};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,30 +36,7 @@ fn keyed(journal: &str, json: &str, key: &str) -> AppendRequest {
 
 /// Every record of `journal` as (seq, JSON text).
 async fn records(stub: &mut Stub, journal: &str) -> Vec<(u64, String)> {
-    let mut all = Vec::new();
-    let mut from_seq = 1;
-    loop {
-        let page = stub
-            .replay(ReplayRequest {
-                journal: journal.into(),
-                from_seq,
-                limit: 0,
-                format: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for r in &page.records {
-            let Some(ministore::proto::record::Body::Payload(p)) = &r.body else {
-                panic!("expected a payload: {r:?}");
-            };
-            all.push((r.seq, String::from_utf8(p.clone()).unwrap()));
-        }
-        if page.next_seq > page.last_seq {
-            return all;
-        }
-        from_seq = page.next_seq;
-    }
+    replay_texts(stub, journal).await
 }
 
 async fn last_seq(stub: &mut Stub, journal: &str) -> u64 {

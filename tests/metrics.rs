@@ -108,8 +108,8 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
     assert_eq!(value(&before, "ministore_streams_open"), 1.0, "{before}");
     assert_eq!(value(&before, "ministore_followers_open"), 1.0, "{before}");
 
-    // Load: 64 concurrent appends through the client (which shares RPCs between them),
-    // scraped while they are in flight.
+    // Load: 64 concurrent appends through the client (which puts them on one
+    // AppendStream), scraped while they are in flight.
     let load: Vec<_> = (0..64u64)
         .map(|i| {
             let client = client.clone();
@@ -125,6 +125,15 @@ async fn counters_follow_appends_reads_and_streams_and_promtool_accepts_every_sc
     let bytes = |text: &str| value(text, "ministore_appended_bytes_total");
     assert_eq!(records(&loaded) - records(&before), 64.0, "{loaded}");
     assert_eq!(bytes(&loaded) - bytes(&before), 64.0 * 4.0, "{loaded}"); // "1000".."1063"
+    // Each of them, and the first append, answered by an ack on the client's stream, still
+    // open (it closes after 2 s without appends).
+    let acks = |text: &str| value(text, "ministore_append_stream_acks_total{code=\"OK\"}");
+    assert_eq!(acks(&loaded), 65.0, "{loaded}");
+    assert_eq!(
+        value(&loaded, "ministore_append_streams_open"),
+        1.0,
+        "{loaded}"
+    );
 
     // Exact counts: 5 Appends and one AppendBatch of 10, each its own RPC; a Replay; and
     // two refusals, each with the code its client got.

@@ -16,7 +16,7 @@ use ministore::proto::{InfoRequest, ReplayRequest};
 use ministore_client::AppendOptions;
 use ministore_tests::docs::fenced_block;
 use ministore_tests::events::EVENT_BOUND;
-use ministore_tests::server::ServerProcess;
+use ministore_tests::server::{ServerProcess, replay_texts};
 use ministore_tests::tools::{self, printed};
 use serde_json::{Value, json};
 
@@ -381,30 +381,11 @@ fn replay_all(url: String, journal: &str) -> Vec<(u64, Value)> {
         .expect("runtime");
     runtime.block_on(async {
         let mut stub = JournalClient::connect(url).await.expect("connect");
-        let mut records = Vec::new();
-        let mut from_seq = 1;
-        loop {
-            let page = stub
-                .replay(ReplayRequest {
-                    journal: journal.into(),
-                    from_seq,
-                    ..Default::default()
-                })
-                .await
-                .expect("Replay")
-                .into_inner();
-            for record in page.records {
-                let Some(Body::Payload(json)) = record.body else {
-                    panic!("record {} came back without its payload", record.seq);
-                };
-                let value = serde_json::from_slice(&json).expect("stored JSON");
-                records.push((record.seq, value));
-            }
-            if page.next_seq > page.last_seq {
-                return records;
-            }
-            from_seq = page.next_seq;
-        }
+        replay_texts(&mut stub, journal)
+            .await
+            .into_iter()
+            .map(|(seq, text)| (seq, serde_json::from_str(&text).expect("stored JSON")))
+            .collect()
     })
 }
 

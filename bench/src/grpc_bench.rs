@@ -99,7 +99,7 @@ where
     let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
-    let tasks: Vec<_> = (0..callers)
+    let tasks: Vec<Caller> = (0..callers)
         .map(|_| {
             let call = call.clone();
             tokio::spawn(async move {
@@ -113,6 +113,20 @@ where
             })
         })
         .collect();
+    let (all, end) = join_callers(tasks, start).await?;
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    Ok(load_of(callers, records_per_call, end - start, all, cpu))
+}
+
+/// A caller task: its calls' latencies, and when it finished.
+pub type Caller = tokio::task::JoinHandle<Result<(Vec<Duration>, Instant), BoxError>>;
+
+/// Waits for every caller started at `start`: all their latencies, and when the last one
+/// finished.
+pub async fn join_callers(
+    tasks: Vec<Caller>,
+    start: Instant,
+) -> Result<(Vec<Duration>, Instant), BoxError> {
     let mut all = Vec::new();
     let mut end = start;
     for task in tasks {
@@ -120,8 +134,7 @@ where
         all.extend(latencies);
         end = end.max(finished);
     }
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    Ok(load_of(callers, records_per_call, end - start, all, cpu))
+    Ok((all, end))
 }
 
 /// A [`Load`] from every call's latency, the wall time and the process's CPU time.

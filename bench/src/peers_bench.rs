@@ -186,7 +186,7 @@ async fn streams(
     let cpu_before = grpc_bench::process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
-    let tasks: Vec<_> = (0..producers)
+    let tasks: Vec<grpc_bench::Caller> = (0..producers)
         .map(|_| {
             let mut stub = stub.clone();
             let request = append_request(journal, record);
@@ -214,13 +214,7 @@ async fn streams(
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut end = start;
-    for task in tasks {
-        let (latencies, finished) = task.await??;
-        all.extend(latencies);
-        end = end.max(finished);
-    }
+    let (all, end) = grpc_bench::join_callers(tasks, start).await?;
     let cpu = grpc_bench::process_cpu().saturating_sub(cpu_before);
     Ok(grpc_bench::load_of(producers, 1, end - start, all, cpu))
 }

@@ -22,6 +22,7 @@ use crate::auth::Grant;
 use crate::error::{LAST_SEQ_TRAILER, ServerError};
 use crate::journals::PendingAppend;
 use crate::limits::StreamPermit;
+use crate::metrics::OpenAppendStream;
 use crate::service::JournalService;
 
 /// Requests a stream may have read and not yet acknowledged.
@@ -46,6 +47,7 @@ pub fn start(
 ) -> AckStream {
     let (acks, out) = mpsc::channel(ACKS_BUFFERED);
     let producer = Producer {
+        _open: service.metrics().append_stream_opened(),
         service,
         grant,
         _permit: permit,
@@ -77,6 +79,8 @@ enum Slot {
 }
 
 struct Producer {
+    // Held for the stream's lifetime: its count in ministore_append_streams_open.
+    _open: OpenAppendStream,
     service: JournalService,
     grant: Grant,
     // Held for the stream's lifetime: its place in --max-streams.
@@ -114,7 +118,10 @@ impl Producer {
                         reading = false;
                         ended_by.get_or_insert_with(|| Status::from(e.clone()));
                     }
-                    if self.acks.send(Ok(ack(index, result))).await.is_err() {
+                    let ack = ack(index, result);
+                    let code = ack.error.as_ref().map_or(tonic::Code::Ok, |e| tonic::Code::from(e.code));
+                    self.service.metrics().append_acked(code);
+                    if self.acks.send(Ok(ack)).await.is_err() {
                         return; // the client went away; what it sent is committed regardless
                     }
                 }

@@ -62,6 +62,8 @@ struct Handles {
     commit_failures: Counter,
     streams_open: Gauge,
     followers_open: Gauge,
+    append_streams_open: Gauge,
+    append_acks: Family<CodeLabels, Counter>,
 }
 
 impl Default for Handles {
@@ -76,6 +78,8 @@ impl Default for Handles {
             commit_failures: Counter::default(),
             streams_open: Gauge::default(),
             followers_open: Gauge::default(),
+            append_streams_open: Gauge::default(),
+            append_acks: Family::default(),
         }
     }
 }
@@ -83,6 +87,11 @@ impl Default for Handles {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RpcLabels {
     method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabels {
     code: &'static str,
 }
 
@@ -142,6 +151,16 @@ impl Metrics {
             "Stream RPCs open with follow set",
             h.followers_open.clone(),
         );
+        registry.register(
+            "append_streams_open",
+            "AppendStream RPCs open",
+            h.append_streams_open.clone(),
+        );
+        registry.register(
+            "append_stream_acks",
+            "Requests of AppendStream RPCs answered, by the status code of their ack (OK: the record is durable); the RPC itself counts in ministore_rpcs when it ends",
+            h.append_acks.clone(),
+        );
         registry.register_collector(Box::new(JournalGauges(journals)));
         registry
     }
@@ -177,6 +196,28 @@ impl Metrics {
             metrics: self.clone(),
             follow,
         }
+    }
+
+    /// Counts an AppendStream RPC as open until the returned guard is dropped.
+    pub fn append_stream_opened(&self) -> OpenAppendStream {
+        self.0.append_streams_open.inc();
+        OpenAppendStream(self.clone())
+    }
+
+    /// Counts one AppendStream request answered with `code`.
+    pub fn append_acked(&self, code: tonic::Code) {
+        let code = ministore::proto::code_name(code);
+        self.0.append_acks.get_or_create(&CodeLabels { code }).inc();
+    }
+}
+
+/// One open AppendStream RPC, counted in `ministore_append_streams_open` while it lives.
+#[derive(Debug)]
+pub struct OpenAppendStream(Metrics);
+
+impl Drop for OpenAppendStream {
+    fn drop(&mut self) {
+        self.0.0.append_streams_open.dec();
     }
 }
 

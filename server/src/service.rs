@@ -96,6 +96,11 @@ impl JournalService {
         }
     }
 
+    /// The metrics the service records in.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Counts open streams in `metrics` (by default, in metrics nobody reads).
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;

@@ -288,3 +288,35 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Every record of `journal` as (seq, stored JSON text), Replay page by page.
+///
+/// # Panics
+/// If a Replay fails or a record comes without its payload.
+pub async fn replay_texts(stub: &mut JournalClient<Channel>, journal: &str) -> Vec<(u64, String)> {
+    use ministore::proto::ReplayRequest;
+    use ministore::proto::record::Body;
+    let mut all = Vec::new();
+    let mut from_seq = 1;
+    loop {
+        let page = stub
+            .replay(ReplayRequest {
+                journal: journal.into(),
+                from_seq,
+                ..Default::default()
+            })
+            .await
+            .expect("Replay")
+            .into_inner();
+        for record in page.records {
+            let Some(Body::Payload(json)) = record.body else {
+                panic!("record {} came back without its payload", record.seq);
+            };
+            all.push((record.seq, String::from_utf8(json).expect("UTF-8 JSON")));
+        }
+        if page.next_seq > page.last_seq {
+            return all;
+        }
+        from_seq = page.next_seq;
+    }
+}
