@@ -459,6 +459,22 @@ impl Journals {
     }
 }
 
+/// A `Journals` dropped without [`shut_down`](Journals::shut_down) (an embedder's, a test's)
+/// still ends its writer threads, which would otherwise wait for ever. A journal still held
+/// elsewhere is closed: its appends not yet committed, and those sent later, fail as after
+/// a shutdown (never acknowledged), instead of waiting for threads that are gone.
+impl Drop for Journals {
+    fn drop(&mut self) {
+        let open = self.open.get_mut().unwrap_or_else(|e| e.into_inner());
+        for journal in open.values() {
+            let mut writer = lock(&journal.slot.writer);
+            writer.queue = None;
+            writer.store = None;
+        }
+        self.pool.stop();
+    }
+}
+
 impl Journal {
     /// The journal's name.
     pub fn name(&self) -> &str {
