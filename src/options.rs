@@ -137,6 +137,21 @@ impl MiniStoreOptions {
         MiniStore::open_with_options(path.as_ref(), self).await
     }
 
+    /// [`open`](Self::open) on the calling thread, for a thread that does its own blocking
+    /// I/O (ministore-server's writer threads reopen idle journals this way, without two
+    /// hand-offs to the blocking pool and back). Never call it on an async worker.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = ministore::MiniStoreOptions::new()
+    ///     .blocking_open(dir.path().join("j.jsonl"))
+    ///     .unwrap();
+    /// assert_eq!(store.last_seq(), 0);
+    /// ```
+    pub fn blocking_open<P: AsRef<Path>>(self, path: P) -> Result<MiniStore> {
+        MiniStore::blocking_open_with_options(path.as_ref(), self)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if self.max_segments == 0 {
             return Err(crate::MiniStoreError::InvalidArgument(

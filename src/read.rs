@@ -19,6 +19,7 @@ use crate::{MiniStoreError, Result};
 
 /// Bytes read from a segment at a time.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
 /// Bytes read at a time while skipping to a start position.
 const SKIP_CHUNK: usize = 1024 * 1024;
 
@@ -187,6 +188,29 @@ impl JournalReader {
         }
     }
 
+    /// Like [`wait`](Self::wait), but a reader still waiting after `park_after` lets go of
+    /// its open segment (its file descriptors and its read buffer of up to 64 KiB) and
+    /// finds its place again when records come: ten thousand idle followers then cost a
+    /// few KiB each, not a buffer and two descriptors each, while a reader that keeps up
+    /// with a busy journal keeps its files. With a `park_after` of zero it lets go at once
+    /// (no timer); otherwise it needs a runtime with its timer enabled.
+    pub async fn wait_parking(&mut self, park_after: std::time::Duration) -> bool {
+        let next = self.next_seq();
+        let Some(durable) = &mut self.durable else {
+            return false;
+        };
+        let more = |d: &Durable| d.last_seq >= next;
+        if !park_after.is_zero()
+            && let Ok(waited) = tokio::time::timeout(park_after, durable.wait_for(more)).await
+        {
+            return waited.is_ok();
+        }
+        if let Some(cursor) = &mut self.cursor {
+            cursor.park();
+        }
+        durable.wait_for(more).await.is_ok()
+    }
+
     /// Parses `record` as a `T`, naming its file and line when it does not parse.
     pub(crate) fn parse<T: DeserializeOwned>(&self, record: &Record) -> Result<T> {
         record.parse().map_err(|e| {
@@ -282,6 +306,15 @@ impl Cursor {
             max_line: usize::MAX,
             faults: Faults::default(),
         }
+    }
+
+    /// Closes the open segment and frees the buffers; the next read positions again at
+    /// `next_seq` (as a reader started there does, `started` keeping a vanished record an
+    /// error, never a silent skip).
+    fn park(&mut self) {
+        self.open = None;
+        self.recent = Vec::new();
+        self.listed = Vec::new();
     }
 
     fn missing(&self, reason: String) -> MiniStoreError {

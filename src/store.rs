@@ -128,13 +128,23 @@ impl MiniStore {
         opts.validate()?;
         let base = path.to_path_buf();
         let writer = blocking(move || Writer::open(base, opts)).await?;
+        Ok(MiniStore::with_writer(path, writer))
+    }
+
+    pub(crate) fn blocking_open_with_options(path: &Path, opts: MiniStoreOptions) -> Result<Self> {
+        opts.validate()?;
+        let writer = Writer::open(path.to_path_buf(), opts)?;
+        Ok(MiniStore::with_writer(path, writer))
+    }
+
+    fn with_writer(path: &Path, writer: Writer) -> Self {
         let (durable, _) = watch::channel(writer.durable());
-        Ok(MiniStore {
+        MiniStore {
             path: path.to_path_buf(),
             damage: writer.damage.clone(),
             writer: Some(Box::new(writer)),
             durable,
-        })
+        }
     }
 
     /// Appends a serializable record to the journal and ensures it is durably stored.

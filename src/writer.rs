@@ -15,7 +15,7 @@ use crate::keys::{self, Committed, KeyIndex};
 use crate::meta::{self, Entry};
 use crate::recovery;
 use crate::segment::{self, Segment};
-use crate::syncer::Syncer;
+use crate::syncer;
 use crate::{Append, Appended, MiniStoreError, MiniStoreOptions, Result};
 
 /// One request of a commit group, as the writer takes it: its records, already encoded
@@ -110,7 +110,7 @@ pub(crate) struct Writer {
     /// Where records are missing between segments, as found at open.
     pub(crate) damage: Option<String>,
     /// The active segment's metadata file (see `meta`), opened read-write; shared with the
-    /// thread that fsyncs it (`syncer`).
+    /// helper thread that fsyncs it (`syncer`).
     meta_file: Arc<File>,
     meta_path: PathBuf,
     /// The first seq its header covers.
@@ -123,10 +123,6 @@ pub(crate) struct Writer {
     pub(crate) keys: KeyIndex,
     /// The newest commit time written: commit times never go back within a journal.
     last_commit_ns: u64,
-    /// Fsyncs the metadata file while this thread fsyncs the segment; started by the
-    /// first commit (`None` before, or if the OS refused the thread: then one after the
-    /// other).
-    syncer: Option<Syncer>,
     /// Buffers of the group being committed, kept to reuse their memory.
     group_data: Vec<u8>,
     group_meta: Vec<u8>,
@@ -258,7 +254,6 @@ impl Writer {
             sealed_metas: sealed_metas.into(),
             keys,
             last_commit_ns: active_meta.last_commit_ns,
-            syncer: None,
             group_data: Vec::new(),
             group_meta: Vec::new(),
             _lock: lock,
@@ -488,7 +483,7 @@ impl Writer {
             self.preallocate(end);
         }
         // 1. Write the entries at the end of the metadata file's durable data, and start its
-        //    fdatasync on the syncer thread; then write the records at the end of the
+        //    fdatasync on a helper thread (`syncer`); then write the records at the end of the
         //    segment's (over zeros written ahead, if any), and fdatasync that here: the two
         //    flushes overlap, so a commit waits for the slower one, not for their sum. Which
         //    file is written first does not matter for a crash: until both are fsynced
@@ -502,21 +497,18 @@ impl Writer {
             self.restore_durable_length("a failed write");
             return Err(MiniStoreError::io("writing to", &self.meta_path, e));
         }
-        if self.syncer.is_none() {
-            self.syncer = Syncer::start(&self.base.to_string_lossy())
-                .inspect_err(|e| tracing::warn!(journal = %self.base.display(), error = %e, "no thread to fsync the metadata file beside the segment; fsyncing one after the other"))
-                .ok();
-        }
-        if let Some(syncer) = &self.syncer {
-            syncer.begin(self.meta_file.clone(), self.meta_path.clone(), io.clone());
-        }
-        let wait_meta = |writer: &Self| match &writer.syncer {
-            Some(syncer) => syncer.wait(),
+        // The metadata's flush runs on a shared helper thread while this one flushes the
+        // segment; with no helper free, it runs here after the segment's (see `syncer`).
+        let flush = syncer::begin(self.meta_file.clone(), self.meta_path.clone(), io.clone());
+        let wait_meta = |writer: &Self, flush: Option<syncer::Flush>| match flush {
+            Some(flush) => flush.wait(),
             None => io.sync_data(&writer.meta_file, &writer.meta_path),
         };
         if let Err(e) = io.write_all_at(&self.file, &self.base, data, self.len) {
             // The metadata's flush is collected before anything is cut under it.
-            let _ = wait_meta(self);
+            if let Some(flush) = flush {
+                let _ = flush.wait();
+            }
             self.restore_durable_length("a failed write");
             return Err(MiniStoreError::io("writing to", &self.base, e));
         }
@@ -530,7 +522,7 @@ impl Writer {
         //    made durable, before anything else reads or appends. Readers never saw the
         //    lost bytes: they read up to `self.len` only.
         let data_synced = io.sync_data(&self.file, &self.base);
-        let meta_synced = wait_meta(self);
+        let meta_synced = wait_meta(self, flush);
         let failed = match (data_synced, meta_synced) {
             (Err(e), _) => Some((self.base.clone(), e)),
             (Ok(()), Err(e)) => Some((self.meta_path.clone(), e)),

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p ministore-bench -- [--dir DIR] [--seconds N] [--rounds N] [--quick]
-//!                                           [--only store,noop,server,stream,open,keys,peers]
+//!                                           [--only store,noop,server,stream,open,keys,peers,
+//!                                                   journals,followers,offload]
 //!                                           [--markdown]
 //! ```
 //!
@@ -18,7 +19,10 @@
 //! - `open`: opening a journal of ~1 GiB of segments;
 //! - `keys`: what retry safety costs: Append with an idempotency key beside without, at 1
 //!   and 64 callers; raw fdatasync of two files per commit beside one; opening a journal of
-//!   1,000,000 keys, and the memory per key (its own table, after the main one).
+//!   1,000,000 keys, and the memory per key (its own table, after the main one);
+//! - `journals`, `followers`, `offload` (issue #17, item 3): 10,000 journals (threads, RSS,
+//!   descriptors per journal, Append latency spread over them), 10,000 idle followers (RSS
+//!   each, fan-out time of a burst), Append p99 while 16 MiB batches are checked.
 //!
 //! The targets of issue #6 are printed beside the figures they judge, each PASS or MISS.
 //! Everything happens on loopback, in a temporary directory made inside `--dir` (default:
@@ -34,6 +38,7 @@ mod open_bench;
 mod peers_bench;
 mod report;
 mod rounds;
+mod scale_bench;
 mod store_bench;
 mod stream_bench;
 mod table;
@@ -109,6 +114,12 @@ enum Section {
     /// Append through ministore-server on a 3-node JetStream cluster it starts, beside the
     /// local store and raw JetStream publish-with-ack.
     Cluster,
+    /// 10,000 journals: threads, RSS and descriptors per journal, Append latency.
+    Journals,
+    /// 10,000 idle followers: RSS each, fan-out of a burst.
+    Followers,
+    /// Append p99 while another client sends 16 MiB batches.
+    Offload,
     /// AppendStream beside unary Append, the Rust client's two ways, a Python producer,
     /// and etcd and Redis when installed.
     Peers,
@@ -268,6 +279,27 @@ async fn run(args: Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let many = if args.quick {
+        scale_bench::QUICK_MANY
+    } else {
+        scale_bench::MANY
+    };
+    if wanted(Section::Journals) {
+        progress(&format!(
+            "journals: Append to one journal, then {many} journals created, then Append spread over them"
+        ));
+        results.journals = Some(scale_bench::journals(dir.path(), many, duration, warmup).await?);
+    }
+    if wanted(Section::Followers) {
+        progress(&format!(
+            "followers: {many} following streams, then a burst of appends to all of them"
+        ));
+        results.followers = Some(scale_bench::followers(dir.path(), many).await?);
+    }
+    if wanted(Section::Offload) {
+        progress("offload: Append at 1 caller alone, then while 16 MiB batches are sent");
+        results.offload = Some(scale_bench::offload(dir.path(), duration, warmup).await?);
+    }
     let peers = if wanted(Section::Peers) {
         progress(
             "peers: AppendStream and unary Append at 1 and 64; the client's two ways; a Python producer; etcd and Redis if installed",
@@ -286,6 +318,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Section::Server,
         Section::Stream,
         Section::Open,
+        Section::Journals,
+        Section::Followers,
+        Section::Offload,
     ]
     .into_iter()
     .any(wanted);
@@ -368,6 +403,31 @@ fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
             "open: MiniStoreOptions::open with the server's options (64 MiB segments, 16 kept), median of 3; journal built with append_json in {:.1} s; the active segment ({}) is scanned and each line JSON-validated by open; \"page cache evicted\" = posix_fadvise(DONTNEED) on each file before each open",
             open.fill.as_secs_f64(),
             table::mib(open.active_bytes)
+        ));
+    }
+    if let Some(j) = &results.journals {
+        notes.push(format!(
+            "journals: unary Append RPCs (the client without AppendStream); the server in a child process with default flags (--max-journals {}, --writer-threads {}); {} journals created with one append each, {} at a time, in {:.1} s; threads, VmRSS and descriptors from /proc before and after creating them; \"spread\" = each call to the next journal in turn, so most calls reopen a journal closed to make room (--max-journals)",
+            j.max_open,
+            ministore_server::journals::DEFAULT_WRITER_THREADS,
+            j.journals,
+            64,
+            j.create.as_secs_f64()
+        ));
+    }
+    if let Some(f) = &results.followers {
+        notes.push(format!(
+            "followers: {} following Streams of one journal on {} connections, from seq 2 of a 1-record journal, each caught up and waiting when RSS is read; then one AppendBatch of {} records: fan-out = from that call to the last follower's last record",
+            f.followers,
+            f.followers.div_ceil(100),
+            f.burst
+        ));
+    }
+    if let Some(o) = &results.offload {
+        notes.push(format!(
+            "offload: unary Append at 1 caller to one journal, alone, then while another connection sends AppendBatch requests of {} MiB of nested JSON in a loop ({} sent), each checked in full and refused by its expectation (so the disk is not what is measured)",
+            o.batch_bytes >> 20,
+            o.batches
         ));
     }
     notes

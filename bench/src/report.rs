@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::grpc_bench::{AppendLoads, BATCH, BATCH_CALLERS, Load, ServerLoads};
 use crate::open_bench::OpenResults;
+use crate::scale_bench::{FollowersResults, JournalsResults, OffloadResults};
 use crate::store_bench::Measurement;
 use crate::stream_bench::StreamResults;
 use crate::table::{self, Table};
@@ -22,6 +23,12 @@ pub struct Results {
     pub stream: Option<StreamResults>,
     /// Open time.
     pub open: Option<OpenResults>,
+    /// Many journals (issue #17, item 3).
+    pub journals: Option<JournalsResults>,
+    /// Many idle followers.
+    pub followers: Option<FollowersResults>,
+    /// Append while large batches are checked.
+    pub offload: Option<OffloadResults>,
 }
 
 /// Marks the rows of a client that sends every append as its own RPC.
@@ -391,9 +398,134 @@ pub fn table(results: &Results, quick: bool) -> Table {
         );
     }
 
+    rows.extend(scale_rows(results));
+
     let mut table = Table::new(HEADER);
     for row in rows {
         table.row(row.cells());
     }
     table
+}
+
+/// RSS per follower target (issue #17).
+const FOLLOWER_RSS_MAX: f64 = 20.0 * 1024.0;
+
+/// Bytes as KiB with one decimal.
+fn kib(bytes: f64) -> String {
+    format!("{:.1} KiB", bytes / 1024.0)
+}
+
+/// The rows of issue #17's item 3: many journals, many followers, JSON off the runtime.
+fn scale_rows(results: &Results) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(j) = &results.journals {
+        let n = j.journals as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let writers = ministore_server::journals::DEFAULT_WRITER_THREADS;
+        let bound = 2 * writers + cores + ministore_server::MAX_BLOCKING_THREADS + 8;
+        rows.push(
+            Row::named(format!(
+                "server threads, 1 journal -> {} journals",
+                table::rate(n)
+            ))
+            .measured(format!("{} -> {}", j.before.threads, j.after.threads))
+            .target(
+                format!("bounded (<= {bound})"),
+                Some(j.after.threads <= bound),
+            ),
+        );
+        let rss = j.after.rss.saturating_sub(j.before.rss) as f64 / n;
+        rows.push(
+            Row::named("  server RSS per journal")
+                .measured(format!(
+                    "{} ({} -> {})",
+                    kib(rss),
+                    table::mib(j.before.rss),
+                    table::mib(j.after.rss)
+                ))
+                .target("reported", None),
+        );
+        let fds = j.after.fds.saturating_sub(j.before.fds);
+        rows.push(
+            Row::named("  open descriptors per journal")
+                .measured(format!(
+                    "{:.2} ({} -> {}; {} open at most)",
+                    fds as f64 / n,
+                    j.before.fds,
+                    j.after.fds,
+                    j.max_open
+                ))
+                .target(
+                    format!("<= 3 per open journal ({})", 3 * j.max_open),
+                    Some(fds <= 3 * j.max_open + 8),
+                ),
+        );
+        rows.push(Row::load("server Append, 1 caller, 1 journal", &j.single));
+        let vs = j.spread.p50.as_secs_f64() / j.single.p50.as_secs_f64();
+        rows.push(
+            Row::load(
+                format!("  same, spread over {} journals", table::rate(n)),
+                &j.spread,
+            )
+            .measured(format!("p50 {} 1 journal", ratio(vs)))
+            .target("p50 <= 1.10x 1 journal", Some(vs <= 1.10)),
+        );
+        let vs_open = j.spread_open.p50.as_secs_f64() / j.single.p50.as_secs_f64();
+        rows.push(
+            Row::load(
+                format!("  same, spread over {} journals (all open)", j.max_open / 2),
+                &j.spread_open,
+            )
+            .measured(format!("p50 {} 1 journal", ratio(vs_open)))
+            .target("p50 <= 1.10x 1 journal", Some(vs_open <= 1.10)),
+        );
+    }
+    if let Some(f) = &results.followers {
+        let per = f.after.rss.saturating_sub(f.before.rss) as f64 / f.followers as f64;
+        rows.push(
+            Row::named(format!(
+                "{} idle followers: server RSS per follower",
+                table::rate(f.followers as f64)
+            ))
+            .measured(format!(
+                "{} ({} -> {})",
+                kib(per),
+                table::mib(f.before.rss),
+                table::mib(f.after.rss)
+            ))
+            .target("< 20 KiB", Some(per < FOLLOWER_RSS_MAX)),
+        );
+        rows.push(
+            Row::named("  open descriptors per idle follower").measured(format!(
+                "{:.2} ({} -> {})",
+                f.after.fds.saturating_sub(f.before.fds) as f64 / f.followers as f64,
+                f.before.fds,
+                f.after.fds
+            )),
+        );
+        rows.push(
+            Row::named(format!(
+                "  AppendBatch({}) reaching every follower",
+                f.burst
+            ))
+            .measured(table::duration(f.fan_out))
+            .target("reported", None),
+        );
+    }
+    if let Some(o) = &results.offload {
+        rows.push(Row::load("server Append, 1 caller, alone", &o.alone));
+        let vs = o.loaded.p99.as_secs_f64() / o.alone.p99.as_secs_f64();
+        rows.push(
+            Row::load(
+                format!(
+                    "  same, while {} MiB AppendBatches are checked",
+                    o.batch_bytes >> 20
+                ),
+                &o.loaded,
+            )
+            .measured(format!("p99 {} alone", ratio(vs)))
+            .target("p99 <= 2x alone", Some(vs <= 2.0)),
+        );
+    }
+    rows
 }

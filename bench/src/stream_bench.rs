@@ -247,17 +247,28 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// The server in a child process, stopped (gracefully: its stdin closes) when dropped.
-struct ChildServer {
+pub(crate) struct ChildServer {
     child: Child,
     stdin: Option<ChildStdin>,
-    addr: String,
+    /// Where it listens.
+    pub(crate) addr: String,
 }
 
 impl ChildServer {
     /// Starts `<this binary> --serve-child <data_dir>` and waits for its address.
-    fn start(data_dir: &Path) -> Result<ChildServer, BoxError> {
+    pub(crate) fn start(data_dir: &Path) -> Result<ChildServer, BoxError> {
+        ChildServer::start_env(data_dir, &[])
+    }
+
+    /// Like [`start`](Self::start), with server flags given as their environment variables
+    /// (`MINISTORE_MAX_STREAMS`, ...), which the child's configuration reads.
+    pub(crate) fn start_env(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<ChildServer, BoxError> {
         let exe: PathBuf = std::env::current_exe()?;
         let mut child = Command::new(exe)
+            .envs(env.iter().copied())
             .arg("--serve-child")
             .arg(data_dir)
             .stdin(Stdio::piped())
@@ -281,15 +292,15 @@ impl ChildServer {
         Ok(server)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn status_bytes(&self, field: &str) -> Option<u64> {
+    pub(crate) fn status_bytes(&self, field: &str) -> Option<u64> {
         proc_status_bytes(self.pid(), field)
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         drop(self);
     }
 }

@@ -166,7 +166,7 @@ impl Producer {
     async fn queue(&mut self, request: AppendRequest) {
         let index = self.next_index;
         self.next_index += 1;
-        let slot = match self.service.append_of(&self.grant, request) {
+        let slot = match self.service.append_of(&self.grant, request).await {
             Ok((journal, append)) => {
                 let bytes = append.lines.iter().map(|l| l.as_bytes().len()).sum();
                 match self.service.backend().submit(&journal, append).await {

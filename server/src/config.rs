@@ -154,10 +154,22 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_MAX_READ_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_read_bytes: usize,
 
-    /// Journals open at once (each holds a file and a writer thread); appending to one more
-    /// gets RESOURCE_EXHAUSTED.
+    /// Journals whose files are open at once (each holds 3 descriptors and its key index).
+    /// Any number of journals can be used: to open one more, the least recently used idle
+    /// journal is closed, and reopened on its next append. Only when all of them have
+    /// appends in progress does opening another get RESOURCE_EXHAUSTED.
     #[arg(long, env = "MINISTORE_MAX_JOURNALS", default_value_t = 1024)]
     pub max_journals: usize,
+
+    /// Seconds without an append after which a journal's files are closed (it reopens on
+    /// its next append; its followers keep following).
+    #[arg(long, env = "MINISTORE_JOURNAL_IDLE_SECONDS", default_value_t = 60)]
+    pub journal_idle_seconds: u64,
+
+    /// Threads that commit appends (write and fsync), shared by all journals: at most this
+    /// many journals commit at the same moment, each of them every append waiting for it.
+    #[arg(long, env = "MINISTORE_WRITER_THREADS", default_value_t = crate::journals::DEFAULT_WRITER_THREADS)]
+    pub writer_threads: usize,
 
     /// TCP connections served at once. At the cap, a new connection closes the oldest one
     /// that has not yet sent its first request, or is itself closed if there is none. The

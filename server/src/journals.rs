@@ -1,11 +1,13 @@
-//! The open journals: name validation, one writer thread per journal that commits every
-//! waiting append with one write and one fsync (group commit), and the durable watermark
-//! that readers follow.
+//! The open journals: name validation, a writer per journal that commits every waiting
+//! append with one write and one fsync (group commit) on a small pool of threads shared by
+//! all journals, the closing of idle journals' files, and the durable watermark that
+//! readers follow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ministore::{Append, Appended, Durable, MiniStore, MiniStoreError, MiniStoreOptions};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -22,6 +24,10 @@ pub const MAX_NAME_LEN: usize = 64;
 const QUEUE_DEPTH: usize = 4096;
 /// Most bytes committed by one group commit: bounds the writer's memory and latency.
 const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// Writer threads shared by all journals, unless `--writer-threads` says otherwise.
+pub const DEFAULT_WRITER_THREADS: usize = 8;
+/// A journal with no append for this long has its files closed, unless configured.
+pub const DEFAULT_IDLE_CLOSE: Duration = Duration::from_secs(60);
 
 /// Checks a journal name and resolves the empty name to [`DEFAULT_JOURNAL`].
 ///
@@ -75,7 +81,10 @@ pub struct Journals {
     data_dir_check: Arc<DataDirCheck>,
     /// Bumped each time a journal is opened, for followers waiting for theirs to exist.
     opened: watch::Sender<u64>,
-    writers: Mutex<Vec<WriterHandle>>,
+    /// The writer threads, and the journals whose files are open.
+    pool: Arc<Pool>,
+    /// A journal whose store saw no append for this long is closed by [`sweep`](Self::sweep).
+    idle_close: Duration,
     metrics: Metrics,
 }
 
@@ -85,6 +94,9 @@ pub struct Journal {
     name: String,
     path: PathBuf,
     appends: mpsc::Sender<WriterJob>,
+    /// Its writer, scheduled on `pool` when appends are sent.
+    slot: Arc<Slot>,
+    pool: Arc<Pool>,
     durable: watch::Receiver<Durable>,
     /// Where records are missing between segments, as found when it was opened.
     damage: Option<String>,
@@ -108,7 +120,8 @@ impl Journals {
             shutting_down: AtomicBool::new(false),
             data_dir_check: Arc::new(DataDirCheck::default()),
             opened: watch::Sender::new(0),
-            writers: Mutex::new(Vec::new()),
+            pool: Arc::new(Pool::new(DEFAULT_WRITER_THREADS, usize::MAX)),
+            idle_close: DEFAULT_IDLE_CLOSE,
             metrics: Metrics::default(),
         }
     }
@@ -125,10 +138,60 @@ impl Journals {
         self
     }
 
-    /// At most `max` journals open at once; opening one more is RESOURCE_EXHAUSTED.
+    /// At most `max` journals have their files open at once (`--max-journals`): to open
+    /// one more, the least recently used idle journal is closed (and reopened when next
+    /// appended to). Only when all `max` have appends in progress is opening another
+    /// refused, with RESOURCE_EXHAUSTED.
     pub fn with_max_open(mut self, max: usize) -> Self {
-        self.max_open = max;
+        self.max_open = max.max(1);
+        self.pool = Arc::new(Pool::new(self.pool.threads, self.max_open));
         self
+    }
+
+    /// Commits on `threads` writer threads, shared by all journals (`--writer-threads`).
+    pub fn with_writer_threads(mut self, threads: usize) -> Self {
+        self.pool = Arc::new(Pool::new(threads, self.max_open));
+        self
+    }
+
+    /// Closes a journal's files once it has had no append for `idle` (checked by
+    /// [`sweep`](Self::sweep)); it reopens on its next append.
+    pub fn with_idle_close(mut self, idle: Duration) -> Self {
+        self.idle_close = idle;
+        self
+    }
+
+    /// How many journals have their files open now (at most `--max-journals`).
+    pub fn open_stores(&self) -> usize {
+        self.pool.open_stores()
+    }
+
+    /// Housekeeping, called by the server every second: closes the files of journals idle
+    /// for the idle-close time, and forgets closed journals nobody uses (no follower, no
+    /// RPC in progress) and nobody appended to for that time either, so memory stays with
+    /// the journals in use, not every journal ever touched. Blocks briefly (closing files): call it off the async runtime.
+    pub fn sweep(&self) {
+        self.pool.close_idle(self.idle_close);
+        // Forgotten once closed and unused for the idle time too: a journal appended to
+        // now and then stays known, and reopens on its writer thread, not through `get`.
+        let cutoff = self
+            .pool
+            .now()
+            .saturating_sub(self.idle_close.as_nanos() as u64);
+        let mut open = self.open.write().expect("journals lock");
+        // Under the write lock nobody can clone an Arc out of the map (`lookup` clones under
+        // the read lock), so a count of 1 means no RPC, stream or follower holds it.
+        open.retain(|_, journal| {
+            Arc::strong_count(journal) > 1
+                || journal.slot.last_used.load(Ordering::Relaxed) >= cutoff
+                || journal.slot.scheduled.load(Ordering::SeqCst)
+                || journal.slot.pending.load(Ordering::SeqCst) != 0
+                || journal
+                    .slot
+                    .writer
+                    .try_lock()
+                    .map_or(true, |w| w.counted || w.queue.is_none())
+        });
     }
 
     /// The journal called `name` (already validated), opening it if needed. With `create`
@@ -152,13 +215,8 @@ impl Journals {
         if !create && !dir.is_dir() {
             return Err(ServerError::JournalNotFound(name.to_owned()));
         }
-        if self.open.read().expect("journals lock").len() >= self.max_open {
-            return Err(ServerError::LimitReached(format!(
-                "{} journals are open, the most this server allows (--max-journals)",
-                self.max_open
-            )));
-        }
         self.refuse_symlinks_out(&dir)?;
+        self.pool.start()?;
         let path = dir.join("journal.jsonl");
         let store = self
             .options
@@ -166,29 +224,55 @@ impl Journals {
             .open(&path)
             .await
             .map_err(|e| ServerError::store(name, e))?;
+        let damage = store.damage().map(str::to_owned);
         let (appends, queue) = mpsc::channel(QUEUE_DEPTH);
-        // The server's own watch, fed by the writer: it outlives a reopened store.
+        // The server's own watch, fed by the writer: it outlives the store, which is
+        // closed when idle and reopened.
         let (durable_tx, durable) = watch::channel(store.durable());
+        let slot = Arc::new(Slot {
+            name: name.to_owned(),
+            scheduled: AtomicBool::new(false),
+            pending: AtomicI64::new(0),
+            last_used: AtomicU64::new(self.pool.now()),
+            writer: std::sync::Mutex::new(Writer {
+                name: name.to_owned(),
+                path: path.clone(),
+                options: self.options.clone(),
+                store: Some(store),
+                counted: true,
+                data_dir: self.data_dir.clone(),
+                data_dir_check: self.data_dir_check.clone(),
+                queue: Some(queue),
+                stopping: false,
+                durable: durable_tx,
+                exited: None,
+                metrics: self.metrics.clone(),
+            }),
+        });
+        // Counted among the open stores now (one more than `--max-journals` can be open
+        // while this is: `opening` lets one open at a time). Closing an idle journal to
+        // make room closes files (and fsyncs, with preallocation): off the runtime. If
+        // none can close, the store just opened is closed again.
+        let pool = self.pool.clone();
+        let reserving = slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let reserved = pool.reserve(&reserving);
+            if reserved.is_err() {
+                lock(&reserving.writer).store = None;
+            }
+            reserved
+        })
+        .await
+        .map_err(|_| ServerError::ShuttingDown)??;
         let journal = Arc::new(Journal {
             name: name.to_owned(),
             path: path.clone(),
-            appends: appends.clone(),
+            appends,
+            slot,
+            pool: self.pool.clone(),
             durable,
-            damage: store.damage().map(str::to_owned),
+            damage,
         });
-        let writer = Writer {
-            name: name.to_owned(),
-            path: path.clone(),
-            options: self.options.clone(),
-            store: Some(store),
-            data_dir: self.data_dir.clone(),
-            data_dir_check: self.data_dir_check.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            queue,
-            durable: durable_tx,
-            metrics: self.metrics.clone(),
-        };
-        self.writers.lock().await.push(writer.spawn(appends)?);
         tracing::info!(journal = name, path = %path.display(), last_seq = journal.durable().last_seq, "opened journal");
         self.open
             .write()
@@ -350,23 +434,44 @@ impl Journals {
         self.shutting_down.store(true, Ordering::Release);
         // Holding the opening lock keeps `get` from opening a journal behind our back.
         let _opening = self.opening.lock().await;
-        let writers: Vec<WriterHandle> = self.writers.lock().await.drain(..).collect();
-        for writer in &writers {
+        let journals: Vec<Arc<Journal>> = self.open_journals();
+        let mut exits = Vec::with_capacity(journals.len());
+        for journal in &journals {
+            let (exited, on_exit) = oneshot::channel();
+            lock(&journal.slot.writer).exited = Some(exited);
             // Queued behind the appends already waiting, which are committed first. Fails
-            // only if the writer is gone already, which `exited` reports.
-            let _ = writer.jobs.send(WriterJob::Stop).await;
+            // only if the writer is gone already, which `on_exit` reports.
+            let _ = journal.send(WriterJob::Stop).await;
+            exits.push(on_exit);
         }
-        for writer in writers {
-            if writer.exited.await.is_err() {
-                tracing::error!("a journal writer thread failed");
+        for exited in exits {
+            if exited.await.is_err() {
+                tracing::error!("a journal writer stopped without closing its journal");
             }
         }
+        self.pool.stop();
         self.open.write().expect("journals lock").clear();
     }
 
     /// Whether [`shut_down`](Self::shut_down) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// A `Journals` dropped without [`shut_down`](Journals::shut_down) (an embedder's, a test's)
+/// still ends its writer threads, which would otherwise wait for ever. A journal still held
+/// elsewhere is closed: its appends not yet committed, and those sent later, fail as after
+/// a shutdown (never acknowledged), instead of waiting for threads that are gone.
+impl Drop for Journals {
+    fn drop(&mut self) {
+        let open = self.open.get_mut().unwrap_or_else(|e| e.into_inner());
+        for journal in open.values() {
+            let mut writer = lock(&journal.slot.writer);
+            writer.queue = None;
+            writer.store = None;
+        }
+        self.pool.stop();
     }
 }
 
@@ -413,11 +518,25 @@ impl Journal {
     /// one after another are committed in that order, so they get increasing seqs.
     pub async fn submit(&self, request: Append) -> Result<PendingAppend, ServerError> {
         let (reply, result) = oneshot::channel();
+        self.send(WriterJob::Append(AppendJob { request, reply }))
+            .await?;
+        Ok(PendingAppend(result))
+    }
+
+    /// Queues `job` for the journal's writer and schedules it on a writer thread.
+    async fn send(&self, job: WriterJob) -> Result<(), ServerError> {
         self.appends
-            .send(WriterJob::Append(AppendJob { request, reply }))
+            .send(job)
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
-        Ok(PendingAppend(result))
+        // Counted once queued (never for a send cancelled while it waited for room), so
+        // the writer is never scheduled for a job that will not come.
+        self.slot.pending.fetch_add(1, Ordering::SeqCst);
+        self.slot
+            .last_used
+            .store(self.pool.now(), Ordering::Relaxed);
+        self.pool.schedule(&self.slot);
+        Ok(())
     }
 }
 
@@ -471,138 +590,384 @@ impl DataDirCheck {
     }
 }
 
-/// What a journal's writer thread is told: records to commit, or that the server stops.
+/// What a journal's writer is told: records to commit, or that the server stops.
 enum WriterJob {
     Append(AppendJob),
-    /// Take no more appends, commit those already queued, and exit.
+    /// Take no more appends, commit those already queued, and close the journal.
     Stop,
 }
 
-/// The running writer thread of a journal, as `shut_down` needs it.
-struct WriterHandle {
-    jobs: mpsc::Sender<WriterJob>,
-    /// Resolves (with an error) when the thread has exited and closed its store.
-    exited: oneshot::Receiver<()>,
+/// The writer threads every journal shares, and the journals whose files are open.
+///
+/// A journal with appends waiting is *scheduled*: put once in the ready queue, from which
+/// the next free thread takes it, commits one group of what is waiting (one write and one
+/// fsync, at most [`MAX_GROUP_BYTES`]), replies, and puts it back at the end of the queue
+/// if more came meanwhile. A journal is committed by one thread at a time (the `scheduled`
+/// flag and its writer's lock), so its commits, and the replies within each, stay in the
+/// order the appends were queued; many journals commit on different threads at once.
+#[derive(Debug)]
+struct Pool {
+    ready: std::sync::Mutex<Ready>,
+    wake: std::sync::Condvar,
+    /// Writer threads to start (with the first journal).
+    threads: usize,
+    started: AtomicBool,
+    /// Most journals whose store (files) is open at once (`--max-journals`).
+    max_open: usize,
+    /// The journals whose store is open, by name: what `--max-journals` counts, and where
+    /// the least recently used idle one is found to close when another must open.
+    open_stores: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
+    /// The clock of `Slot::last_used`.
+    epoch: Instant,
 }
 
-impl std::fmt::Debug for WriterHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriterHandle")
+#[derive(Debug, Default)]
+struct Ready {
+    queue: VecDeque<Arc<Slot>>,
+    stop: bool,
+}
+
+/// One journal's writer as the pool sees it.
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    /// In the ready queue or being committed: never both twice, so one thread at a time.
+    scheduled: AtomicBool,
+    /// Jobs sent and not yet taken by the writer (briefly -1 when the writer takes a job
+    /// before its sender counts it).
+    pending: AtomicI64,
+    /// When appends last came (nanoseconds since `Pool::epoch`), for closing idle stores.
+    last_used: AtomicU64,
+    writer: std::sync::Mutex<Writer>,
+}
+
+impl Pool {
+    fn new(threads: usize, max_open: usize) -> Pool {
+        Pool {
+            ready: std::sync::Mutex::new(Ready::default()),
+            wake: std::sync::Condvar::new(),
+            threads: threads.max(1),
+            started: AtomicBool::new(false),
+            max_open,
+            open_stores: std::sync::Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Starts the writer threads, once.
+    fn start(self: &Arc<Self>) -> Result<(), ServerError> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        for n in 0..self.threads {
+            let pool = self.clone();
+            std::thread::Builder::new()
+                .name(format!("writer-{n}"))
+                // Its own frames are shallow: the store's open (on a reopen) runs on the
+                // blocking pool, and a commit is a write and an fsync.
+                .stack_size(256 * 1024)
+                .spawn(move || pool.work())
+                .map_err(|e| ServerError::Startup {
+                    op: "starting the journal writer thread",
+                    path: format!("writer-{n}"),
+                    source: Arc::new(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Puts `slot` in the ready queue unless it is there or being committed already.
+    fn schedule(&self, slot: &Arc<Slot>) {
+        // Pairs with the fence in `work`: either the writer sees this job counted in
+        // `pending` after it cleared `scheduled`, or this sees `scheduled` cleared and
+        // queues the journal; a job is never left waiting with nobody to take it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if slot.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        lock(&self.ready).queue.push_back(slot.clone());
+        self.wake.notify_one();
+    }
+
+    /// A writer thread: takes scheduled journals in turn until the pool stops.
+    fn work(&self) {
+        loop {
+            let slot = {
+                let mut ready = lock(&self.ready);
+                loop {
+                    if let Some(slot) = ready.queue.pop_front() {
+                        break slot;
+                    }
+                    if ready.stop {
+                        return;
+                    }
+                    ready = self.wake.wait(ready).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let turn = lock(&slot.writer).turn(self, &slot);
+            slot.scheduled.store(false, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let more = match turn {
+                Turn::Closed => false,
+                Turn::More => true,
+                Turn::Done => slot.pending.load(Ordering::SeqCst) > 0,
+            };
+            if more {
+                // More came during the commit: back of the queue, so every journal with
+                // appends waiting gets its turn.
+                self.schedule(&slot);
+            }
+        }
+    }
+
+    /// Lets the writer threads exit once the ready queue is empty.
+    fn stop(&self) {
+        lock(&self.ready).stop = true;
+        self.wake.notify_all();
+    }
+
+    /// Counts `slot` among the open stores, closing the least recently used idle store
+    /// first when `max_open` are open. A store is idle when no append waits for it and no
+    /// thread commits it; if none is, the journal cannot open now: RESOURCE_EXHAUSTED.
+    fn reserve(&self, slot: &Arc<Slot>) -> Result<(), ServerError> {
+        let mut open = lock(&self.open_stores);
+        while open.len() >= self.max_open {
+            let mut candidates: Vec<(u64, Arc<Slot>)> = open
+                .values()
+                .filter(|s| !s.scheduled.load(Ordering::SeqCst))
+                .map(|s| (s.last_used.load(Ordering::Relaxed), s.clone()))
+                .collect();
+            candidates.sort_unstable_by_key(|c| c.0);
+            let closed = candidates.into_iter().find_map(|(_, victim)| {
+                // Never waits: a writer busy with it is not idle. (A writer that wants
+                // `open_stores` while holding its own lock is never blocked by this.)
+                let mut writer = victim.writer.try_lock().ok()?;
+                writer.close_store("least recently used, to open another (--max-journals)")
+            });
+            match closed {
+                Some(name) => {
+                    open.remove(&name);
+                }
+                None => {
+                    return Err(ServerError::LimitReached(format!(
+                        "{} journals are open and all are busy, the most this server allows (--max-journals)",
+                        self.max_open
+                    )));
+                }
+            }
+        }
+        open.insert(slot.name.clone(), slot.clone());
+        Ok(())
+    }
+
+    /// Stops counting `name` among the open stores (its store was closed).
+    fn release(&self, name: &str) {
+        lock(&self.open_stores).remove(name);
+    }
+
+    /// Closes every store idle for `idle` or longer; how many.
+    fn close_idle(&self, idle: Duration) -> usize {
+        let cutoff = self.now().saturating_sub(idle.as_nanos() as u64);
+        let mut open = lock(&self.open_stores);
+        let idle: Vec<Arc<Slot>> = open
+            .values()
+            .filter(|s| {
+                !s.scheduled.load(Ordering::SeqCst) && s.last_used.load(Ordering::Relaxed) < cutoff
+            })
+            .cloned()
+            .collect();
+        let mut closed = 0;
+        for slot in idle {
+            if let Ok(mut writer) = slot.writer.try_lock()
+                && writer.close_store("idle").is_some()
+            {
+                open.remove(&slot.name);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// How many stores are open.
+    fn open_stores(&self) -> usize {
+        lock(&self.open_stores).len()
     }
 }
 
-/// A journal's writer: its own OS thread, so a commit goes handler -> writer -> handler.
-/// On a tokio task it went handler -> writer task -> blocking pool -> writer task ->
-/// handler: two more thread hand-offs per commit, the larger part of an append's latency
-/// once the fsync is done.
+/// Locks a std mutex; a panic elsewhere while it was held does not make its data unusable
+/// here (each holder leaves it consistent between statements).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a writer's turn left.
+enum Turn {
+    /// The queue was emptied; appends sent since (`Slot::pending`) need another turn.
+    Done,
+    /// The group was full: the journal needs another turn.
+    More,
+    /// The journal is closed for good (after `Stop`, with what was queued committed).
+    Closed,
+}
+
+/// A journal's writer: its queue, its store while open, and its durable watermark. Runs
+/// on whichever pool thread takes the journal; it used to have its own thread, which cost
+/// a thread (and its stack) per open journal.
+#[derive(Debug)]
 struct Writer {
     name: String,
     path: PathBuf,
     options: MiniStoreOptions,
-    /// `None` after a failure that needs a reopen.
+    /// `None` while the journal is closed (idle, or after a failure that needs a reopen):
+    /// the next commit opens it again.
     store: Option<MiniStore>,
+    /// Whether it is counted in `Pool::open_stores`: from opening the store until it is
+    /// closed as idle (a store dropped after a failure stays counted until reopened).
+    counted: bool,
     data_dir: PathBuf,
     /// Never reopen into a data directory that is not ours any more: open would create
     /// the journal afresh and hand out its sequence numbers again.
     data_dir_check: Arc<DataDirCheck>,
-    /// The runtime the server runs on, for the async `open` of a reopen.
-    runtime: tokio::runtime::Handle,
-    queue: mpsc::Receiver<WriterJob>,
+    /// `None` once the journal is closed for good (shutdown).
+    queue: Option<mpsc::Receiver<WriterJob>>,
+    /// Set at `Stop`: commit what is queued, then close.
+    stopping: bool,
     durable: watch::Sender<Durable>,
+    exited: Option<oneshot::Sender<()>>,
     metrics: Metrics,
 }
 
 impl Writer {
-    /// Starts the writer thread; its handle, and the queue's sending side for `Journal`.
-    fn spawn(mut self, jobs: mpsc::Sender<WriterJob>) -> Result<WriterHandle, ServerError> {
-        let (exited_tx, exited) = oneshot::channel();
-        let name = self.name.clone();
-        std::thread::Builder::new()
-            .name(format!("writer:{name}"))
-            // Its own frames are shallow: the store's open (on a reopen) runs on the
-            // blocking pool, and a commit is a write and an fsync.
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                self.run();
-                drop(self); // closes the store, releasing its lock, before we report
-                let _ = exited_tx.send(());
-            })
-            .map_err(|e| ServerError::Startup {
-                op: "starting the writer thread of journal",
-                path: name,
-                source: Arc::new(e),
-            })?;
-        Ok(WriterHandle { jobs, exited })
-    }
-
-    /// Takes every job waiting in the queue, commits them with one write and one fsync,
-    /// publishes the new durable position, then tells each caller its range. Returns at
-    /// `Stop` once what was queued before it is committed.
-    fn run(&mut self) {
-        let mut jobs: Vec<AppendJob> = Vec::new();
-        let mut requests: Vec<Append> = Vec::new();
-        // Takes one job into the group; the bytes it adds.
-        let take = |job, jobs: &mut Vec<AppendJob>, queue: &mut mpsc::Receiver<_>| match job {
-            WriterJob::Append(job) => {
-                let bytes = job.request.lines.iter().map(|l| l.as_bytes().len()).sum();
-                jobs.push(job);
-                bytes
-            }
-            // Refuse new appends (their senders see the queue closed); those already
-            // queued are still received, and committed: in-flight appends finish.
-            WriterJob::Stop => {
-                queue.close();
-                0
-            }
+    /// One turn: takes the jobs waiting in the queue (up to [`MAX_GROUP_BYTES`]), commits
+    /// them with one write and one fsync, publishes the new durable position, then tells
+    /// each caller its range.
+    fn turn(&mut self, pool: &Pool, slot: &Arc<Slot>) -> Turn {
+        let Some(queue) = self.queue.as_mut() else {
+            return Turn::Closed;
         };
-        while let Some(job) = self.queue.blocking_recv() {
-            let mut bytes: usize = take(job, &mut jobs, &mut self.queue);
-            while bytes < MAX_GROUP_BYTES {
-                let Ok(job) = self.queue.try_recv() else {
-                    break;
-                };
-                bytes += take(job, &mut jobs, &mut self.queue);
+        let mut jobs: Vec<AppendJob> = Vec::new();
+        let (mut bytes, mut taken) = (0usize, 0i64);
+        // Whether the queue was found empty (else the group is full and more may wait).
+        let mut drained = false;
+        loop {
+            if bytes >= MAX_GROUP_BYTES {
+                break;
             }
-            if jobs.is_empty() {
-                continue;
-            }
-            requests.extend(jobs.iter_mut().map(|j| std::mem::take(&mut j.request)));
-            let records = requests.iter().map(|r| r.lines.len()).sum();
-            let started = std::time::Instant::now();
-            let result = self.commit(&requests);
-            let (took, ok) = (started.elapsed(), result.is_ok());
-            self.metrics.committed(took, records, bytes, ok);
-            requests.clear();
-            // Publish before replying: a caller told "seq N" can read N back at once.
-            if let Some(store) = &self.store {
-                self.durable
-                    .send_if_modified(|d| std::mem::replace(d, store.durable()) != *d);
-            }
-            match result {
-                Ok(results) => {
-                    for (job, result) in jobs.drain(..).zip(results) {
-                        let reply = result.map_err(|e| ServerError::store(&self.name, e));
-                        // A caller that went away still had its records committed.
-                        let _ = job.reply.send(reply);
-                    }
+            let Ok(job) = queue.try_recv() else {
+                drained = true;
+                break;
+            };
+            taken += 1;
+            match job {
+                WriterJob::Append(job) => {
+                    bytes += job
+                        .request
+                        .lines
+                        .iter()
+                        .map(|l| l.as_bytes().len())
+                        .sum::<usize>();
+                    jobs.push(job);
                 }
-                Err(e) => {
-                    for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
+                // Refuse new appends (their senders see the queue closed); those already
+                // queued are still taken, and committed: in-flight appends finish.
+                WriterJob::Stop => {
+                    queue.close();
+                    self.stopping = true;
                 }
             }
         }
-        tracing::debug!(journal = %self.name, "writer closed");
+        slot.pending.fetch_sub(taken, Ordering::SeqCst);
+        if !jobs.is_empty() {
+            self.commit_group(pool, slot, jobs);
+        }
+        if self.stopping && drained {
+            // Dropping the queue drops any job a sender pushed after the close was seen
+            // (its caller is told the server is shutting down), and nothing is left to
+            // commit: close the store, releasing its lock, before reporting.
+            self.queue = None;
+            if self.counted {
+                pool.release(&self.name);
+                self.counted = false;
+            }
+            self.store = None;
+            tracing::debug!(journal = %self.name, "writer closed");
+            if let Some(exited) = self.exited.take() {
+                let _ = exited.send(());
+            }
+            return Turn::Closed;
+        }
+        match drained {
+            true => Turn::Done,
+            false => Turn::More,
+        }
+    }
+
+    /// Commits one group and replies to each of its callers.
+    fn commit_group(&mut self, pool: &Pool, slot: &Arc<Slot>, mut jobs: Vec<AppendJob>) {
+        let requests: Vec<Append> = jobs
+            .iter_mut()
+            .map(|j| std::mem::take(&mut j.request))
+            .collect();
+        let bytes = requests
+            .iter()
+            .flat_map(|r| &r.lines)
+            .map(|l| l.as_bytes().len())
+            .sum();
+        let records = requests.iter().map(|r| r.lines.len()).sum();
+        let started = Instant::now();
+        let result = self.commit(pool, slot, &requests);
+        let (took, ok) = (started.elapsed(), result.is_ok());
+        self.metrics.committed(took, records, bytes, ok);
+        // Publish before replying: a caller told "seq N" can read N back at once.
+        if let Some(store) = &self.store {
+            self.durable
+                .send_if_modified(|d| std::mem::replace(d, store.durable()) != *d);
+        }
+        match result {
+            Ok(results) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let reply = result.map_err(|e| ServerError::store(&self.name, e));
+                    // A caller that went away still had its records committed.
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Closes the store of an idle journal (its files, lock and memory; the queue and the
+    /// durable watermark stay, so followers notice nothing and the next append reopens
+    /// it). The journal's name if it was open.
+    fn close_store(&mut self, why: &str) -> Option<String> {
+        if !self.counted || self.queue.is_none() {
+            return None;
+        }
+        self.counted = false;
+        // Every acknowledged record was fsynced by its commit: closing loses nothing.
+        let store = self.store.take();
+        tracing::debug!(journal = %self.name, reason = why, "closed journal");
+        drop(store);
+        Some(self.name.clone())
     }
 
     /// Commits `requests` with one write and one fsync per file; each request's own
-    /// outcome (written, duplicate, refused) in order. A store poisoned by an earlier
-    /// failure (failed fsync or rotation) is reopened first, which re-reads and repairs
-    /// its tail, so the server recovers once the fault is gone. The poisoned attempt wrote
-    /// nothing, so retrying it once on the reopened store is safe.
+    /// outcome (written, duplicate, refused) in order. A closed journal is opened first
+    /// (counted against `--max-journals`). A store poisoned by an earlier failure (failed
+    /// fsync or rotation) is reopened first, which re-reads and repairs its tail, so the
+    /// server recovers once the fault is gone. The poisoned attempt wrote nothing, so
+    /// retrying it once on the reopened store is safe.
     fn commit(
         &mut self,
+        pool: &Pool,
+        slot: &Arc<Slot>,
         requests: &[Append],
     ) -> Result<Vec<Result<Appended, MiniStoreError>>, ServerError> {
         let name = self.name.as_str();
@@ -613,16 +978,40 @@ impl Writer {
                         path: self.data_dir.clone(),
                     });
                 }
-                match self.runtime.block_on(self.options.clone().open(&self.path)) {
+                let reopening_idle = !self.counted;
+                if reopening_idle {
+                    pool.reserve(slot)?;
+                    self.counted = true;
+                }
+                // On this writer thread: it does blocking I/O anyway.
+                match self.options.clone().blocking_open(&self.path) {
                     Ok(reopened) => {
-                        tracing::warn!(
-                            journal = name,
-                            last_seq = reopened.last_seq(),
-                            "reopened journal after a failure"
-                        );
+                        if reopening_idle {
+                            tracing::debug!(
+                                journal = name,
+                                last_seq = reopened.last_seq(),
+                                "reopened idle journal"
+                            );
+                        } else {
+                            tracing::warn!(
+                                journal = name,
+                                last_seq = reopened.last_seq(),
+                                "reopened journal after a failure"
+                            );
+                        }
+                        // What the files hold is the truth: a closed journal's files are
+                        // not locked, so say at once where they end.
+                        self.durable
+                            .send_if_modified(|d| std::mem::replace(d, reopened.durable()) != *d);
                         self.store = Some(reopened);
                     }
-                    Err(e) => return Err(ServerError::store(name, e)),
+                    Err(e) => {
+                        if reopening_idle {
+                            pool.release(name);
+                            self.counted = false;
+                        }
+                        return Err(ServerError::store(name, e));
+                    }
                 }
             }
             let store = self.store.as_mut().expect("opened above");

@@ -43,6 +43,12 @@ pub use error::ServerError;
 pub use journals::Journals;
 pub use service::JournalService;
 
+/// Most threads of the async runtime's blocking pool in the `ministore-server` binary
+/// (file reads, journal opens, large JSON): with `--writer-threads`, the fsync helpers (as
+/// many) and one async worker per core, what bounds the process's threads (see README,
+/// "Threads and descriptors").
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 /// Serves the journals of `config.data_dir` on `listener` until `shutdown` resolves:
 /// [`Server::from_listener`] then [`Server::run`].
 ///
@@ -151,6 +157,8 @@ impl Server {
         let metrics = Metrics::default();
         let mut journals = Journals::new(&config.data_dir, config.store_options())
             .with_max_open(config.max_journals)
+            .with_writer_threads(config.writer_threads)
+            .with_idle_close(std::time::Duration::from_secs(config.journal_idle_seconds))
             .with_metrics(metrics.clone());
         if let Some(lock) = &lock {
             journals = journals.watch_data_dir(config.data_dir.join(LOCK_FILE), lock);
@@ -168,6 +176,9 @@ impl Server {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
                 while local && journals.check_data_dir_now() {
                     every.tick().await;
+                    // Closing idle journals' files blocks briefly: off the runtime.
+                    let sweeping = journals.clone();
+                    let _ = tokio::task::spawn_blocking(move || sweeping.sweep()).await;
                 }
             }
         });

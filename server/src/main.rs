@@ -16,6 +16,10 @@ fn main() -> std::process::ExitCode {
     init_tracing(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // File reads of Replay and Stream, journal opens and large JSON run on the blocking
+        // pool: bounded, so that thousands of readers woken at once queue for threads
+        // instead of starting one each (tokio's default allows 512).
+        .max_blocking_threads(ministore_server::MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(runtime) => runtime,

@@ -238,17 +238,18 @@ impl Drop for OpenStream {
     }
 }
 
-/// The per-journal gauges, read from the open journals at each scrape: the cost of a
-/// scrape is one directory listing per open journal (at most `--max-journals`).
+/// The per-journal gauges, read from the journals the server holds at each scrape: the
+/// cost of a scrape is one directory listing per journal held (those with open files, at
+/// most `--max-journals`, and those followers or RPCs in progress use).
 #[derive(Debug)]
 struct JournalGauges(Arc<Journals>);
 
 impl Collector for JournalGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let journals = self.0.open_journals();
-        ConstGauge::new(journals.len() as i64).encode(encoder.encode_descriptor(
+        ConstGauge::new(self.0.open_stores() as i64).encode(encoder.encode_descriptor(
             "journals_open",
-            "Journals open (each holds its files and a writer thread).",
+            "Journals whose files are open (at most --max-journals; idle ones are closed).",
             None,
             MetricType::Gauge,
         )?)?;

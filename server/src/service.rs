@@ -50,6 +50,17 @@ pub const DEFAULT_LIST_PAGE: u32 = 100;
 /// Most journals per ListJournals page: a page summarizes each of its journals not yet
 /// open from its files, so this bounds the reads one request makes.
 pub const MAX_LIST_PAGE: u32 = 1000;
+/// Bytes of JSON above which a request's records are checked, or a page's records
+/// converted to values, on the blocking pool instead of the async runtime: parsing runs at
+/// a few hundred MB/s, so this keeps each step on the runtime well under ~500 µs, and
+/// small appends (most) keep the shorter path.
+pub const OFFLOAD_JSON_BYTES: usize = 64 * 1024;
+/// How long a following Stream waits at the end before its reader closes its files and
+/// frees its buffers (and positions again when records come): at once, so a follower holds
+/// descriptors only while it has records to send, and 10,000 idle followers hold none
+/// (with two each they would need 20,000, a common hard limit). The price is a
+/// positioning per wake-up (two directory listings, two opens, an index lookup).
+const PARK_AFTER: std::time::Duration = std::time::Duration::ZERO;
 /// Records a Stream reads from disk at a time (bytes bound it first for records over 64 B).
 const STREAM_BATCH: usize = 4096;
 /// What a streamed record costs in memory, in multiples of its JSON: the record, and its
@@ -147,19 +158,23 @@ impl JournalService {
             if batch.is_empty() {
                 break;
             }
-            for stored in batch {
-                let (record, form) = to_wire(stored, as_value);
-                let len = record.encoded_len() + 8; // the field's tag and length
-                let cost = form + len; // and its encoded copy, made as the reply is sent
-                if !records.is_empty()
-                    && (wire + len > MAX_PAGE_BYTES || memory + cost > held.bytes())
-                {
-                    // Read but not sent: the page ends before it, and the next starts there.
-                    break 'page;
-                }
-                wire += len;
-                memory += cost;
-                records.push(record);
+            // Converting to values parses every record: a large batch is converted on
+            // the blocking pool (the page so far goes with it, and comes back).
+            let json_bytes = match as_value {
+                true => batch.iter().map(|r| r.json.len()).sum(),
+                false => 0,
+            };
+            let page = Page {
+                records: std::mem::take(&mut records),
+                wire,
+                memory,
+                budget: held.bytes(),
+            };
+            let (page, full) =
+                off_runtime(json_bytes, move || page.extend(batch, as_value)).await?;
+            (records, wire, memory) = (page.records, page.wire, page.memory);
+            if full {
+                break 'page;
             }
             held.shrink_to(memory);
         }
@@ -167,48 +182,31 @@ impl JournalService {
         Ok((records, held))
     }
 
-    fn check_size(&self, size: usize) -> Result<(), ServerError> {
-        if size > self.max_payload_bytes {
-            return Err(ServerError::PayloadTooLarge {
-                size,
-                max: self.max_payload_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    /// A record given as JSON bytes: size-checked before it is parsed.
-    fn line_from_payload(&self, journal: &str, payload: &[u8]) -> Result<JsonLine, ServerError> {
-        self.check_size(payload.len())?;
-        let line = JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))?;
-        value::check_readable(&line)?;
-        Ok(line)
-    }
-
-    /// A record given as a structured value.
-    fn line_from_value(
-        &self,
-        journal: &str,
-        value: &prost_types::Value,
-    ) -> Result<JsonLine, ServerError> {
-        let line = JsonLine::from_value(&value::to_json(value)?)
-            .map_err(|e| ServerError::store(journal, e))?;
-        self.check_size(line.as_bytes().len())?;
-        value::check_readable(&line)?;
-        Ok(line)
-    }
-
     /// An AppendRequest checked (rights, name, record) and made the store's request, with
-    /// the name of the journal to append it to.
-    pub(crate) fn append_of(
+    /// the name of the journal to append it to. A record of more than
+    /// [`OFFLOAD_JSON_BYTES`] is checked on the blocking pool.
+    pub(crate) async fn append_of(
         &self,
         grant: &Grant,
         req: AppendRequest,
     ) -> Result<(String, Append), ServerError> {
         let name = authorize(grant, &req.journal, Right::Append)?;
-        let line = match &req.record {
-            Some(append_request::Record::Payload(bytes)) => self.line_from_payload(name, bytes)?,
-            Some(append_request::Record::Value(value)) => self.line_from_value(name, value)?,
+        let max = self.max_payload_bytes;
+        let line = match req.record {
+            Some(append_request::Record::Payload(bytes)) => {
+                let journal = name.to_owned();
+                off_runtime(bytes.len(), move || {
+                    line_from_payload(max, &journal, &bytes)
+                })
+                .await??
+            }
+            Some(append_request::Record::Value(value)) => {
+                let journal = name.to_owned();
+                off_runtime(value.encoded_len(), move || {
+                    line_from_value(max, &journal, &value)
+                })
+                .await??
+            }
             None => {
                 return Err(ServerError::InvalidArgument(
                     "AppendRequest has no record: set `payload` (JSON text as bytes) or `value` (a JSON value)".into(),
@@ -248,6 +246,82 @@ impl JournalService {
     }
 }
 
+/// Runs `work` (JSON parsing or conversion of about `bytes` bytes) on the blocking pool
+/// when it is larger than [`OFFLOAD_JSON_BYTES`], so one large request cannot hold an async
+/// worker (and every RPC queued behind it) for milliseconds; inline otherwise. The blocking
+/// pool is bounded ([`crate::MAX_BLOCKING_THREADS`] in the binary), and each request's
+/// JSON by the message size limit.
+async fn off_runtime<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServerError> {
+    if bytes <= OFFLOAD_JSON_BYTES {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime that is shutting down cancels a blocking task.
+            Err(_) => ServerError::ShuttingDown,
+        })
+}
+
+/// A record given as JSON bytes: size-checked before it is parsed.
+fn line_from_payload(max: usize, journal: &str, payload: &[u8]) -> Result<JsonLine, ServerError> {
+    check_size(max, payload.len())?;
+    let line = JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))?;
+    value::check_readable(&line)?;
+    Ok(line)
+}
+
+/// A record given as a structured value.
+fn line_from_value(
+    max: usize,
+    journal: &str,
+    value: &prost_types::Value,
+) -> Result<JsonLine, ServerError> {
+    let line = JsonLine::from_value(&value::to_json(value)?)
+        .map_err(|e| ServerError::store(journal, e))?;
+    check_size(max, line.as_bytes().len())?;
+    value::check_readable(&line)?;
+    Ok(line)
+}
+
+fn check_size(max: usize, size: usize) -> Result<(), ServerError> {
+    if size > max {
+        return Err(ServerError::PayloadTooLarge { size, max });
+    }
+    Ok(())
+}
+
+/// The records of an AppendBatch, each checked; the error names the first bad one.
+fn batch_lines(
+    max: usize,
+    journal: &str,
+    payloads: &[Vec<u8>],
+    values: &[prost_types::Value],
+) -> Result<Vec<JsonLine>, ServerError> {
+    match (payloads.is_empty(), values.is_empty()) {
+        (false, false) => Err(ServerError::InvalidArgument(
+            "AppendBatchRequest sets both `payloads` and `values`; use one".into(),
+        )),
+        (true, true) => Err(ServerError::InvalidArgument(
+            "AppendBatchRequest has no records: set `payloads` or `values`".into(),
+        )),
+        (false, true) => payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| line_from_payload(max, journal, p).map_err(|e| at_index(i, e)))
+            .collect(),
+        (true, false) => values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| line_from_value(max, journal, v).map_err(|e| at_index(i, e)))
+            .collect(),
+    }
+}
+
 /// Runs one RPC inside a span named after it, logging its outcome and duration.
 async fn traced<T>(
     method: &'static str,
@@ -264,6 +338,36 @@ async fn traced<T>(
         Err(e) => tracing::debug!(micros, error = %e, "failed"),
     }
     result.map_err(Status::from)
+}
+
+/// A Replay page being built: its records, their bytes on the wire, the memory they hold,
+/// and the read budget held for them.
+struct Page {
+    records: Vec<Record>,
+    wire: usize,
+    memory: usize,
+    budget: usize,
+}
+
+impl Page {
+    /// Adds `batch` in wire form until the page is full; whether it is (a record was read
+    /// but not sent: the page ends before it, and the next page starts there).
+    fn extend(mut self, batch: Vec<ministore::Record>, as_value: bool) -> (Page, bool) {
+        for stored in batch {
+            let (record, form) = to_wire(stored, as_value);
+            let len = record.encoded_len() + 8; // the field's tag and length
+            let cost = form + len; // and its encoded copy, made as the reply is sent
+            if !self.records.is_empty()
+                && (self.wire + len > MAX_PAGE_BYTES || self.memory + cost > self.budget)
+            {
+                return (self, true);
+            }
+            self.wire += len;
+            self.memory += cost;
+            self.records.push(record);
+        }
+        (self, false)
+    }
 }
 
 /// A stored record in its wire form, and the memory that form holds.
@@ -319,7 +423,7 @@ impl JournalRpc for JournalService {
         let req = request.into_inner();
         let journal_name = req.journal.clone();
         traced("Append", &journal_name, async {
-            let (name, request) = self.append_of(&grant, req)?;
+            let (name, request) = self.append_of(&grant, req).await?;
             let appended = self.backend.append(&name, request).await?;
             let seq = appended.seqs.start;
             tracing::Span::current().record("seq", seq);
@@ -339,30 +443,14 @@ impl JournalRpc for JournalService {
         let req = request.into_inner();
         traced("AppendBatch", &req.journal, async {
             let name = authorize(&grant, &req.journal, Right::Append)?;
-            let lines = match (req.payloads.is_empty(), req.values.is_empty()) {
-                (false, false) => {
-                    return Err(ServerError::InvalidArgument(
-                        "AppendBatchRequest sets both `payloads` and `values`; use one".into(),
-                    ));
-                }
-                (true, true) => {
-                    return Err(ServerError::InvalidArgument(
-                        "AppendBatchRequest has no records: set `payloads` or `values`".into(),
-                    ));
-                }
-                (false, true) => req
-                    .payloads
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| self.line_from_payload(name, p).map_err(|e| at_index(i, e)))
-                    .collect::<Result<Vec<_>, _>>()?,
-                (true, false) => req
-                    .values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| self.line_from_value(name, v).map_err(|e| at_index(i, e)))
-                    .collect::<Result<Vec<_>, _>>()?,
-            };
+            let max = self.max_payload_bytes;
+            let bytes = req.payloads.iter().map(Vec::len).sum::<usize>()
+                + req.values.iter().map(Message::encoded_len).sum::<usize>();
+            let (journal, payloads, values) = (name.to_owned(), req.payloads, req.values);
+            let lines = off_runtime(bytes, move || {
+                batch_lines(max, &journal, &payloads, &values)
+            })
+            .await??;
             let request = append_with(lines, req.idempotency_key, req.expected_last_seq);
             let appended = self.backend.append(name, request).await?;
             let range = appended.seqs;
@@ -645,7 +733,10 @@ impl StreamFeed {
             if let Some(stored) = self.ahead.pop_front() {
                 self.sent = self.held.take(STREAM_COPIES * stored.json.len());
                 // Converted only now, one at a time: a value takes several times its JSON.
-                let (record, _) = to_wire(stored, self.as_value);
+                // A large one is converted on the blocking pool.
+                let as_value = self.as_value;
+                let bytes = if as_value { stored.json.len() } else { 0 };
+                let (record, _) = off_runtime(bytes, move || to_wire(stored, as_value)).await?;
                 return Ok(Some(stream_event::Event::Record(record)));
             }
             if *self.shutdown.borrow() {
@@ -707,8 +798,13 @@ impl StreamFeed {
                 let last_seq = self.last_seq();
                 return Ok(Some(stream_event::Event::CaughtUp(CaughtUp { last_seq })));
             }
+            // Nothing is held while waiting: a burst's batch queue is not kept either.
+            if self.ahead.capacity() > 16 {
+                self.ahead = VecDeque::new();
+            }
             let reader = self.reader.as_mut().expect("checked above");
-            match wait(self.heartbeat, self.shutdown.clone(), reader.wait()).await? {
+            let more = reader.wait(PARK_AFTER);
+            match wait(self.heartbeat, self.shutdown.clone(), more).await? {
                 Woke::More => continue,
                 Woke::Heartbeat => return Ok(Some(self.heartbeat())),
             }

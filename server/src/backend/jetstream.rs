@@ -878,7 +878,7 @@ impl RecordReader for JetStreamReader {
         Ok(batch)
     }
 
-    async fn wait(&mut self) -> bool {
+    async fn wait(&mut self, _park_after: Duration) -> bool {
         if !self.ahead.is_empty() || self.received <= self.last_seq {
             return true;
         }

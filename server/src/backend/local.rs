@@ -56,8 +56,8 @@ impl RecordReader for LocalReader {
             .map_err(|e| ServerError::store(self.journal.name(), e))
     }
 
-    async fn wait(&mut self) -> bool {
-        self.reader.wait().await
+    async fn wait(&mut self, park_after: std::time::Duration) -> bool {
+        self.reader.wait_parking(park_after).await
     }
 }
 

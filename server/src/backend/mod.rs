@@ -88,8 +88,10 @@ pub trait RecordReader: Send {
     ) -> Result<Vec<Record>, ServerError>;
 
     /// Waits until more records may be there. `false` when none ever will through this
-    /// reader (the backend is shutting down).
-    async fn wait(&mut self) -> bool;
+    /// reader (the backend is shutting down). A reader still waiting after `park_after`
+    /// may let go of what it holds per reader (the local store's open files and buffer),
+    /// so that many idle followers cost little.
+    async fn wait(&mut self, park_after: std::time::Duration) -> bool;
 }
 
 /// A time in nanoseconds since the Unix epoch as a protobuf Timestamp.
