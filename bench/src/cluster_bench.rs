@@ -30,13 +30,14 @@ pub struct ClusterResults {
 /// Append at each of [`CALLERS`] through the client as it comes (one AppendStream per
 /// journal), then at 64 callers with one unary Append RPC per append.
 async fn loads(
-    client: &ministore_client::Client,
     addr: &str,
     prefix: &str,
     duration: Duration,
     warmup: Duration,
 ) -> Result<(Vec<Load>, Load), BoxError> {
-    let loads = grpc_bench::appends(client, prefix, &CALLERS, duration, warmup).await?;
+    // The client as users get it (`with_server`'s sends unary RPCs).
+    let client = ministore_client::Client::connect(addr).await?;
+    let loads = grpc_bench::appends(&client, prefix, &CALLERS, duration, warmup).await?;
     let per_call_client = ministore_client::ClientBuilder::new(addr)
         .append_streams(false)
         .max_appends_in_flight(0)
@@ -56,8 +57,8 @@ pub async fn run(
     in_flight: usize,
 ) -> Result<ClusterResults, BoxError> {
     let (local, local_per_call) =
-        grpc_bench::with_server(&data_dir.join("local"), in_flight, async |client, addr| {
-            loads(client, addr, "local", duration, warmup).await
+        grpc_bench::with_server(&data_dir.join("local"), in_flight, async |_client, addr| {
+            loads(addr, "local", duration, warmup).await
         })
         .await?;
     let cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3)).await?;
@@ -65,8 +66,8 @@ pub async fn run(
     config.backend = cluster.url();
     config.nats_monitor = cluster.monitor_urls();
     let (clustered, clustered_per_call) =
-        grpc_bench::with_server_config(config, in_flight, async |client, addr| {
-            loads(client, addr, "clustered", duration, warmup).await
+        grpc_bench::with_server_config(config, in_flight, async |_client, addr| {
+            loads(addr, "clustered", duration, warmup).await
         })
         .await?;
     let raw = raw_publish(&cluster.url(), duration, warmup).await?;

@@ -234,8 +234,13 @@ pub struct AppendLoads {
 }
 
 /// The project's client of `addr`, with `max_appends_in_flight(in_flight)`.
+///
+/// Its appends are unary RPCs (`append_streams(false)`), so that the store, noop and
+/// server rows keep measuring what they always did; the `peers` section measures the
+/// client's AppendStream.
 async fn connect(addr: &str, in_flight: usize) -> Result<Client, BoxError> {
     Ok(ClientBuilder::new(addr)
+        .append_streams(false)
         .max_appends_in_flight(in_flight)
         .connect()
         .await?)
