@@ -10,7 +10,7 @@ use ministore::proto::journal_client::JournalClient;
 use ministore::proto::{AppendAck, AppendRequest, InfoRequest, append_request};
 use ministore_server::Config;
 use ministore_server::append_stream::{MAX_UNACKED, MAX_UNACKED_BYTES};
-use ministore_tests::server::{ServerProcess, TestServer, replay_texts};
+use ministore_tests::server::{ServerProcess, TestServer, payload_request, replay_texts};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,18 +19,10 @@ use tonic::transport::{Channel, Endpoint};
 
 type Stub = JournalClient<Channel>;
 
-fn request(journal: &str, json: &str) -> AppendRequest {
-    AppendRequest {
-        journal: journal.into(),
-        record: Some(append_request::Record::Payload(json.as_bytes().to_vec())),
-        ..Default::default()
-    }
-}
-
 fn keyed(journal: &str, json: &str, key: &str) -> AppendRequest {
     AppendRequest {
         idempotency_key: key.into(),
-        ..request(journal, json)
+        ..payload_request(journal, json)
     }
 }
 
@@ -69,7 +61,7 @@ async fn acks_come_in_request_order_with_increasing_seqs_across_two_journals() {
     // Two journals interleaved on one stream: acks follow the requests, and each journal's
     // seqs follow the order its requests were sent.
     let sent: Vec<AppendRequest> = (0..3000)
-        .map(|i| request(["a", "b"][i % 2], &format!(r#"{{"i":{i}}}"#)))
+        .map(|i| payload_request(["a", "b"][i % 2], &format!(r#"{{"i":{i}}}"#)))
         .collect();
     let acks = stub
         .append_stream(tokio_stream::iter(sent.clone()))
@@ -107,17 +99,17 @@ async fn a_failed_request_gets_its_error_and_the_stream_goes_on() {
     let mut stub = server.stub().await;
     let expecting = |seq| AppendRequest {
         expected_last_seq: Some(seq),
-        ..request("j", r#"{"conditional":true}"#)
+        ..payload_request("j", r#"{"conditional":true}"#)
     };
     let sent = vec![
-        keyed("j", r#"{"n":1}"#, "k1"), // 0: seq 1
-        request("j", "{oops"),          // 1: INVALID_ARGUMENT
-        request("bad/name", "{}"),      // 2: INVALID_ARGUMENT
-        expecting(5),                   // 3: ABORTED, the journal is at 1
-        keyed("j", r#"{"n":2}"#, "k1"), // 4: ALREADY_EXISTS: k1 was seq 1
-        keyed("j", r#"{"n":1}"#, "k1"), // 5: a duplicate of seq 1
-        expecting(1),                   // 6: seq 2
-        request("j", r#"{"n":3}"#),     // 7: seq 3
+        keyed("j", r#"{"n":1}"#, "k1"),     // 0: seq 1
+        payload_request("j", "{oops"),      // 1: INVALID_ARGUMENT
+        payload_request("bad/name", "{}"),  // 2: INVALID_ARGUMENT
+        expecting(5),                       // 3: ABORTED, the journal is at 1
+        keyed("j", r#"{"n":2}"#, "k1"),     // 4: ALREADY_EXISTS: k1 was seq 1
+        keyed("j", r#"{"n":1}"#, "k1"),     // 5: a duplicate of seq 1
+        expecting(1),                       // 6: seq 2
+        payload_request("j", r#"{"n":3}"#), // 7: seq 3
     ];
     let acks = stub
         .append_stream(tokio_stream::iter(sent))
@@ -191,7 +183,7 @@ async fn a_producer_that_does_not_read_its_acks_is_held_to_a_bounded_read_ahead(
     let counter = pulled.clone();
     let requests = tokio_stream::iter(0..u64::MAX).map(move |_| {
         counter.fetch_add(1, Ordering::Relaxed);
-        request("flow", &record)
+        payload_request("flow", &record)
     });
     let mut acks = producer.append_stream(requests).await.unwrap().into_inner();
 
@@ -317,7 +309,7 @@ async fn a_server_stopping_with_records_in_flight_keeps_every_ack_and_writes_in_
         let started = started.clone();
         producers.push(tokio::spawn(async move {
             let requests = tokio_stream::iter(0..u64::MAX)
-                .map(move |i| request("s", &format!(r#"{{"p":{p},"i":{i}}}"#)));
+                .map(move |i| payload_request("s", &format!(r#"{{"p":{p},"i":{i}}}"#)));
             let mut acks = stub.append_stream(requests).await.unwrap().into_inner();
             let (mut acked, mut waited) = (Vec::new(), false);
             loop {

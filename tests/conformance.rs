@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ministore::proto::journal_client::JournalClient;
 use ministore::proto::{
     AppendBatchRequest, AppendRequest, InfoRequest, ListJournalsRequest, Record, ReplayRequest,
-    StreamRequest, append_request, record, stream_event,
+    StreamRequest, record, stream_event,
 };
 use ministore_server::Config;
 use ministore_tests::cluster;
-use ministore_tests::server::TestServer;
+use ministore_tests::server::{TestServer, append_payload, payload_request, replay_texts};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -65,14 +65,6 @@ impl Target {
     }
 }
 
-fn payload_req(journal: &str, json: &str) -> AppendRequest {
-    AppendRequest {
-        journal: journal.into(),
-        record: Some(append_request::Record::Payload(json.as_bytes().to_vec())),
-        ..Default::default()
-    }
-}
-
 fn batch_req(journal: &str, jsons: &[&str]) -> AppendBatchRequest {
     AppendBatchRequest {
         journal: journal.into(),
@@ -81,39 +73,10 @@ fn batch_req(journal: &str, jsons: &[&str]) -> AppendBatchRequest {
     }
 }
 
-async fn append(stub: &mut Stub, journal: &str, json: &str) -> Result<u64, tonic::Status> {
-    Ok(stub
-        .append(payload_req(journal, json))
-        .await?
-        .into_inner()
-        .seq)
-}
-
 fn payload_of(record: &Record) -> String {
     match &record.body {
         Some(record::Body::Payload(p)) => String::from_utf8(p.clone()).unwrap(),
         other => panic!("expected a payload, got {other:?}"),
-    }
-}
-
-async fn replay_all(stub: &mut Stub, journal: &str) -> Vec<(u64, String)> {
-    let mut all = Vec::new();
-    let mut from_seq = 0;
-    loop {
-        let page = stub
-            .replay(ReplayRequest {
-                journal: journal.into(),
-                from_seq,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if page.records.is_empty() {
-            return all;
-        }
-        all.extend(page.records.iter().map(|r| (r.seq, payload_of(r))));
-        from_seq = page.next_seq;
     }
 }
 
@@ -125,11 +88,11 @@ async fn appends_get_dense_seqs_and_replay_returns_the_stored_json(target: Targe
         .enumerate()
     {
         assert_eq!(
-            append(&mut stub, &journal, json).await.unwrap(),
+            append_payload(&mut stub, &journal, json).await.unwrap(),
             i as u64 + 1
         );
     }
-    let records = replay_all(&mut stub, &journal).await;
+    let records = replay_texts(&mut stub, &journal).await;
     assert_eq!(
         records,
         vec![
@@ -161,7 +124,7 @@ async fn a_retried_key_is_answered_with_its_seq_and_expectations_are_checked(tar
     let keyed = |json: &str, key: &str, expected: Option<u64>| AppendRequest {
         idempotency_key: key.into(),
         expected_last_seq: expected,
-        ..payload_req(&journal, json)
+        ..payload_request(&journal, json)
     };
     let first = stub
         .append(keyed("1", "k1", Some(0)))
@@ -177,7 +140,7 @@ async fn a_retried_key_is_answered_with_its_seq_and_expectations_are_checked(tar
     assert_eq!((again.seq, again.duplicate), (1, true));
     // A retried key is answered before its expectation is checked: the retry of an
     // append that expected 0 is still answered after the journal moved on.
-    assert_eq!(append(&mut stub, &journal, "2").await.unwrap(), 2);
+    assert_eq!(append_payload(&mut stub, &journal, "2").await.unwrap(), 2);
     let retry = stub
         .append(keyed("1", "k1", Some(0)))
         .await
@@ -208,13 +171,18 @@ async fn a_retried_key_is_answered_with_its_seq_and_expectations_are_checked(tar
         .unwrap()
         .into_inner();
     assert_eq!((ok.seq, ok.duplicate), (3, false));
-    assert_eq!(replay_all(&mut stub, &journal).await.len(), 3);
+    assert_eq!(replay_texts(&mut stub, &journal).await.len(), 3);
 }
 
 async fn a_batch_is_atomic_and_a_retried_batch_gets_its_original_seqs(target: Target) {
     let mut stub = target.stub().await;
     let journal = target.journal("batches");
-    assert_eq!(append(&mut stub, &journal, r#""first""#).await.unwrap(), 1);
+    assert_eq!(
+        append_payload(&mut stub, &journal, r#""first""#)
+            .await
+            .unwrap(),
+        1
+    );
     let keyed = AppendBatchRequest {
         idempotency_key: "batch-1".into(),
         ..batch_req(&journal, &["1", "2", "3"])
@@ -249,7 +217,7 @@ async fn a_batch_is_atomic_and_a_retried_batch_gets_its_original_seqs(target: Ta
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let seqs: Vec<u64> = replay_all(&mut stub, &journal)
+    let seqs: Vec<u64> = replay_texts(&mut stub, &journal)
         .await
         .iter()
         .map(|r| r.0)
@@ -260,12 +228,16 @@ async fn a_batch_is_atomic_and_a_retried_batch_gets_its_original_seqs(target: Ta
 async fn bad_requests_get_the_same_codes(target: Target) {
     let mut stub = target.stub().await;
     let journal = target.journal("errors");
-    let err = append(&mut stub, &journal, "{not json").await.unwrap_err();
+    let err = append_payload(&mut stub, &journal, "{not json")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = append(&mut stub, "../escape", "1").await.unwrap_err();
+    let err = append_payload(&mut stub, "../escape", "1")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let big = format!("\"{}\"", "x".repeat(1024 * 1024 + 1));
-    let err = append(&mut stub, &journal, &big).await.unwrap_err();
+    let err = append_payload(&mut stub, &journal, &big).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
 
     let unknown = target.journal("never-written");
@@ -283,7 +255,7 @@ async fn bad_requests_get_the_same_codes(target: Target) {
     };
     assert_eq!(stub.info(info).await.unwrap_err().code(), Code::NotFound);
 
-    assert_eq!(append(&mut stub, &journal, "1").await.unwrap(), 1);
+    assert_eq!(append_payload(&mut stub, &journal, "1").await.unwrap(), 1);
     let past = ReplayRequest {
         journal: journal.clone(),
         from_seq: 3,
@@ -336,7 +308,9 @@ async fn a_stream_without_follow_ends_and_a_follower_sees_live_records(target: T
     let mut stub = target.stub().await;
     let journal = target.journal("follow");
     for i in 1..=3 {
-        append(&mut stub, &journal, &i.to_string()).await.unwrap();
+        append_payload(&mut stub, &journal, &i.to_string())
+            .await
+            .unwrap();
     }
     let request = |follow| StreamRequest {
         journal: journal.clone(),
@@ -374,8 +348,8 @@ async fn a_stream_without_follow_ends_and_a_follower_sees_live_records(target: T
             stream_event::Event::CaughtUp(c) => {
                 assert_eq!(c.last_seq, seen.last().copied().unwrap_or(0).max(3));
                 // Appended after the follower caught up: delivered live.
-                append(&mut writer, &journal, "4").await.unwrap();
-                append(&mut writer, &journal, "5").await.unwrap();
+                append_payload(&mut writer, &journal, "4").await.unwrap();
+                append_payload(&mut writer, &journal, "5").await.unwrap();
             }
             stream_event::Event::Heartbeat(_) => {}
         }
@@ -400,7 +374,9 @@ async fn a_follower_of_a_journal_not_yet_written_sees_its_first_record(target: T
         other => panic!("{other:?}"),
     }
     let mut writer = target.stub().await;
-    append(&mut writer, &journal, r#""hello""#).await.unwrap();
+    append_payload(&mut writer, &journal, r#""hello""#)
+        .await
+        .unwrap();
     loop {
         match events.next().await.unwrap().unwrap().event.unwrap() {
             stream_event::Event::Record(r) => {
@@ -469,7 +445,7 @@ async fn concurrent_appends_get_unique_dense_seqs(target: Target) {
             let mut seqs = Vec::new();
             for i in 0..10 {
                 seqs.push(
-                    append(&mut stub, &journal, &format!("[{t},{i}]"))
+                    append_payload(&mut stub, &journal, &format!("[{t},{i}]"))
                         .await
                         .unwrap(),
                 );
@@ -484,7 +460,7 @@ async fn concurrent_appends_get_unique_dense_seqs(target: Target) {
     seqs.sort();
     assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
     let mut stub = target.stub().await;
-    assert_eq!(replay_all(&mut stub, &journal).await.len(), 80);
+    assert_eq!(replay_texts(&mut stub, &journal).await.len(), 80);
 }
 
 async fn an_append_stream_is_acked_in_order_with_keys_and_expectations(target: Target) {
@@ -492,19 +468,19 @@ async fn an_append_stream_is_acked_in_order_with_keys_and_expectations(target: T
     let journal = target.journal("append-stream");
     let keyed = |json: &str, key: &str| AppendRequest {
         idempotency_key: key.into(),
-        ..payload_req(&journal, json)
+        ..payload_request(&journal, json)
     };
     let mut sent: Vec<AppendRequest> = (1..=50)
-        .map(|i| payload_req(&journal, &i.to_string()))
+        .map(|i| payload_request(&journal, &i.to_string()))
         .collect();
     sent.push(keyed("51", "k"));
     sent.push(keyed("51", "k"));
     sent.push(AppendRequest {
         expected_last_seq: Some(7),
-        ..payload_req(&journal, "52")
+        ..payload_request(&journal, "52")
     });
-    sent.push(payload_req(&journal, "{oops"));
-    sent.push(payload_req(&journal, "52"));
+    sent.push(payload_request(&journal, "{oops"));
+    sent.push(payload_request(&journal, "52"));
     let mut acks = stub
         .append_stream(tokio_stream::iter(sent))
         .await
@@ -530,7 +506,7 @@ async fn an_append_stream_is_acked_in_order_with_keys_and_expectations(target: T
         Code::InvalidArgument as i32
     );
     assert_eq!((got[54].seq, &got[54].error), (52, &None));
-    assert_eq!(replay_all(&mut stub, &journal).await.len(), 52);
+    assert_eq!(replay_texts(&mut stub, &journal).await.len(), 52);
 }
 
 /// Each behaviour above, once per backend.
@@ -591,9 +567,10 @@ async fn two_servers_in_front_of_one_cluster_serve_the_same_journal() {
         match event.unwrap().event.unwrap() {
             stream_event::Event::CaughtUp(c) if c.last_seq == 0 => {
                 for i in 1..=3 {
-                    let seq = append(&mut writer, &journal, &format!("{{\"via\":1,\"i\":{i}}}"))
-                        .await
-                        .unwrap();
+                    let seq =
+                        append_payload(&mut writer, &journal, &format!("{{\"via\":1,\"i\":{i}}}"))
+                            .await
+                            .unwrap();
                     assert_eq!(seq, i);
                 }
             }
@@ -614,7 +591,12 @@ async fn two_servers_in_front_of_one_cluster_serve_the_same_journal() {
     );
     // And the second server appends after them, on the same seqs.
     let mut second_writer = two.stub().await;
-    assert_eq!(append(&mut second_writer, &journal, "4").await.unwrap(), 4);
+    assert_eq!(
+        append_payload(&mut second_writer, &journal, "4")
+            .await
+            .unwrap(),
+        4
+    );
 }
 
 /// A cluster that acknowledges before fsync would break the durability promise: with

@@ -8,28 +8,12 @@ use ministore::proto::{
 };
 use ministore_server::Config;
 use ministore_tests::events::Records;
-use ministore_tests::server::TestServer;
+use ministore_tests::server::{TestServer, append_payload, payload_request};
 use prost_types::value::Kind;
 use tonic::Code;
 use tonic::transport::Channel;
 
 type Stub = JournalClient<Channel>;
-
-fn payload_req(journal: &str, json: &str) -> AppendRequest {
-    AppendRequest {
-        journal: journal.into(),
-        record: Some(append_request::Record::Payload(json.as_bytes().to_vec())),
-        ..Default::default()
-    }
-}
-
-async fn append(stub: &mut Stub, journal: &str, json: &str) -> Result<u64, tonic::Status> {
-    Ok(stub
-        .append(payload_req(journal, json))
-        .await?
-        .into_inner()
-        .seq)
-}
 
 fn replay_req(journal: &str, from_seq: u64, limit: u32) -> ReplayRequest {
     ReplayRequest {
@@ -81,9 +65,22 @@ fn object_value(fields: &[(&str, prost_types::Value)]) -> prost_types::Value {
 async fn append_returns_contiguous_seqs_and_replay_returns_the_stored_json() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
-    assert_eq!(append(&mut stub, "orders", r#"{"id":1}"#).await.unwrap(), 1);
-    assert_eq!(append(&mut stub, "orders", r#"{"id":2}"#).await.unwrap(), 2);
-    assert_eq!(append(&mut stub, "other", r#"[]"#).await.unwrap(), 1);
+    assert_eq!(
+        append_payload(&mut stub, "orders", r#"{"id":1}"#)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        append_payload(&mut stub, "orders", r#"{"id":2}"#)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        append_payload(&mut stub, "other", r#"[]"#).await.unwrap(),
+        1
+    );
     assert_eq!(
         replay_all(&mut stub, "orders").await,
         vec![(1, r#"{"id":1}"#.into()), (2, r#"{"id":2}"#.into())]
@@ -101,7 +98,7 @@ async fn a_retried_key_is_answered_not_written_and_expectations_are_checked() {
     let keyed = |json: &str, key: &str, expected: Option<u64>| AppendRequest {
         idempotency_key: key.into(),
         expected_last_seq: expected,
-        ..payload_req("p", json)
+        ..payload_request("p", json)
     };
     let first = stub
         .append(keyed("1", "k1", Some(0)))
@@ -165,7 +162,9 @@ async fn replayed_records_carry_commit_times_that_never_go_back() {
     let mut stub = server.stub().await;
     let before = std::time::SystemTime::now();
     for i in 0..5 {
-        append(&mut stub, "t", &i.to_string()).await.unwrap();
+        append_payload(&mut stub, "t", &i.to_string())
+            .await
+            .unwrap();
     }
     let page = stub
         .replay(replay_req("t", 1, 0))
@@ -200,7 +199,7 @@ async fn replayed_records_carry_commit_times_that_never_go_back() {
 async fn empty_journal_name_means_default() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
-    assert_eq!(append(&mut stub, "", "true").await.unwrap(), 1);
+    assert_eq!(append_payload(&mut stub, "", "true").await.unwrap(), 1);
     assert_eq!(
         replay_all(&mut stub, "default").await,
         vec![(1, "true".into())]
@@ -213,7 +212,7 @@ async fn whitespace_and_newlines_in_a_payload_are_stored_as_one_line() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
     let pretty = "{\n  \"user\": \"alice\",\n  \"note\": \"two  spaces\",\n  \"n\": 1.50\n}\n";
-    append(&mut stub, "j", pretty).await.unwrap();
+    append_payload(&mut stub, "j", pretty).await.unwrap();
     let stored = r#"{"user":"alice","note":"two  spaces","n":1.50}"#;
     assert_eq!(replay_all(&mut stub, "j").await, vec![(1, stored.into())]);
 }
@@ -261,7 +260,7 @@ async fn a_value_is_stored_as_json_and_can_be_read_back_as_a_value() {
 async fn append_batch_is_atomic_and_returns_its_range() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
-    append(&mut stub, "b", "0").await.unwrap();
+    append_payload(&mut stub, "b", "0").await.unwrap();
     let reply = stub
         .append_batch(AppendBatchRequest {
             journal: "b".into(),
@@ -349,7 +348,7 @@ async fn invalid_payloads_are_invalid_argument_with_the_parse_error() {
     assert_eq!(missing.code(), Code::InvalidArgument);
     assert!(missing.message().contains("set `payload`"));
     // Refused appends created nothing, and the next good one is seq 1.
-    assert_eq!(append(&mut stub, "bad", "{}").await.unwrap(), 1);
+    assert_eq!(append_payload(&mut stub, "bad", "{}").await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -359,9 +358,9 @@ async fn oversize_payloads_are_resource_exhausted_and_lose_nothing() {
     config.max_payload_bytes = 1000;
     let server = TestServer::start_with(config).await;
     let mut stub = server.stub().await;
-    append(&mut stub, "big", "1").await.unwrap();
+    append_payload(&mut stub, "big", "1").await.unwrap();
     let big = format!("\"{}\"", "x".repeat(1000));
-    let err = append(&mut stub, "big", &big).await.unwrap_err();
+    let err = append_payload(&mut stub, "big", &big).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(
         err.message().contains("--max-payload-bytes"),
@@ -369,7 +368,7 @@ async fn oversize_payloads_are_resource_exhausted_and_lose_nothing() {
         err.message()
     );
     let fits = format!("\"{}\"", "x".repeat(998));
-    assert_eq!(append(&mut stub, "big", &fits).await.unwrap(), 2);
+    assert_eq!(append_payload(&mut stub, "big", &fits).await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -390,7 +389,7 @@ async fn hostile_journal_names_are_refused_before_touching_the_disk() {
         " ",
         long.as_str(),
     ] {
-        let err = append(&mut stub, name, "1").await.unwrap_err();
+        let err = append_payload(&mut stub, name, "1").await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name:?}");
         assert!(
             err.message().contains("invalid journal name"),
@@ -491,7 +490,9 @@ async fn from_seq_past_the_end_is_out_of_range_and_one_past_is_an_empty_page() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
     for i in 0..3 {
-        append(&mut stub, "e", &i.to_string()).await.unwrap();
+        append_payload(&mut stub, "e", &i.to_string())
+            .await
+            .unwrap();
     }
     let page = stub
         .replay(replay_req("e", 4, 0))
@@ -524,7 +525,7 @@ async fn from_seq_before_the_oldest_retained_starts_at_the_oldest() {
     let server = TestServer::start_with(config).await;
     let mut stub = server.stub().await;
     for i in 1..=100 {
-        append(&mut stub, "r", &format!("{{\"i\":{i}}}"))
+        append_payload(&mut stub, "r", &format!("{{\"i\":{i}}}"))
             .await
             .unwrap();
     }
@@ -559,7 +560,9 @@ async fn stream_without_follow_returns_everything_then_ends() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
     for i in 1..=600 {
-        append(&mut stub, "s", &i.to_string()).await.unwrap();
+        append_payload(&mut stub, "s", &i.to_string())
+            .await
+            .unwrap();
     }
     let mut stream = stub
         .stream(StreamRequest {
@@ -583,7 +586,7 @@ async fn stream_without_follow_returns_everything_then_ends() {
 async fn stream_with_follow_delivers_records_appended_after_it_started() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
-    append(&mut stub, "f", "\"before\"").await.unwrap();
+    append_payload(&mut stub, "f", "\"before\"").await.unwrap();
     let mut stream = stub
         .stream(StreamRequest {
             heartbeat_seconds: 0,
@@ -603,7 +606,7 @@ async fn stream_with_follow_delivers_records_appended_after_it_started() {
     // The stream is open and caught up; these are appended after it started.
     let mut writer = server.stub().await;
     for i in 0..50 {
-        append(&mut writer, "f", &format!("\"after {i}\""))
+        append_payload(&mut writer, "f", &format!("\"after {i}\""))
             .await
             .unwrap();
     }
@@ -621,7 +624,7 @@ async fn stream_with_follow_delivers_records_appended_after_it_started() {
 async fn a_following_stream_ends_with_unavailable_at_shutdown() {
     let server = TestServer::start().await;
     let mut stub = server.stub().await;
-    append(&mut stub, "x", "1").await.unwrap();
+    append_payload(&mut stub, "x", "1").await.unwrap();
     let mut stream = stub
         .stream(StreamRequest {
             heartbeat_seconds: 0,
@@ -649,7 +652,7 @@ async fn concurrent_appends_get_unique_contiguous_seqs() {
         tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..25 {
-                let seq = append(&mut stub, "c", &format!("{{\"t\":{t},\"i\":{i}}}"))
+                let seq = append_payload(&mut stub, "c", &format!("{{\"t\":{t},\"i\":{i}}}"))
                     .await
                     .unwrap();
                 seqs.push((seq, format!("{{\"t\":{t},\"i\":{i}}}")));
@@ -678,14 +681,16 @@ async fn a_restart_keeps_every_record_and_continues_the_seqs() {
     let server = TestServer::start_with(config.clone()).await;
     let mut stub = server.stub().await;
     for i in 1..=10 {
-        append(&mut stub, "keep", &i.to_string()).await.unwrap();
+        append_payload(&mut stub, "keep", &i.to_string())
+            .await
+            .unwrap();
     }
     drop(stub);
     server.stop().await.unwrap();
 
     let server = TestServer::start_with(config).await;
     let mut stub = server.stub().await;
-    assert_eq!(append(&mut stub, "keep", "11").await.unwrap(), 11);
+    assert_eq!(append_payload(&mut stub, "keep", "11").await.unwrap(), 11);
     let all = replay_all(&mut stub, "keep").await;
     assert_eq!(
         all,
@@ -706,7 +711,7 @@ async fn a_journal_written_by_the_store_library_is_served() {
         replay_all(&mut stub, "lib").await,
         vec![(1, "\"a\"".into()), (2, "\"b\"".into())]
     );
-    assert_eq!(append(&mut stub, "lib", "\"c\"").await.unwrap(), 3);
+    assert_eq!(append_payload(&mut stub, "lib", "\"c\"").await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -718,7 +723,7 @@ async fn a_corrupt_segment_is_data_loss_and_other_journals_keep_working() {
     std::fs::write(dir.join("journal.jsonl"), body).unwrap();
     let server = TestServer::start_with(Config::with_data_dir(tmp.path())).await;
     let mut stub = server.stub().await;
-    let err = append(&mut stub, "broken", "1").await.unwrap_err();
+    let err = append_payload(&mut stub, "broken", "1").await.unwrap_err();
     assert_eq!(err.code(), Code::DataLoss);
     assert!(
         err.message().contains("journal.jsonl:3"),
@@ -737,7 +742,7 @@ async fn a_corrupt_segment_is_data_loss_and_other_journals_keep_working() {
         std::fs::read_to_string(dir.join("journal.jsonl")).unwrap(),
         body
     );
-    assert_eq!(append(&mut stub, "fine", "1").await.unwrap(), 1);
+    assert_eq!(append_payload(&mut stub, "fine", "1").await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -747,7 +752,7 @@ async fn a_foreign_file_in_a_journal_directory_is_failed_precondition() {
     std::fs::write(tmp.path().join("notes/journal.jsonl"), "my notes\n").unwrap();
     let server = TestServer::start_with(Config::with_data_dir(tmp.path())).await;
     let mut stub = server.stub().await;
-    let err = append(&mut stub, "notes", "1").await.unwrap_err();
+    let err = append_payload(&mut stub, "notes", "1").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.message().contains("is not a ministore journal"),

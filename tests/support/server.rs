@@ -320,3 +320,27 @@ pub async fn replay_texts(stub: &mut JournalClient<Channel>, journal: &str) -> V
         from_seq = page.next_seq;
     }
 }
+
+/// An Append of the JSON text `json` to `journal`, as a payload.
+pub fn payload_request(journal: &str, json: &str) -> ministore::proto::AppendRequest {
+    ministore::proto::AppendRequest {
+        journal: journal.into(),
+        record: Some(ministore::proto::append_request::Record::Payload(
+            json.as_bytes().to_vec(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// Appends the JSON text `json` to `journal` with one Append RPC; its seq.
+pub async fn append_payload(
+    stub: &mut JournalClient<Channel>,
+    journal: &str,
+    json: &str,
+) -> Result<u64, tonic::Status> {
+    Ok(stub
+        .append(payload_request(journal, json))
+        .await?
+        .into_inner()
+        .seq)
+}
