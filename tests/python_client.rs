@@ -30,28 +30,7 @@ struct PythonSetup {
 /// The Python stubs of `proto/`, generated into a temporary directory the way the docs tell
 /// users (`python -m grpc_tools.protoc`).
 fn generate_stubs() -> tempfile::TempDir {
-    let stubs = tempfile::tempdir().expect("tempdir");
-    let root = tools::workspace_root();
-    let protoc = Command::new(tools::python())
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(root.join("proto"))
-        .arg("--python_out")
-        .arg(stubs.path())
-        .arg("--grpc_python_out")
-        .arg(stubs.path())
-        .arg(root.join("proto/ministore/v1/journal.proto"))
-        .output()
-        .expect("running python -m grpc_tools.protoc");
-    assert!(
-        protoc.status.success(),
-        "generating the Python stubs failed: {}",
-        printed(&protoc)
-    );
-    for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
-        let path = stubs.path().join("ministore/v1").join(file);
-        assert!(path.is_file(), "protoc did not write {}", path.display());
-    }
-    stubs
+    tools::python_stubs_with(&tools::python()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl PythonSetup {

@@ -239,18 +239,10 @@ async fn client_appends(
     .await
 }
 
-/// The workspace's root, where the tests install their tools (`.tools/venv`).
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 /// Runs `tests/python/stream_producer.py` against the server at `addr`, on AppendStream and
 /// then one unary Append at a time; the records per second of each.
 async fn python_producer(addr: &str) -> Result<(f64, f64), String> {
-    let root = workspace_root();
+    let root = ministore_tests::tools::workspace_root();
     let python = root.join(".tools/venv/bin/python");
     if !python.is_file() {
         return Err(format!(
@@ -260,20 +252,7 @@ async fn python_producer(addr: &str) -> Result<(f64, f64), String> {
     }
     let addr = addr.to_owned();
     tokio::task::spawn_blocking(move || {
-        let stubs = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let protoc = Command::new(&python)
-            .args(["-m", "grpc_tools.protoc", "-I"])
-            .arg(root.join("proto"))
-            .arg("--python_out")
-            .arg(stubs.path())
-            .arg("--grpc_python_out")
-            .arg(stubs.path())
-            .arg(root.join("proto/ministore/v1/journal.proto"))
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !protoc.status.success() {
-            return Err(String::from_utf8_lossy(&protoc.stderr).into_owned());
-        }
+        let stubs = ministore_tests::tools::python_stubs_with(&python)?;
         let rate = |mode: &[&str], count: &str| -> Result<f64, String> {
             let out = Command::new(&python)
                 .arg(root.join("tests/python/stream_producer.py"))

@@ -261,3 +261,33 @@ fn check(what: &str, cmd: &Command, out: &Output) {
         printed(out)
     );
 }
+
+/// The Python stubs of `proto/`, generated with `python` into a temporary directory the way
+/// the docs tell users (`python -m grpc_tools.protoc`); or why that failed.
+pub fn python_stubs_with(python: &Path) -> Result<tempfile::TempDir, String> {
+    let stubs = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let root = workspace_root();
+    let protoc = Command::new(python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg("--python_out")
+        .arg(stubs.path())
+        .arg("--grpc_python_out")
+        .arg(stubs.path())
+        .arg(root.join("proto/ministore/v1/journal.proto"))
+        .output()
+        .map_err(|e| format!("running {} -m grpc_tools.protoc: {e}", python.display()))?;
+    if !protoc.status.success() {
+        return Err(format!(
+            "generating the Python stubs failed: {}",
+            printed(&protoc)
+        ));
+    }
+    for file in ["journal_pb2.py", "journal_pb2_grpc.py"] {
+        let path = stubs.path().join("ministore/v1").join(file);
+        if !path.is_file() {
+            return Err(format!("protoc did not write {}", path.display()));
+        }
+    }
+    Ok(stubs)
+}
