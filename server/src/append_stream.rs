@@ -138,8 +138,7 @@ impl Producer {
                     // client that went away, nothing is sent.
                     Err(status) => {
                         reading = false;
-                        let index = self.next_index;
-                        self.next_index += 1;
+                        let index = self.take_index();
                         self.waiting.push_back(Slot::Done {
                             index,
                             bytes: 0,
@@ -164,22 +163,21 @@ impl Producer {
     /// Checks the request and hands it to its journal's writer, in the order read; a
     /// request refused here is answered in its turn like any other.
     async fn queue(&mut self, request: AppendRequest) {
-        let index = self.next_index;
-        self.next_index += 1;
-        let slot = match self.service.append_of(&self.grant, request).await {
-            Ok((journal, append)) => {
-                let bytes = append.lines.iter().map(|l| l.as_bytes().len()).sum();
-                match self.service.backend().submit(&journal, append).await {
-                    Ok(commit) => Slot::Queued {
-                        index,
-                        bytes,
-                        commit,
-                    },
-                    Err(e) => Slot::Done {
-                        index,
-                        bytes: 0,
-                        result: Err(e),
-                    },
+        let index = self.take_index();
+        let submitted = async {
+            let (journal, append) = self.service.append_of(&self.grant, request).await?;
+            let bytes: usize = append.lines.iter().map(|l| l.as_bytes().len()).sum();
+            let commit = self.service.backend().submit(&journal, append).await?;
+            Ok::<_, ServerError>((bytes, commit))
+        }
+        .await;
+        let slot = match submitted {
+            Ok((bytes, commit)) => {
+                self.unacked_bytes += bytes;
+                Slot::Queued {
+                    index,
+                    bytes,
+                    commit,
                 }
             }
             Err(e) => Slot::Done {
@@ -188,10 +186,13 @@ impl Producer {
                 result: Err(e),
             },
         };
-        if let Slot::Queued { bytes, .. } = &slot {
-            self.unacked_bytes += bytes;
-        }
         self.waiting.push_back(slot);
+    }
+
+    /// The index of the next request read.
+    fn take_index(&mut self) -> u64 {
+        self.next_index += 1;
+        self.next_index - 1
     }
 }
 
