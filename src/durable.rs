@@ -1,4 +1,9 @@
-//! [`Durable`]: how far a journal is durable, as its writer publishes it to readers.
+//! [`Durable`]: how far a journal is durable, as its writer publishes it to readers, and
+//! [`DurableWatch`], what a reader in the writer's process is given to follow it.
+
+use tokio::sync::watch;
+
+use crate::index::ActiveIndex;
 
 /// How far a journal is durable: what readers in the writer's process may read.
 ///
@@ -22,4 +27,33 @@ pub struct Durable {
     /// Bytes of the active segment that are durable; readers never read past this, so they
     /// never see a record that is written but not yet fsynced (or a failed write's bytes).
     pub(crate) active_len: u64,
+}
+
+/// What the writer of a journal gives the readers in its process
+/// ([`JournalReader::with_durable`](crate::JournalReader::with_durable)): how far the journal
+/// is durable, to read up to and to wait on, and where they find the index of its active
+/// segment. A [`MiniStore`](crate::MiniStore) makes one with
+/// [`watch_durable`](crate::MiniStore::watch_durable); a program that keeps its own watch
+/// across reopens of a store (as ministore-server does) pairs it with the handle it opens
+/// the store with ([`MiniStoreOptions::active_index`](crate::MiniStoreOptions::active_index)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ministore::MiniStoreError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let mut store = ministore::MiniStore::open(dir.path().join("j.jsonl")).await?;
+/// let mut watch = store.watch_durable();
+/// store.append(&"a").await?;
+/// watch.durable.changed().await.unwrap();
+/// assert_eq!(watch.durable.borrow().last_seq, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct DurableWatch {
+    /// Every change of the durable position; it reports the writer closed once the sender
+    /// (the store's, or the program's own) is dropped.
+    pub durable: watch::Receiver<Durable>,
+    /// The index of the active segment, while a writer in this process fills it.
+    pub index: ActiveIndex,
 }

@@ -8,9 +8,9 @@
 //! record it wants and counts the line breaks of less than one step.
 //!
 //! The index is derived data, never the truth. The writer knows every offset it commits, so
-//! it keeps the index of the active segment in memory (readers in its process use it
-//! directly) and, when it seals a segment at rotation, writes that segment's index beside
-//! it as `<segment>.idx`. A sidecar carries the segment's first seq, header length and byte
+//! it keeps the index of the active segment in memory (readers in its process find it
+//! through the [`ActiveIndex`] they are given) and, when it seals a segment at rotation,
+//! writes that segment's index beside it as `<segment>.idx`. A sidecar carries the segment's first seq, header length and byte
 //! length and a checksum of its own bytes; a reader that finds any of them wrong, or whose
 //! chosen entry does not follow a line break in the segment, ignores the index and counts
 //! lines from the header as it would without one. Segments without a sidecar (those of
@@ -20,9 +20,8 @@
 //! entry count (u64 each), the entries (seq, offset: u64 each), then the FNV-1a 64 checksum
 //! of every byte before it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::segment::{self, Sibling};
 use crate::{MiniStoreError, Result};
@@ -361,34 +360,73 @@ pub(crate) fn lock(shared: &Mutex<SparseIndex>) -> MutexGuard<'_, SparseIndex> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The active-segment indexes of the writers open in this process, by journal path as given
-/// to `open`. Readers are made from a path and a `Durable` watch (which must stay `Copy`),
-/// so this is how a reader finds its writer's index. A reader with a differently spelled
-/// path simply finds none and scans.
-static ACTIVE: LazyLock<Mutex<HashMap<PathBuf, Weak<Mutex<SparseIndex>>>>> =
-    LazyLock::new(Default::default);
+/// Where the readers of a journal in its writer's process find the index of the active
+/// segment, which the writer keeps in memory as it commits (a sealed segment's index is its
+/// sidecar). With it, a reader positioned in the active segment reads less than 64 KiB
+/// before its record, as in a sealed one; without it (no writer in this process, or none
+/// open now) the reader counts the segment's lines from its start.
+///
+/// A handle, cheap to clone, that readers get with the durable position
+/// ([`DurableWatch`](crate::DurableWatch)). It can outlive a store: a journal reopened with the
+/// same handle ([`MiniStoreOptions::active_index`](crate::MiniStoreOptions::active_index))
+/// fills it again, and the readers holding it find the new writer's index (ministore-server
+/// reopens idle journals this way). One handle serves one journal.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveIndex(Arc<Mutex<Weak<Mutex<SparseIndex>>>>);
 
-/// Makes `index` the active-segment index readers of `base` in this process find. It stays
-/// findable while the writer holds it.
-pub(crate) fn publish_active(base: &Path, index: &SharedIndex) {
-    let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
-    active.retain(|_, w| w.strong_count() > 0);
-    active.insert(base.to_path_buf(), Arc::downgrade(index));
+/// The same handle (clones of one another), as options compare it.
+impl PartialEq for ActiveIndex {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
-/// The greatest entry at or before `seq` in the in-memory index of the active segment of
-/// `base` starting at `first_seq`, if a writer in this process has one.
-pub(crate) fn lookup_active(base: &Path, first_seq: u64, seq: u64) -> Option<Entry> {
-    let index = ACTIVE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(base)?
-        .upgrade()?;
-    let index = lock(&index);
-    if index.first_seq() != first_seq {
-        return None; // rotated since the reader listed the segments
+impl Eq for ActiveIndex {}
+
+impl ActiveIndex {
+    fn slot(&self) -> MutexGuard<'_, Weak<Mutex<SparseIndex>>> {
+        // It only ever holds a whole `Weak`: a panic while it was held changed nothing.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    index.lookup(seq)
+
+    /// Makes `index`, the writer's of the journal at `base`, the one readers with this
+    /// handle find while the writer holds it. Refused while another writer's is there:
+    /// one journal's readers would seek by another journal's offsets, which the checks on
+    /// an entry (the segment's first seq, a line break before it) do not always catch.
+    pub(crate) fn publish(&self, base: &Path, index: &SharedIndex) -> Result<()> {
+        let mut slot = self.slot();
+        if slot.upgrade().is_some() {
+            return Err(MiniStoreError::InvalidArgument(format!(
+                "the active index handle given to open {} is filled by another open journal; \
+                 give each journal its own",
+                base.display()
+            )));
+        }
+        *slot = Arc::downgrade(index);
+        Ok(())
+    }
+
+    /// Empties the handle if it holds `index`: its writer is closing, and a reader that
+    /// looks it up meanwhile scans instead. (Were it left to the `Weak` to die, a lookup
+    /// holding it for a moment could make a reopen with this handle look like a second
+    /// writer.)
+    pub(crate) fn withdraw(&self, index: &SharedIndex) {
+        let mut slot = self.slot();
+        if slot.ptr_eq(&Arc::downgrade(index)) {
+            *slot = Weak::new();
+        }
+    }
+
+    /// The greatest entry at or before `seq` in the in-memory index of the active segment
+    /// starting at `first_seq`, if a writer fills this handle now.
+    pub(crate) fn lookup(&self, first_seq: u64, seq: u64) -> Option<Entry> {
+        let index = self.slot().upgrade()?;
+        let index = lock(&index);
+        if index.first_seq() != first_seq {
+            return None; // rotated since the reader listed the segments
+        }
+        index.lookup(seq)
+    }
 }
 
 #[cfg(test)]

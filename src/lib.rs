@@ -90,7 +90,8 @@
 //! (first seq, header or length differ), or whose entry does not follow a line break is
 //! ignored, and the segment is read from its start. Segments of the published crate and
 //! of older versions have none and are read that way. The writer keeps the active
-//! segment's index in memory, for readers in its process.
+//! segment's index in memory, for readers in its process: they find it through the
+//! [`ActiveIndex`] handle they are given with the durable position ([`DurableWatch`]).
 //!
 //! # Durability contract
 //!
@@ -129,6 +130,13 @@
 //!    appends. Indexes whose segment is gone are deleted.
 //! 4. close (dropping the store): cut the zeros after the last record and fsync, best
 //!    effort (a writer poisoned by a failure leaves the file to the next open).
+//! 5. warm close and reopen ([`MiniStore::blocking_close_warm`], [`WarmJournal`]): the
+//!    close of step 4, but what the writer knows (lengths, seqs, segments, keys) is kept in
+//!    memory, with how the active segment, its metadata file and their directory looked
+//!    (`fstat`). The reopen takes the lock again, and if those files are the same (device,
+//!    inode, length, change time) and no segment or metadata file came or went, it goes on
+//!    from the kept state without reading them; if anything differs (another process
+//!    appended, rotated, cut or removed something meanwhile) it is the full open of step 3.
 //!
 //! **What a crash can leave, and what open makes of it.** A crash of an open journal
 //! leaves zeros after its last record; open cuts them. A crash during an append can
@@ -218,11 +226,13 @@ mod stream;
 mod summary;
 mod syncer;
 pub mod verify;
+mod warm;
 mod writer;
 
 pub use append::{Append, Appended};
-pub use durable::Durable;
+pub use durable::{Durable, DurableWatch};
 pub use error::{MiniStoreError, Result};
+pub use index::ActiveIndex;
 pub use json::JsonLine;
 pub use meta::MAX_KEY_BYTES;
 pub use options::{
@@ -232,6 +242,7 @@ pub use read::{JournalReader, Record};
 pub use store::MiniStore;
 pub use stream::JournalStream;
 pub use summary::{JournalSummary, disk_bytes, summary};
+pub use warm::{Reopened, WarmJournal};
 
 /// The gRPC wire types and stubs generated from `proto/ministore/v1/journal.proto`
 /// (feature `grpc`), shared by ministore-server and ministore-client.
@@ -246,6 +257,37 @@ pub mod proto {
 
     /// The journal a request means when it leaves `journal` empty (see the proto).
     pub const DEFAULT_JOURNAL: &str = "default";
+
+    /// The trailer of an OUT_OF_RANGE status for records deleted by retention: the oldest
+    /// retained seq, where the reader can resume.
+    pub const FIRST_SEQ_TRAILER: &str = "ministore-first-seq";
+
+    /// The trailer of an ABORTED status for an append whose `expected_last_seq` did not
+    /// hold: the journal's last seq when the append's turn came.
+    pub const LAST_SEQ_TRAILER: &str = "ministore-last-seq";
+
+    /// HTTP/2 flow-control window of each call, that ministore-server and ministore-client
+    /// both offer: bytes the other side may send that have not been read yet (requests
+    /// for the server, replies for the client).
+    ///
+    /// Small against [`CONNECTION_WINDOW`] because of how h2 guards against floods of tiny
+    /// frames: a DATA frame of `n < 256` bytes waiting unread costs `256 - n` of a budget
+    /// of half the connection window, and when the budget runs out the whole connection is
+    /// closed (GOAWAY ENHANCE_YOUR_CALM), every call on it with it. gRPC peers send each
+    /// small message in a frame of its own (grpcio's producers; the server's replies to a
+    /// follower as single records arrive), and a reader that has stopped (the server's
+    /// read-ahead bound of an AppendStream, a slow follower) leaves a whole call window of
+    /// them waiting. With hyper's defaults (1 MiB for both on a server) a producer some
+    /// 2,500 small records ahead lost its connection; with these, one call window of even
+    /// the smallest requests (11 bytes each) costs under 6 MiB of the 8 MiB budget, and of
+    /// 60-byte records ten calls fit. Bulk data is not slowed on loopback or a LAN; across
+    /// a 50 ms link one call moves about 5 MB/s.
+    pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+    /// HTTP/2 flow-control window of a connection, across its calls: what one connection's
+    /// unread messages may hold in memory (with h2's per-frame overhead, at most half as
+    /// much again). See [`STREAM_WINDOW`].
+    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
     /// The canonical name of a gRPC status code, as the gRPC docs and the README's error
     /// table write it (metrics labels and the CLI's messages use it).

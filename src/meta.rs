@@ -4,9 +4,9 @@
 //! published crate. The design, and why each field exists: `docs/metadata-design.md`.
 //!
 //! A metadata file is named by the seq of the first record it covers,
-//! `journal.jsonl.from-<seq>.meta`, and is never renamed: rotation renames the segment
-//! only, so no crash can leave a segment paired with another segment's metadata. Layout,
-//! little-endian:
+//! `journal.jsonl.from-<seq>.meta` (`segment::meta_path`), and is never renamed: rotation
+//! renames the segment only, so no crash can leave a segment paired with another segment's
+//! metadata. Layout, little-endian:
 //!
 //! ```text
 //! header  "MSMETA01" first_seq:u64 data_offset:u64 created_unix_ns:u64 crc:u32
@@ -26,6 +26,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::segment;
 use crate::{MiniStoreError, Result};
 
 /// First bytes of every metadata file.
@@ -36,23 +37,6 @@ pub(crate) const HEADER_LEN: u64 = 8 + 8 + 8 + 8 + 4;
 const ENTRY_FIXED: usize = 8 + 4 + 8 + 8 + 8 + 8 + 8 + 1;
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
-
-/// The path of the metadata file of the journal at `base` whose first entry is `first_seq`.
-pub(crate) fn path_for(base: &Path, first_seq: u64) -> PathBuf {
-    let mut name = base.as_os_str().to_owned();
-    name.push(format!(".from-{first_seq}.meta"));
-    PathBuf::from(name)
-}
-
-/// The seq in a metadata file's name (`<base>.from-<seq>.meta`), given the part after
-/// `<base>.`; `None` for any other name.
-pub(crate) fn parse_name(rest: &str) -> Option<u64> {
-    let digits = rest.strip_prefix("from-")?.strip_suffix(".meta")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// The header of a metadata file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +370,11 @@ impl EntryCursor {
     fn bytes_at(&mut self, at: u64, n: usize) -> std::io::Result<Option<&[u8]>> {
         let in_buf = at >= self.buf_at && at + n as u64 <= self.buf_at + self.buf.len() as u64;
         if !in_buf {
+            // A damaged length field asks for up to 4 GiB: never hold more than the file
+            // has. (Checked now, not once: the file of an active segment grows.)
+            if at.saturating_add(n as u64) > self.file.metadata()?.len() {
+                return Ok(None);
+            }
             self.buf.clear();
             self.buf_at = at;
             self.buf.resize(n.max(CURSOR_CHUNK), 0);
@@ -426,12 +415,132 @@ pub(crate) fn of_segment(
         .map(|(_, path)| path.as_path())
 }
 
+/// What the metadata says of a record: its CRC32C and commit time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected {
+    pub crc: u32,
+    pub commit_unix_ns: u64,
+}
+
+/// How a record's line is checked against the metadata.
+#[derive(Debug)]
+pub(crate) enum Check {
+    /// Not covered by metadata (a segment, or records, from before it): read as is.
+    Unverified,
+    /// Its line must match this.
+    Crc(Expected),
+    /// No whole entry for it yet: a line there is not committed yet (an active segment
+    /// read as it is on disk), so it is not read.
+    NotYet,
+    /// No valid entry where there must be one: a line there is damage (why).
+    NoEntry(String),
+}
+
+impl Check {
+    /// Why a line whose CRC32C is `crc` is not the record written, if it is not (`crc` is
+    /// asked only of a line with an entry). `NotYet` is the caller's: such a line is not
+    /// read.
+    pub(crate) fn failure(&self, crc: impl FnOnce() -> u32) -> Option<String> {
+        match self {
+            Check::Unverified | Check::NotYet => None,
+            Check::Crc(expected) if crc() == expected.crc => None,
+            Check::Crc(_) => Some("fails its CRC32C: its bytes are not those written".into()),
+            Check::NoEntry(why) => Some(why.clone()),
+        }
+    }
+}
+
+/// The checks of one segment's records against its metadata entries, in order: what every
+/// reader, `open`'s scan aside, and `verify` apply to each line.
+#[derive(Debug)]
+pub(crate) struct LineChecks {
+    /// The segment's metadata entries, read in step with its records; `None` for a
+    /// segment without metadata (read unverified, as the published crate's).
+    entries: Option<EntryCursor>,
+    /// A rotated segment: complete, every line of it was committed with its entry.
+    sealed: bool,
+    /// The first seq of the entry last found whole in the file (see `check_for`).
+    whole_entry: Option<u64>,
+}
+
+impl LineChecks {
+    /// The checks of the segment whose records start at `first_seq`, against its metadata
+    /// file: the one among `metas` covering seqs from `first_seq` up to `next_first` (the
+    /// next segment's).
+    pub(crate) fn open(
+        metas: &[(u64, PathBuf)],
+        first_seq: u64,
+        next_first: Option<u64>,
+        sealed: bool,
+    ) -> Result<LineChecks> {
+        let entries = match of_segment(metas, first_seq, next_first) {
+            Some(path) => EntryCursor::open(path)?,
+            None => None,
+        };
+        Ok(LineChecks {
+            entries,
+            sealed,
+            whole_entry: None,
+        })
+    }
+
+    /// How record `seq` of `segment` is to be checked (see [`Check`]); records are asked
+    /// for in order. A sealed segment's record, or one a durable reader was told is
+    /// durable, needs a whole, valid entry; an active segment read as it is on disk may
+    /// have lines whose entry is not written yet.
+    pub(crate) fn check_for(
+        &mut self,
+        segment: &File,
+        seq: u64,
+        durable_reader: bool,
+    ) -> Result<Check> {
+        let Some(meta) = self.entries.as_mut().filter(|m| seq >= m.first_seq) else {
+            return Ok(Check::Unverified);
+        };
+        let found = match meta.entry_for(seq) {
+            Err(e) => {
+                let path = meta.path.clone();
+                return Err(MiniStoreError::io("reading", &path, e));
+            }
+            Ok(found) => found,
+        };
+        let settled = self.sealed || durable_reader;
+        Ok(match found {
+            // Read as it is on disk, an active segment may hold part of a request's lines:
+            // its records are readable only once all its lines are there (a request is
+            // all or none), which the last byte of its data tells.
+            Ok(Some(entry))
+                if !settled
+                    && self.whole_entry != Some(entry.first_seq)
+                    && !segment::follows_line_break(segment, entry.data_end()) =>
+            {
+                Check::NotYet
+            }
+            Ok(Some(entry)) => {
+                self.whole_entry = Some(entry.first_seq);
+                Check::Crc(Expected {
+                    crc: entry.record_crcs[(seq - entry.first_seq) as usize],
+                    commit_unix_ns: entry.commit_unix_ns,
+                })
+            }
+            Ok(None) | Err(_) if !settled => Check::NotYet,
+            // Lines after a sealed segment's last entry were appended by a writer that
+            // keeps no metadata (the published crate, which rotates on its own): read as
+            // such a writer's records are. (This writer seals a segment only after
+            // committing every line of it with its entry.)
+            Ok(None) if self.sealed => Check::Unverified,
+            Ok(None) => Check::NoEntry(format!("has no entry in {}", meta.path.display())),
+            Err(why) => Check::NoEntry(format!("has no valid metadata: {why}")),
+        })
+    }
+}
+
 /// The metadata files of the journal at `base`: (first seq in the name, path), ascending.
 pub(crate) fn list(base: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut found: Vec<(u64, PathBuf)> = crate::segment::list_siblings(base)?
+    let mut found: Vec<(u64, PathBuf)> = segment::list_siblings(base)?
         .into_iter()
         .filter_map(|(sibling, path)| match sibling {
-            crate::segment::Sibling::Meta(seq) => Some((seq, path)),
+            segment::Sibling::Meta(seq) => Some((seq, path)),
             _ => None,
         })
         .collect();
@@ -489,9 +598,28 @@ mod tests {
             created_unix_ns: 1,
         };
         assert_eq!(Header::decode(&header.encode()).unwrap(), header);
-        assert_eq!(parse_name("from-12.meta"), Some(12));
-        assert_eq!(parse_name("from-.meta"), None);
-        assert_eq!(parse_name("from-1x.meta"), None);
+    }
+
+    #[test]
+    fn a_damaged_length_is_no_whole_entry_and_not_a_4_gib_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl.from-1.meta");
+        let header = Header {
+            first_seq: 1,
+            data_offset: 40,
+            created_unix_ns: 1,
+        };
+        let mut bytes = header.encode();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut cursor = EntryCursor::open(&path).unwrap().unwrap();
+        assert_eq!(cursor.entry_for(1).unwrap(), Ok(None));
+        assert!(
+            cursor.buf.capacity() <= CURSOR_CHUNK,
+            "{}",
+            cursor.buf.capacity()
+        );
     }
 
     #[test]

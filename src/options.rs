@@ -1,8 +1,7 @@
-//! [`MiniStoreOptions`]: segment size, retention and preallocation.
+//! [`MiniStoreOptions`]: segment size, retention and preallocation. (Opening a store with
+//! them is in `store.rs`, beside the store.)
 
-use std::path::Path;
-
-use crate::{MiniStore, Result};
+use crate::{ActiveIndex, Result};
 
 /// Default size at which the active segment is rotated: 64 MiB.
 pub const DEFAULT_MAX_BYTES_PER_SEGMENT: u64 = 64 * 1024 * 1024;
@@ -11,7 +10,7 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Default number of segment files kept, the active one included: 3.
 pub const DEFAULT_MAX_SEGMENTS: usize = 3;
 
-/// Configuration for a [`MiniStore`]: when to rotate and how much to keep.
+/// Configuration for a [`MiniStore`](crate::MiniStore): when to rotate and how much to keep.
 ///
 /// By default a segment is rotated at 64 MiB and 3 segment files are kept (the active
 /// one and the two newest rotated ones), so a journal keeps at most about 192 MiB.
@@ -52,6 +51,10 @@ pub struct MiniStoreOptions {
     /// written again. About 120 bytes of memory per remembered key (the benchmark's `keys`
     /// section measures it).
     pub max_keys: usize,
+    /// Where the writer shares the index of the active segment with readers in this process
+    /// (see [`ActiveIndex`]); `None`, the default, gives each store a handle of its own. See
+    /// [`active_index`](Self::active_index).
+    pub active_index: Option<ActiveIndex>,
     /// Faults the writer's file operations meet (none by default): for tests of every
     /// failure path. See [`inject_faults`](Self::inject_faults).
     #[doc(hidden)]
@@ -72,6 +75,7 @@ impl MiniStoreOptions {
             max_segments: DEFAULT_MAX_SEGMENTS,
             preallocate: false,
             max_keys: DEFAULT_MAX_KEYS,
+            active_index: None,
             faults: crate::io::Faults::default(),
         }
     }
@@ -116,6 +120,34 @@ impl MiniStoreOptions {
         self
     }
 
+    /// Makes the store fill `handle` with the index of its active segment, instead of a
+    /// handle of its own. For a program that outlives its stores: readers it made with the
+    /// handle, for an earlier store of the same journal since closed, find this store's
+    /// index (ministore-server reopens idle journals this way, with its own durable watch).
+    /// One handle serves one journal: opening with a handle another open store fills is
+    /// refused.
+    ///
+    /// ```
+    /// use ministore::{ActiveIndex, MiniStoreError, MiniStoreOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), MiniStoreError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let index = ActiveIndex::default();
+    /// let options = MiniStoreOptions::new().active_index(index.clone());
+    /// let store = options.clone().open(dir.path().join("a.jsonl")).await?;
+    /// let other = options.clone().open(dir.path().join("b.jsonl")).await;
+    /// assert!(matches!(other, Err(MiniStoreError::InvalidArgument(_))));
+    /// drop(store);
+    /// let reopened = options.open(dir.path().join("a.jsonl")).await?;
+    /// assert_eq!(reopened.watch_durable().index, index);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn active_index(mut self, handle: ActiveIndex) -> Self {
+        self.active_index = Some(handle);
+        self
+    }
+
     /// Makes the writer's file operations fail as `injector` says, for tests of what the
     /// store does on a failed write, fsync, rename or directory fsync (see [`crate::io`]).
     ///
@@ -130,26 +162,6 @@ impl MiniStoreOptions {
     pub fn inject_faults(mut self, injector: std::sync::Arc<dyn crate::io::FaultInjector>) -> Self {
         self.faults = crate::io::Faults::new(injector);
         self
-    }
-
-    /// Opens (or creates) the journal at `path` with these options. See [`MiniStore::open`].
-    pub async fn open<P: AsRef<Path>>(self, path: P) -> Result<MiniStore> {
-        MiniStore::open_with_options(path.as_ref(), self).await
-    }
-
-    /// [`open`](Self::open) on the calling thread, for a thread that does its own blocking
-    /// I/O (ministore-server's writer threads reopen idle journals this way, without two
-    /// hand-offs to the blocking pool and back). Never call it on an async worker.
-    ///
-    /// ```
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// let store = ministore::MiniStoreOptions::new()
-    ///     .blocking_open(dir.path().join("j.jsonl"))
-    ///     .unwrap();
-    /// assert_eq!(store.last_seq(), 0);
-    /// ```
-    pub fn blocking_open<P: AsRef<Path>>(self, path: P) -> Result<MiniStore> {
-        MiniStore::blocking_open_with_options(path.as_ref(), self)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -3,17 +3,16 @@
 //! [`JournalStream`](crate::JournalStream), is in `stream.rs`.)
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::blocking::blocking;
-use crate::durable::Durable;
-use crate::index::{self, SegmentShape};
+use crate::durable::{Durable, DurableWatch};
+use crate::index::{self, ActiveIndex, SegmentShape};
 use crate::io::Faults;
-use crate::meta::{self, EntryCursor};
+use crate::meta::{self, Check, LineChecks};
 use crate::segment::{self, Segment};
 use crate::{MiniStoreError, Result};
 
@@ -85,13 +84,17 @@ impl JournalReader {
         }
     }
 
-    /// A reader of the journal at `path` that returns only records `durable` reports
-    /// durable, for readers that outlive a borrow of the [`MiniStore`](crate::MiniStore):
-    /// take the receiver from [`MiniStore::watch_durable`](crate::MiniStore::watch_durable).
-    pub fn with_durable(path: &Path, from_seq: u64, durable: watch::Receiver<Durable>) -> Self {
+    /// A reader of the journal at `path` that returns only records `watch` reports durable,
+    /// and finds its place in the active segment through the writer's index, for readers
+    /// that outlive a borrow of the [`MiniStore`](crate::MiniStore): take the watch from
+    /// [`MiniStore::watch_durable`](crate::MiniStore::watch_durable).
+    pub fn with_durable(path: &Path, from_seq: u64, watch: DurableWatch) -> Self {
+        let mut cursor = Cursor::new(path, from_seq);
+        cursor.active_index = watch.index;
         JournalReader {
-            durable: Some(durable),
-            ..JournalReader::new(path, from_seq)
+            base: path.to_path_buf(),
+            cursor: Some(cursor),
+            durable: Some(watch.durable),
         }
     }
 
@@ -246,27 +249,9 @@ struct Cursor {
     max_line: usize,
     /// Faults its reads meet (tests only; none by default).
     faults: Faults,
-}
-
-/// What the metadata says of the next record: its CRC32C and commit time.
-#[derive(Debug, Clone, Copy)]
-struct Expected {
-    crc: u32,
-    commit_unix_ns: u64,
-}
-
-/// How the next record is checked against the metadata.
-#[derive(Debug)]
-enum Check {
-    /// Not covered by metadata (a segment, or records, from before it): read as is.
-    Unverified,
-    /// Its line must match this.
-    Crc(Expected),
-    /// No whole entry for it yet: a line there is not committed yet (an active segment
-    /// read as it is on disk), so it is not read.
-    NotYet,
-    /// No valid entry where there must be one: a line there is damage (why).
-    NoEntry(String),
+    /// Where the writer's index of the active segment is, for a reader it made (empty for
+    /// a reader of the files as they are).
+    active_index: ActiveIndex,
 }
 
 #[derive(Debug)]
@@ -285,13 +270,10 @@ struct OpenSegment {
     buf: Vec<u8>,
     /// Start of the unread bytes in `buf`.
     start: usize,
-    /// The segment's metadata entries, read in step with its records; `None` for a
-    /// segment without metadata (read unverified, as the published crate's).
-    meta: Option<EntryCursor>,
+    /// Its records' checks against its metadata entries, read in step with them.
+    checks: LineChecks,
     /// Faults its reads meet (the cursor's).
     faults: Faults,
-    /// The first seq of the entry last found whole in the file (see `check_for`).
-    whole_entry: Option<u64>,
 }
 
 impl Cursor {
@@ -305,6 +287,7 @@ impl Cursor {
             listed: Vec::new(),
             max_line: usize::MAX,
             faults: Faults::default(),
+            active_index: ActiveIndex::default(),
         }
     }
 
@@ -399,7 +382,9 @@ impl Cursor {
             let cap = durable
                 .filter(|d| d.active_first_seq == open.first_seq)
                 .map(|d| d.active_len);
-            let check = open.check_for(self.next_seq, durable.is_some())?;
+            let check = open
+                .checks
+                .check_for(&open.file, self.next_seq, durable.is_some())?;
             let expected = match &check {
                 Check::Crc(expected) => Some(*expected),
                 _ => None,
@@ -501,7 +486,7 @@ impl Cursor {
                 .filter(|d| d.active_first_seq == open.first_seq)
                 .map(|d| d.active_len);
             let at = if self.next_seq > open.first_seq {
-                open.seek_indexed(&self.base, self.next_seq, cap)?
+                open.seek_indexed(&self.active_index, self.next_seq, cap)?
             } else {
                 open.first_seq
             };
@@ -562,10 +547,7 @@ impl OpenSegment {
         if header.first_seq.is_some_and(|f| f != seg.first_seq) {
             return Ok(None);
         }
-        let meta = match meta::of_segment(metas, seg.first_seq, next_first) {
-            Some(path) => EntryCursor::open(path)?,
-            None => None,
-        };
+        let checks = LineChecks::open(metas, seg.first_seq, next_first, seg.number.is_some())?;
         Ok(Some(OpenSegment {
             file,
             path: seg.path.clone(),
@@ -576,54 +558,9 @@ impl OpenSegment {
             pos: header.len,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
-            meta,
-            whole_entry: None,
+            checks,
             faults: Faults::default(),
         }))
-    }
-
-    /// How record `seq` is to be checked (see [`Check`]). A sealed segment's record, or
-    /// one a durable reader was told is durable, needs a whole, valid entry; an active
-    /// segment read as it is on disk may have lines whose entry is not written yet.
-    fn check_for(&mut self, seq: u64, durable_reader: bool) -> Result<Check> {
-        let Some(meta) = self.meta.as_mut().filter(|m| seq >= m.first_seq) else {
-            return Ok(Check::Unverified);
-        };
-        let found = match meta.entry_for(seq) {
-            Err(e) => {
-                let path = meta.path.clone();
-                return Err(MiniStoreError::io("reading", &path, e));
-            }
-            Ok(found) => found,
-        };
-        let settled = self.rotated || durable_reader;
-        Ok(match found {
-            // Read as it is on disk, an active segment may hold part of a request's lines:
-            // its records are readable only once all its lines are there (a request is
-            // all or none), which the last byte of its data tells.
-            Ok(Some(entry))
-                if !settled
-                    && self.whole_entry != Some(entry.first_seq)
-                    && !ends_line_at(&self.file, entry.data_end()) =>
-            {
-                Check::NotYet
-            }
-            Ok(Some(entry)) => {
-                self.whole_entry = Some(entry.first_seq);
-                Check::Crc(Expected {
-                    crc: entry.record_crcs[(seq - entry.first_seq) as usize],
-                    commit_unix_ns: entry.commit_unix_ns,
-                })
-            }
-            Ok(None) | Err(_) if !settled => Check::NotYet,
-            // Lines after a sealed segment's last entry were appended by a writer that
-            // keeps no metadata (the published crate, which rotates on its own): read as
-            // such a writer's records are. (This writer seals a segment only after
-            // committing every line of it with its entry.)
-            Ok(None) if self.rotated => Check::Unverified,
-            Ok(None) => Check::NoEntry(format!("has no entry in {}", meta.path.display())),
-            Err(why) => Check::NoEntry(format!("has no valid metadata: {why}")),
-        })
     }
 
     /// Gives back the memory a large record made the buffer grow to, between batches: a
@@ -637,14 +574,14 @@ impl OpenSegment {
     }
 
     /// Moves to the greatest indexed record at or before `seq`, using the segment's sidecar
-    /// (rotated) or its writer's in-memory index (active, writer in this process). Returns
+    /// (rotated) or its writer's in-memory index (active, found through `active`). Returns
     /// the seq of the record it now stands before: `first_seq` when there is no usable
     /// index, and the cursor is then still right after the header.
     ///
     /// An index is a hint: the entry is used only if the byte before it is a line break,
     /// which the first read after seeking shows for free. That read takes one index step,
     /// everything the caller then skips.
-    fn seek_indexed(&mut self, base: &Path, seq: u64, cap: Option<u64>) -> Result<u64> {
+    fn seek_indexed(&mut self, active: &ActiveIndex, seq: u64, cap: Option<u64>) -> Result<u64> {
         let entry = if self.rotated {
             let len = self
                 .file
@@ -658,7 +595,7 @@ impl OpenSegment {
             };
             index::load_sidecar(&self.path, shape).and_then(|i| i.lookup(seq))
         } else {
-            index::lookup_active(base, self.first_seq, seq)
+            active.lookup(self.first_seq, seq)
         };
         let Some(entry) = entry.filter(|e| e.offset <= cap.unwrap_or(u64::MAX)) else {
             return Ok(self.first_seq);
@@ -705,16 +642,11 @@ impl OpenSegment {
                     offset,
                     reason,
                 };
-                match &check {
-                    Check::Unverified => {}
-                    Check::Crc(expected) if crc32c::crc32c(bytes) == expected.crc => {}
-                    Check::Crc(_) => {
-                        return Err(damage(
-                            "fails its CRC32C: its bytes are not those written".into(),
-                        ));
-                    }
-                    Check::NotYet => return Ok(None),
-                    Check::NoEntry(why) => return Err(damage(why.clone())),
+                if matches!(check, Check::NotYet) {
+                    return Ok(None);
+                }
+                if let Some(reason) = check.failure(|| crc32c::crc32c(bytes)) {
+                    return Err(damage(reason));
                 }
                 let line = std::str::from_utf8(bytes)
                     .map_err(|e| MiniStoreError::Corrupt {
@@ -801,28 +733,6 @@ impl OpenSegment {
         self.pos += n as u64;
         Ok(n > 0)
     }
-}
-
-/// Reads the journal at `base` from its first record to its end, as a reader of the files
-/// does, and returns the first [`MiniStoreError::Checksum`] met, if any (other errors are
-/// the structure checks' to report). It ends: each batch reads on, or the loop stops.
-pub(crate) fn first_checksum_failure(base: &Path) -> Option<MiniStoreError> {
-    let mut cursor = Cursor::new(base, 1);
-    loop {
-        match cursor.read_batch(4096, 16 << 20, None) {
-            Ok(batch) if batch.is_empty() => return None,
-            Ok(_) => {}
-            Err(e @ MiniStoreError::Checksum { .. }) => return Some(e),
-            Err(_) => return None,
-        }
-    }
-}
-
-/// Whether the byte before `end` in `file` is a line break: the last line of a request
-/// whose data ends there is whole.
-fn ends_line_at(file: &File, end: u64) -> bool {
-    let mut byte = [0u8; 1];
-    end > 0 && file.read_exact_at(&mut byte, end - 1).is_ok() && byte[0] == b'\n'
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! One segment file: its header, its name, where its records end, and the catalog of all
-//! segments of a journal.
+//! One segment file: its header, its name (and those of the files beside it), where its
+//! records end, and the catalog of all segments of a journal.
 //!
 //! A journal at `dir/journal.jsonl` is the active file `journal.jsonl` plus rotated segments
 //! `journal.jsonl.000001`, `journal.jsonl.000002`, ... (any number of digits, ordered
@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::index::SparseIndex;
 use crate::{MiniStoreError, Result};
 
 /// Every journal file starts with this; the published `ministore` crate accepts any first
@@ -125,6 +124,14 @@ pub(crate) fn rotated_path(base: &Path, number: u64) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The path of the metadata file (see `meta`) of the journal whose active file is `base`,
+/// whose first entry is record `first_seq`: `<base>.from-<first_seq>.meta`.
+pub(crate) fn meta_path(base: &Path, first_seq: u64) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".from-{first_seq}.meta"));
+    PathBuf::from(name)
+}
+
 /// The directory holding the journal's files.
 pub(crate) fn dir_of(base: &Path) -> &Path {
     match base.parent() {
@@ -151,17 +158,18 @@ impl Sibling {
     /// `base_name`; `None` for anything else (the lock, `.broken-` evidence, other files).
     pub(crate) fn classify(base_name: &str, file_name: &str) -> Option<Sibling> {
         let rest = file_name.strip_prefix(base_name)?.strip_prefix('.')?;
-        if let Some(seq) = crate::meta::parse_name(rest) {
-            return Some(Sibling::Meta(seq));
-        }
-        let (digits, kind): (&str, fn(u64) -> Sibling) =
-            if let Some(d) = rest.strip_suffix(".idx.tmp") {
-                (d, Sibling::IndexTmp)
-            } else if let Some(d) = rest.strip_suffix(".idx") {
-                (d, Sibling::Index)
-            } else {
-                (rest, Sibling::Segment)
-            };
+        let (digits, kind): (&str, fn(u64) -> Sibling) = if let Some(d) = rest
+            .strip_prefix("from-")
+            .and_then(|r| r.strip_suffix(".meta"))
+        {
+            (d, Sibling::Meta)
+        } else if let Some(d) = rest.strip_suffix(".idx.tmp") {
+            (d, Sibling::IndexTmp)
+        } else if let Some(d) = rest.strip_suffix(".idx") {
+            (d, Sibling::Index)
+        } else {
+            (rest, Sibling::Segment)
+        };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -275,13 +283,14 @@ pub(crate) struct Body {
 /// not damage in the middle of the file. Every acknowledged record lies before the first
 /// NUL, since it was fsynced before any later write.
 ///
-/// With `index` (for this segment, empty), every complete record is noted in it.
+/// `on_record` is told where each complete record starts: its number among those counted
+/// (0 for the first) and the offset of its line.
 pub(crate) fn scan_body(
     file: &File,
     path: &Path,
     header_len: u64,
     validate: bool,
-    mut index: Option<&mut SparseIndex>,
+    mut on_record: impl FnMut(u64, u64),
 ) -> Result<Body> {
     let file_len = file
         .metadata()
@@ -344,9 +353,7 @@ pub(crate) fn scan_body(
                         ),
                     });
                 }
-                if let Some(index) = index.as_deref_mut() {
-                    index.note(index.first_seq() + body.records, line_start);
-                }
+                on_record(body.records, line_start);
                 body.records += 1;
                 body.end = line_end;
             }
@@ -405,29 +412,28 @@ pub(crate) fn catalog(base: &Path) -> Result<Vec<Segment>> {
 }
 
 fn catalog_once(base: &Path) -> Result<Vec<Segment>> {
-    let mut files: Vec<(Option<u64>, PathBuf)> = list_rotated(base)?
-        .into_iter()
-        .map(|(n, p)| (Some(n), p))
-        .collect();
+    let rotated = list_rotated(base)?;
+    let mut files: Vec<(Option<u64>, PathBuf)> =
+        rotated.iter().map(|(n, p)| (Some(*n), p.clone())).collect();
     match std::fs::metadata(base) {
         Ok(m) if m.len() > 0 => files.push((None, base.to_path_buf())),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // No active file: none yet, or one just renamed by a rotation, whose new
-            // segment the listing above may have missed. If the segments changed, retry.
-            let again: Vec<(Option<u64>, PathBuf)> = list_rotated(base)?
-                .into_iter()
-                .map(|(n, p)| (Some(n), p))
-                .collect();
-            if again != files {
-                return Err(MiniStoreError::io("reading metadata of", base, e));
-            }
-        }
+        // No active file: none yet, or one just renamed by a rotation, which the second
+        // listing below sees.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(MiniStoreError::io("reading metadata of", base, e)),
     }
     let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
     for (number, path) in files {
-        let header = read_header(&path)?;
+        let header = match read_header(&path) {
+            Ok(header) => header,
+            // A new active file that a rotation has created but not yet written: the
+            // listing shows the rotation.
+            Err(_) if number.is_none() && list_rotated(base)? != rotated => {
+                return Err(segments_changed(base));
+            }
+            Err(e) => return Err(e),
+        };
         let first_seq = match header.first_seq {
             Some(n) => n,
             None => match segments.last() {
@@ -456,7 +462,26 @@ fn catalog_once(base: &Path) -> Result<Vec<Segment>> {
             legacy: header.first_seq.is_none(),
         });
     }
+    // A whole rotation between the first listing and the active file's header (renamed to
+    // the next number, a new active file written) leaves no listed file missing, but the
+    // segment it made unlisted: its records would look lost. Any rotation or deletion
+    // since the first listing shows in a second one; then start over.
+    if list_rotated(base)? != rotated {
+        return Err(segments_changed(base));
+    }
     Ok(segments)
+}
+
+/// What makes [`catalog`] list again.
+fn segments_changed(base: &Path) -> MiniStoreError {
+    MiniStoreError::io(
+        "listing the segments of",
+        base,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the segments changed while they were listed",
+        ),
+    )
 }
 
 /// Whether the byte before `offset` is a line break: the test an index entry must pass
@@ -530,56 +555,11 @@ pub(crate) fn describe_gap(
     )
 }
 
-/// The first place where a segment does not end exactly where the next one starts (a
-/// segment deleted from the middle, lost lines, extra lines), described for a person;
-/// `None` when the segments chain. A sealed segment is counted from its index's last
-/// entry when it has a usable one, so this reads less than 64 KiB of each.
-pub(crate) fn find_gap(segments: &[Segment]) -> Result<Option<String>> {
-    for pair in segments.windows(2) {
-        let (seg, next) = (&pair[0], &pair[1]);
-        if next.legacy {
-            continue; // its first_seq was derived by counting this one: it chains by definition
-        }
-        let end = seg.first_seq + count_sealed(seg)?;
-        if end != next.first_seq {
-            return Ok(Some(describe_gap(
-                &seg.path,
-                seg.first_seq,
-                end,
-                &next.path,
-                next.first_seq,
-            )));
-        }
-    }
-    Ok(None)
-}
-
-/// Counts the records of a sealed segment, from the last entry of its index if it has a
-/// usable one (an entry is used only if a line break precedes it, as readers check).
-fn count_sealed(seg: &Segment) -> Result<u64> {
-    let file = File::open(&seg.path).map_err(|e| MiniStoreError::io("opening", &seg.path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| MiniStoreError::io("reading metadata of", &seg.path, e))?
-        .len();
-    let shape = crate::index::SegmentShape {
-        first_seq: seg.first_seq,
-        header_len: seg.header_len,
-        len,
-    };
-    let (seq, from) =
-        match crate::index::load_sidecar(&seg.path, shape).and_then(|i| i.lookup(u64::MAX)) {
-            Some(e) if follows_line_break(&file, e.offset) => (e.seq, e.offset),
-            _ => (seg.first_seq, seg.header_len),
-        };
-    Ok(seq - seg.first_seq + scan_body(&file, &seg.path, from, false, None)?.records)
-}
-
 /// Counts the complete records of a segment.
 pub(crate) fn count_records(segment: &Segment) -> Result<u64> {
     let file =
         File::open(&segment.path).map_err(|e| MiniStoreError::io("opening", &segment.path, e))?;
-    Ok(scan_body(&file, &segment.path, segment.header_len, false, None)?.records)
+    Ok(scan_body(&file, &segment.path, segment.header_len, false, |_, _| {})?.records)
 }
 
 /// Writes `bytes` to a new file at `path` and makes it durable (file and directory entry).
@@ -600,6 +580,51 @@ pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rotations as the writer makes them (rename the active file to the next number, then
+    /// write the new active file, and retention deleting the oldest), each segment holding
+    /// one record, while another thread catalogs: every catalog is whole, each segment
+    /// starting one after the one before.
+    #[test]
+    fn a_catalog_taken_during_rotations_never_skips_a_segment() {
+        const ROTATIONS: u64 = 300;
+        const KEPT: u64 = 4;
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("journal.jsonl");
+        let segment = |first_seq: u64| format!("{}{{}}\n", header_line(first_seq));
+        std::fs::write(&base, segment(1)).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for n in 1..=ROTATIONS {
+                    std::fs::rename(&base, rotated_path(&base, n)).unwrap();
+                    std::fs::write(&base, segment(n + 1)).unwrap();
+                    if n > KEPT {
+                        std::fs::remove_file(rotated_path(&base, n - KEPT)).unwrap();
+                    }
+                    // Pacing, not synchronisation: a catalog that meets a rotation starts
+                    // over, and gives up after a few that come faster than it can list.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            let mut catalogs = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let segments = catalog(&base).unwrap();
+                for pair in segments.windows(2) {
+                    assert_eq!(
+                        pair[1].first_seq,
+                        pair[0].first_seq + 1,
+                        "{} follows {}",
+                        pair[1].path.display(),
+                        pair[0].path.display()
+                    );
+                }
+                catalogs += 1;
+            }
+            assert!(catalogs > 0);
+        });
+    }
 
     #[test]
     fn missing_directories_are_created_from_the_top_down_and_existing_ones_kept() {
@@ -660,6 +685,9 @@ mod tests {
             "j.jsonl.1.idx.x",
             "j.jsonl.x.idx",
             "j.jsonl.broken-120",
+            "j.jsonl.from-12.meta",
+            "j.jsonl.from-.meta",
+            "j.jsonl.from-1x.meta",
         ] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
@@ -669,19 +697,29 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(numbers, vec![2, 999, 1000]);
-        // Indexes are never mistaken for segments, and are told apart from their temp files.
-        let mut indexes: Vec<Sibling> = list_siblings(&base)
+        // Indexes and metadata files are never mistaken for segments, and indexes are told
+        // apart from their temp files.
+        let mut others: Vec<Sibling> = list_siblings(&base)
             .unwrap()
             .into_iter()
             .map(|(s, _)| s)
             .filter(|s| !matches!(s, Sibling::Segment(_)))
             .collect();
-        indexes.sort_by_key(|s| format!("{s:?}"));
+        others.sort_by_key(|s| format!("{s:?}"));
         assert_eq!(
-            indexes,
-            vec![Sibling::Index(2), Sibling::Index(3), Sibling::IndexTmp(3)]
+            others,
+            vec![
+                Sibling::Index(2),
+                Sibling::Index(3),
+                Sibling::IndexTmp(3),
+                Sibling::Meta(12)
+            ]
         );
         assert_eq!(rotated_path(&base, 7), dir.path().join("j.jsonl.000007"));
+        assert_eq!(
+            meta_path(&base, 12),
+            dir.path().join("j.jsonl.from-12.meta")
+        );
         assert_eq!(
             rotated_path(&base, 1234567),
             dir.path().join("j.jsonl.1234567")

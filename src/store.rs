@@ -9,10 +9,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::blocking::blocking;
-use crate::durable::Durable;
+use crate::durable::{Durable, DurableWatch};
+use crate::index::ActiveIndex;
 use crate::json::JsonLine;
 use crate::read::JournalReader;
 use crate::stream::JournalStream;
+use crate::warm::WarmJournal;
 use crate::writer::{Lines, Request, Writer};
 use crate::{Append, Appended, MiniStoreError, MiniStoreOptions, Result};
 
@@ -78,6 +80,8 @@ pub struct MiniStore {
     /// `None` while a write runs on the blocking pool, or for good after a cancelled one.
     writer: Option<Box<Writer>>,
     durable: watch::Sender<Durable>,
+    /// Where its readers find the writer's index of the active segment.
+    index: ActiveIndex,
     damage: Option<String>,
 }
 
@@ -124,24 +128,12 @@ impl MiniStore {
         MiniStoreOptions::new().open(path).await
     }
 
-    pub(crate) async fn open_with_options(path: &Path, opts: MiniStoreOptions) -> Result<Self> {
-        opts.validate()?;
-        let base = path.to_path_buf();
-        let writer = blocking(move || Writer::open(base, opts)).await?;
-        Ok(MiniStore::with_writer(path, writer))
-    }
-
-    pub(crate) fn blocking_open_with_options(path: &Path, opts: MiniStoreOptions) -> Result<Self> {
-        opts.validate()?;
-        let writer = Writer::open(path.to_path_buf(), opts)?;
-        Ok(MiniStore::with_writer(path, writer))
-    }
-
-    fn with_writer(path: &Path, writer: Writer) -> Self {
+    pub(crate) fn with_writer(path: &Path, writer: Writer) -> Self {
         let (durable, _) = watch::channel(writer.durable());
         MiniStore {
             path: path.to_path_buf(),
             damage: writer.damage.clone(),
+            index: writer.active_index.clone(),
             writer: Some(Box::new(writer)),
             durable,
         }
@@ -337,6 +329,18 @@ impl MiniStore {
         result
     }
 
+    /// Closes the journal (its files and its lock, like dropping the store) but keeps what
+    /// its writer knew of it, for [`WarmJournal::blocking_reopen`]: a reopen that finds the
+    /// files unchanged costs a few system calls instead of a full open. `None` when the
+    /// store cannot vouch for its files (a failed write or fsync it could not repair, an
+    /// append cancelled mid-way): it is then closed as a drop closes it, and the next open
+    /// is a full one. Blocks (a `fstat` of each file, and with preallocation the cut of
+    /// the zeros and its fsync): never call it on an async worker.
+    pub fn blocking_close_warm(mut self) -> Option<WarmJournal> {
+        let (state, seen) = self.writer.take()?.park()?;
+        Some(WarmJournal::new(state, seen))
+    }
+
     /// How many idempotency keys the journal remembers now (at most
     /// [`MiniStoreOptions::max_keys`]).
     pub fn remembered_keys(&self) -> usize {
@@ -358,11 +362,15 @@ impl MiniStore {
         *self.durable.borrow()
     }
 
-    /// A receiver that sees every change of the durable position: wait on it with
-    /// `changed()` to learn of new records. It reports the writer closed once the store is
-    /// dropped.
-    pub fn watch_durable(&self) -> watch::Receiver<Durable> {
-        self.durable.subscribe()
+    /// What a reader that outlives a borrow of the store is given
+    /// ([`JournalReader::with_durable`]): a receiver that sees every change of the durable
+    /// position (wait on it with `changed()` to learn of new records; it reports the writer
+    /// closed once the store is dropped), and the handle of the active segment's index.
+    pub fn watch_durable(&self) -> DurableWatch {
+        DurableWatch {
+            durable: self.durable.subscribe(),
+            index: self.index.clone(),
+        }
     }
 
     /// Where records are missing between the journal's segments, as found when it was
@@ -549,6 +557,32 @@ impl MiniStore {
             path: self.path.clone(),
             reason: "an earlier append was cancelled before it finished".into(),
         }
+    }
+}
+
+/// Opening, here beside the store it makes: `options.rs` knows nothing of the store.
+impl MiniStoreOptions {
+    /// Opens (or creates) the journal at `path` with these options. See [`MiniStore::open`].
+    pub async fn open<P: AsRef<Path>>(self, path: P) -> Result<MiniStore> {
+        let path = path.as_ref().to_path_buf();
+        blocking(move || self.blocking_open(path)).await
+    }
+
+    /// [`open`](Self::open) on the calling thread, for a thread that does its own blocking
+    /// I/O (ministore-server's writer threads reopen idle journals this way, without two
+    /// hand-offs to the blocking pool and back). Never call it on an async worker.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = ministore::MiniStoreOptions::new()
+    ///     .blocking_open(dir.path().join("j.jsonl"))
+    ///     .unwrap();
+    /// assert_eq!(store.last_seq(), 0);
+    /// ```
+    pub fn blocking_open<P: AsRef<Path>>(self, path: P) -> Result<MiniStore> {
+        self.validate()?;
+        let writer = Writer::open(path.as_ref().to_path_buf(), self)?;
+        Ok(MiniStore::with_writer(path.as_ref(), writer))
     }
 }
 

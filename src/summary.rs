@@ -174,7 +174,7 @@ fn end_seq(base: &Path, newest: &Segment) -> Result<u64> {
     // Lines no metadata entry covers: count the complete JSON lines, up to the first NUL
     // (the zeros a preallocating writer leaves ahead of its records). Bounded by the
     // file's length, measured when the scan starts.
-    let body = segment::scan_body(&file, path, offset, true, None)?;
+    let body = segment::scan_body(&file, path, offset, true, |_, _| {})?;
     Ok(seq + body.records)
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::durable::Durable;
-use crate::index::{self, SharedIndex, SparseIndex};
+use crate::index::{self, ActiveIndex, SharedIndex, SparseIndex};
 use crate::json::JsonLine;
 use crate::keys::{self, Committed, KeyIndex};
 use crate::meta::{self, Entry};
@@ -81,6 +81,33 @@ enum Outcome {
 /// per ~1,300 records of 200 bytes either way.
 const PREALLOCATE: u64 = 256 << 10;
 
+/// What a writer knows of its journal besides its open files: everything the full open
+/// reads and recovers from them (lengths, seqs, the segments and metadata files, the
+/// active segment's index, the keys). A journal closed warm keeps it in memory
+/// (`warm.rs`) and reopens from it without reading its files again.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) base: PathBuf,
+    pub(crate) opts: MiniStoreOptions,
+    /// Bytes of the active segment that hold its header and its records: its length.
+    pub(crate) len: u64,
+    pub(crate) active_first_seq: u64,
+    pub(crate) next_seq: u64,
+    /// Rotated segments, oldest first: (number, first_seq, path).
+    pub(crate) rotated: VecDeque<(u64, u64, PathBuf)>,
+    /// The sparse index of the active segment.
+    pub(crate) index: SparseIndex,
+    pub(crate) damage: Option<String>,
+    pub(crate) meta_path: PathBuf,
+    pub(crate) meta_first_seq: u64,
+    /// The active metadata file's length.
+    pub(crate) meta_len: u64,
+    /// The metadata files of the rotated segments, oldest first: (first seq, path).
+    pub(crate) sealed_metas: VecDeque<(u64, PathBuf)>,
+    pub(crate) keys: KeyIndex,
+    pub(crate) last_commit_ns: u64,
+}
+
 /// The synchronous writer behind a `MiniStore`: the active file and what is known of the
 /// rotated ones. Every method documents what a crash at each step leaves behind.
 #[derive(Debug)]
@@ -99,9 +126,11 @@ pub(crate) struct Writer {
     /// Rotated segments, oldest first: (number, first_seq, path).
     rotated: VecDeque<(u64, u64, PathBuf)>,
     /// The sparse index of the active segment, kept as records are committed; readers in
-    /// this process find it through `index::lookup_active`, and rotation writes it beside
-    /// the sealed segment.
+    /// this process find it through `active_index`, and rotation writes it beside the
+    /// sealed segment.
     index: SharedIndex,
+    /// The handle readers are given to find `index`, filled while this writer is open.
+    pub(crate) active_index: ActiveIndex,
     /// Set when a failure leaves the file in a state we cannot vouch for.
     poisoned: Option<String>,
     /// Set while bytes of a failed commit could not be cut off the active file: nothing is
@@ -142,6 +171,12 @@ impl Writer {
             )));
         }
         let lock = recovery::lock_journal(&base)?;
+        Writer::open_locked(base, opts, lock)
+    }
+
+    /// The full open, under the journal's `lock`: repairs what a crash left and reads
+    /// everything the writer needs to know from the files.
+    pub(crate) fn open_locked(base: PathBuf, opts: MiniStoreOptions, lock: File) -> Result<Writer> {
         recovery::clear_torn_header(&base)?;
 
         let mut segments = segment::catalog(&base)?;
@@ -165,7 +200,7 @@ impl Writer {
         // lines) is not ours to repair: appends go on, readers crossing it get `Missing`,
         // and `MiniStore::damage` says where it is.
         let chain: Vec<Segment> = segments.iter().chain([&active]).cloned().collect();
-        let damage = segment::find_gap(&chain)?;
+        let damage = recovery::find_gap(&chain)?;
         if let Some(damage) = &damage {
             tracing::error!(journal = %base.display(), %damage, "records are missing between segments");
         }
@@ -179,16 +214,11 @@ impl Writer {
         // segment's index costs no extra read.
         let scan = |file: &File| {
             let mut index = SparseIndex::new(active.first_seq, active.header_len);
-            segment::scan_body(
-                file,
-                &active.path,
-                active.header_len,
-                true,
-                Some(&mut index),
-            )
-            .map(|body| (body, index))
+            let note = |n, offset| index.note(active.first_seq + n, offset);
+            segment::scan_body(file, &active.path, active.header_len, true, note)
+                .map(|body| (body, index))
         };
-        let (mut body, mut active_index) = scan(&file)?;
+        let (mut body, mut scanned_index) = scan(&file)?;
         if body.end < body.file_len {
             recovery::cut_torn_tail(&file, &active.path, body)?;
         }
@@ -203,7 +233,7 @@ impl Writer {
                 file_len: body.end,
             };
             recovery::cut_torn_tail(&file, &active.path, uncovered)?;
-            (body, active_index) = scan(&file)?;
+            (body, scanned_index) = scan(&file)?;
         }
         if active.first_seq + body.records != active_meta.next_seq {
             return Err(MiniStoreError::BadMeta {
@@ -229,35 +259,105 @@ impl Writer {
             &active_meta.entries,
             opts.max_keys,
         )?;
-        let index = SharedIndex::new(active_index.into());
-        index::publish_active(&base, &index);
-        Ok(Writer {
+        let state = State {
             rotated: segments
                 .into_iter()
                 .map(|s| (s.number.unwrap_or_default(), s.first_seq, s.path))
                 .collect(),
             base,
             opts,
-            file,
             len: body.end,
-            allocated: body.end,
             active_first_seq: active.first_seq,
             next_seq: active.first_seq + body.records,
-            index,
-            poisoned: None,
-            uncut: None,
+            index: scanned_index,
             damage,
-            meta_file: Arc::new(active_meta.file),
             meta_path: active_meta.path,
             meta_first_seq: active_meta.first_seq,
             meta_len: active_meta.len,
             sealed_metas: sealed_metas.into(),
             keys,
             last_commit_ns: active_meta.last_commit_ns,
+        };
+        Writer::assemble(state, file, active_meta.file, lock)
+    }
+
+    /// The writer of a journal whose `state` is known (recovered by a full open, or kept
+    /// from a close and checked against the files: see `warm.rs`), over its open files
+    /// and its held `lock`.
+    pub(crate) fn assemble(
+        state: State,
+        file: File,
+        meta_file: File,
+        lock: File,
+    ) -> Result<Writer> {
+        let index = SharedIndex::new(state.index.into());
+        let active_index = state.opts.active_index.clone().unwrap_or_default();
+        active_index.publish(&state.base, &index)?;
+        Ok(Writer {
+            base: state.base,
+            opts: state.opts,
+            file,
+            len: state.len,
+            allocated: state.len,
+            active_first_seq: state.active_first_seq,
+            next_seq: state.next_seq,
+            rotated: state.rotated,
+            index,
+            active_index,
+            poisoned: None,
+            uncut: None,
+            damage: state.damage,
+            meta_file: Arc::new(meta_file),
+            meta_path: state.meta_path,
+            meta_first_seq: state.meta_first_seq,
+            meta_len: state.meta_len,
+            sealed_metas: state.sealed_metas,
+            keys: state.keys,
+            last_commit_ns: state.last_commit_ns,
             group_data: Vec::new(),
             group_meta: Vec::new(),
             _lock: lock,
         })
+    }
+
+    /// Closes the writer's files and lock, keeping what it knows of the journal (its
+    /// [`State`]) and how its two open files looked at the end (`fstat`), so that a reopen
+    /// that finds them unchanged needs none of the full open's reads. `None` when the
+    /// writer cannot vouch for its files (poisoned, or bytes of a failed write not cut) or
+    /// the zeros written ahead could not be cut: those close as `Drop` does, and reopen in
+    /// full.
+    pub(crate) fn park(mut self) -> Option<(State, crate::warm::Snapshot)> {
+        if self.poisoned.is_some() || self.uncut.is_some() {
+            return None;
+        }
+        // The files must be looked at as the next open will find them: without the zeros
+        // ahead (cut and fsynced here, as a close does), so nothing changes them after.
+        if let Err(e) = self.cut_preallocated() {
+            tracing::warn!(journal = %self.base.display(), error = %e, "could not cut the preallocated zeros on close; the next open will");
+            return None;
+        }
+        let seen = crate::warm::Snapshot::take(&self.base, &self.file, &self.meta_file).ok()?;
+        // The state moves out; what is left of the writer closes its files (its `Drop`
+        // has nothing left to cut).
+        let state = State {
+            base: std::mem::take(&mut self.base),
+            opts: std::mem::take(&mut self.opts),
+            len: self.len,
+            active_first_seq: self.active_first_seq,
+            next_seq: self.next_seq,
+            rotated: std::mem::take(&mut self.rotated),
+            // Taken out of the shared one, which dies with the writer: while the journal is
+            // closed, its readers find no index and scan, as after any close.
+            index: std::mem::replace(&mut *index::lock(&self.index), SparseIndex::new(0, 0)),
+            damage: self.damage.take(),
+            meta_path: std::mem::take(&mut self.meta_path),
+            meta_first_seq: self.meta_first_seq,
+            meta_len: self.meta_len,
+            sealed_metas: std::mem::take(&mut self.sealed_metas),
+            keys: std::mem::replace(&mut self.keys, KeyIndex::new(0)),
+            last_commit_ns: self.last_commit_ns,
+        };
+        Some((state, seen))
     }
 
     /// The faults its file operations meet (tests), for the store's readers too.
@@ -687,7 +787,7 @@ impl Writer {
         //    its name, so no rename can pair a segment with another's metadata), header
         //    fsynced with the directory before any entry goes in. Crash here: an active
         //    segment without metadata, or with a torn header and no entry; open creates it.
-        let meta_path = meta::path_for(&self.base, self.next_seq);
+        let meta_path = segment::meta_path(&self.base, self.next_seq);
         io.check_create(&meta_path)
             .map_err(|e| MiniStoreError::io("creating", &meta_path, e))?;
         let active_meta = recovery::create(&self.base, self.next_seq, self.len)?;
@@ -738,9 +838,11 @@ impl Writer {
 /// A clean close leaves the journal as it would be without preallocation: the active file
 /// ends at its last record, for the published crate and for any reader that does not
 /// know about the zeros. Best effort: zeros left behind (a failure here, a crash, a
-/// process killed) are cut by the next open.
+/// process killed) are cut by the next open. Readers no longer find the active segment's
+/// index, which nobody keeps from here on.
 impl Drop for Writer {
     fn drop(&mut self) {
+        self.active_index.withdraw(&self.index);
         // A poisoned writer no longer vouches for the file: leave it to the reopen, as a
         // crash would, which re-reads it and keeps exactly its complete records.
         if self.poisoned.is_some() {

@@ -8,11 +8,15 @@ use std::path::{Path, PathBuf};
 use std::pin::{Pin, pin};
 use std::task::Poll;
 
-use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore::{
+    ActiveIndex, JournalReader, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions,
+};
 use ministore_tests::files::{
     PUBLISHED_HEADER, SegmentIndex, file_names, header, index_path, rotated_segments,
 };
-use ministore_tests::records::{INDEXED_RECORDS, fixed_width, indexed_journal, read_all, seqs};
+use ministore_tests::records::{
+    INDEXED_RECORDS, fixed_width, indexed_journal, indexed_options, read_all, seqs,
+};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
@@ -778,35 +782,56 @@ async fn a_reader_lands_on_its_exact_seq_at_and_between_every_index_entry() {
     }
 }
 
+/// Turns the bytes `from..to` of `file` (line breaks among them) into 'x', lengths
+/// unchanged: a reader that counted lines from the start of the file would land on the
+/// wrong record, one positioned by an index entry after them on the right one.
+fn blank(file: &Path, from: u64, to: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(&vec![b'x'; (to - from) as usize], from)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_reader_positioned_by_an_index_reads_nothing_before_its_entry() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
     let store = indexed_journal(dir.path()).await;
-    // Line breaks before the entry turned into 'x': a reader that counted lines from the
-    // start of the file would land on the wrong record. Lengths do not change.
-    let blank = |file: &Path, from: u64, to: u64| {
-        let mut bytes = std::fs::read(file).unwrap();
-        bytes[from as usize..to as usize].fill(b'x');
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-        f.write_all_at(&bytes[from as usize..to as usize], from)
-            .unwrap();
-    };
     let segment = &rotated_segments(&path)[1];
     let index = SegmentIndex::read(&index_path(segment));
     let (seq, offset) = *index.entries.last().unwrap();
     blank(segment, index.header_len, offset - 1);
     assert_starts_exactly_at(MiniStore::read_from(&path, seq + 5), seq + 5).await;
 
-    // The active segment, with the writer open: its in-memory index serves readers of its
-    // process, through `reader` and `read_from` alike.
+    // The active segment, with the writer open: its in-memory index serves the readers the
+    // store gave its watch to. (`read_from` reads the files as they are, without it.)
     let header_len = first_line(&path).len() as u64;
     blank(&path, header_len, header_len + 1000);
     let from = INDEXED_RECORDS - 10;
     assert!(std::fs::metadata(&path).unwrap().len() - header_len > 2 * 64 * 1024);
     assert_starts_exactly_at(store.reader(from), from).await;
-    assert_starts_exactly_at(MiniStore::read_from(&path, from), from).await;
+    let watch = store.watch_durable();
+    assert_starts_exactly_at(JournalReader::with_durable(&path, from, watch), from).await;
+}
+
+#[tokio::test]
+async fn readers_holding_an_index_handle_find_the_index_of_a_store_reopened_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal(&dir);
+    drop(indexed_journal(dir.path()).await);
+    let handle = ActiveIndex::default();
+    let options = indexed_options().active_index(handle.clone());
+    let store = options.clone().open(&path).await.unwrap();
+    let watch = store.watch_durable();
+    drop(store);
+    // As ministore-server does with an idle journal: the reopened store fills the handle
+    // readers of the closed one hold.
+    let store = options.open(&path).await.unwrap();
+    let header_len = first_line(&path).len() as u64;
+    blank(&path, header_len, header_len + 1000);
+    let from = INDEXED_RECORDS - 10;
+    assert_starts_exactly_at(JournalReader::with_durable(&path, from, watch), from).await;
+    drop(store);
 }
 
 #[tokio::test]

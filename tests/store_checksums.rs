@@ -2,21 +2,15 @@
 //! returns the record's commit time: a record whose bytes changed is `Checksum` damage
 //! (DATA_LOSS through the server) naming file, seq and byte offset, never served.
 
-use ministore::{JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
+use ministore::{JsonLine, MiniStore, MiniStoreError};
 use ministore_tests::files::{header, rotated_segments};
-use ministore_tests::records::read_all;
+use ministore_tests::records::{read_all, small_segments};
 use tokio_stream::StreamExt;
-
-fn small() -> MiniStoreOptions {
-    MiniStoreOptions::new()
-        .max_bytes_per_segment(120)
-        .max_segments(1000)
-}
 
 /// A journal of records `"r01"`..=`"rNN"` appended one by one, in segments of a few.
 async fn journal(dir: &tempfile::TempDir, n: u64) -> (std::path::PathBuf, MiniStore) {
     let path = dir.path().join("journal.jsonl");
-    let mut store = small().open(&path).await.unwrap();
+    let mut store = small_segments().open(&path).await.unwrap();
     for i in 1..=n {
         let line = JsonLine::from_value(&format!("record number {i:02} of many")).unwrap();
         store.append_json(&[line]).await.unwrap();
@@ -124,7 +118,7 @@ async fn commit_times_never_go_back_and_survive_reopen() {
     let times: Vec<u64> = read.iter().map(|r| r.commit_unix_ns.unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert!(times[0] >= before, "commit times are wall-clock times");
-    let store = small().open(&path).await.unwrap();
+    let store = small_segments().open(&path).await.unwrap();
     let again = read_all(&mut store.reader(1), 5).await;
     assert_eq!(again, read, "the same records and times after reopening");
     drop(store);

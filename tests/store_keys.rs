@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ministore::{Append, Appended, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
 use ministore_tests::files::{file_names, header};
+use ministore_tests::records::small_segments;
 
 fn line(text: &str) -> JsonLine {
     JsonLine::from_slice(text.as_bytes()).unwrap()
@@ -30,18 +31,11 @@ fn duplicate(seqs: std::ops::Range<u64>) -> Appended {
     }
 }
 
-/// Segments that rotate every few records.
-fn small() -> MiniStoreOptions {
-    MiniStoreOptions::new()
-        .max_bytes_per_segment(120)
-        .max_segments(1000)
-}
-
 fn journal(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("journal.jsonl")
 }
 
-/// Appends `n` records of about 30 bytes: with [`small`] segments, 3 per segment.
+/// Appends `n` records of about 30 bytes: with [`small_segments`] segments, 3 per segment.
 async fn fill(store: &mut MiniStore, n: usize) {
     for i in 0..n {
         let record = format!("\"filler record {i:05} of thirty\"");
@@ -53,7 +47,7 @@ async fn fill(store: &mut MiniStore, n: usize) {
 async fn a_key_survives_reopen_and_rotation_and_its_retry_gets_the_original_seqs() {
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let mut store = small().open(&path).await.unwrap();
+    let mut store = small_segments().open(&path).await.unwrap();
     fill(&mut store, 3).await;
     let batch = keyed("order-42", &[r#"{"a":1}"#, r#"{"b":2}"#]);
     assert_eq!(
@@ -63,7 +57,7 @@ async fn a_key_survives_reopen_and_rotation_and_its_retry_gets_the_original_seqs
     drop(store);
 
     // Reopened: the key was rebuilt from the metadata files.
-    let mut store = small().open(&path).await.unwrap();
+    let mut store = small_segments().open(&path).await.unwrap();
     assert_eq!(store.remembered_keys(), 1);
     assert_eq!(
         store.append_request(batch.clone()).await.unwrap(),
@@ -74,7 +68,7 @@ async fn a_key_survives_reopen_and_rotation_and_its_retry_gets_the_original_seqs
     fill(&mut store, 20).await;
     assert!(store.durable().segments > segments_before + 2);
     drop(store);
-    let mut store = small().open(&path).await.unwrap();
+    let mut store = small_segments().open(&path).await.unwrap();
     assert_eq!(store.append_request(batch).await.unwrap(), duplicate(4..6));
     assert_eq!(store.last_seq(), 25, "no retry was written");
 
@@ -204,7 +198,7 @@ async fn keys_beyond_the_bound_or_whose_records_retention_deleted_are_forgotten(
     // Retention: once a key's records are deleted, so is the key, and its metadata file.
     let dir = tempfile::tempdir().unwrap();
     let path = journal(&dir);
-    let keep_two = small().max_segments(2);
+    let keep_two = small_segments().max_segments(2);
     let mut store = keep_two.clone().open(&path).await.unwrap();
     store.append_request(keyed("old", &["1"])).await.unwrap();
     fill(&mut store, 30).await;

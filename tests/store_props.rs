@@ -1,8 +1,9 @@
 //! The journal against a model: a plain `Vec` of the records appended so far.
 //!
-//! Random sequences of appends, batch appends (empty ones included) and reopens run on a
-//! real journal with segments small enough to rotate every few records; after each step the
-//! journal must agree with the model: `last_seq` is its length, `replay` is the model, and
+//! Random sequences of appends, batch appends (empty ones included) and reopens (full, and
+//! warm from the state kept at close) run on a real journal with segments small enough to
+//! rotate every few records; after each step the journal must agree with the model:
+//! `last_seq` is its length, `replay` is the model, and
 //! reading from any sequence number `k` gives `model[k-1..]` numbered from `k`. Two readers
 //! that live through the whole run (one of the writer's, one reading the files) tail the
 //! journal while it grows and rotates, and must see the model in order, without gaps.
@@ -25,6 +26,8 @@ enum Op {
     Append(String),
     AppendBatch(Vec<String>),
     Reopen,
+    /// Closed keeping its state, and reopened from it (`blocking_close_warm`).
+    ReopenWarm,
     /// Read up to this many records with each of the tailing readers.
     Read(usize),
     /// Requests committed together with `append_requests`.
@@ -97,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => value().prop_map(Op::Append),
         3 => prop::collection::vec(value(), 0..6).prop_map(Op::AppendBatch),
         1 => Just(Op::Reopen),
+        1 => Just(Op::ReopenWarm),
         2 => (1usize..8).prop_map(Op::Read),
         3 => prop::collection::vec(keyed(), 1..4).prop_map(Op::Group),
     ]
@@ -178,6 +182,16 @@ async fn run(max_bytes: u64, preallocate: bool, ops: Vec<Op>) -> Result<(), Test
                 check_on_disk(&path, &model).await?;
                 store = opts.clone().open(&path).await.unwrap();
                 // The old writer's reader is done; a new one goes on from where it was.
+                durable = store.reader(durable_next);
+            }
+            Op::ReopenWarm => {
+                let warm = store
+                    .blocking_close_warm()
+                    .expect("a healthy journal closes warm");
+                check_on_disk(&path, &model).await?;
+                let reopened = warm.blocking_reopen().unwrap();
+                prop_assert_eq!(reopened.changed, None);
+                store = reopened.store;
                 durable = store.reader(durable_next);
             }
             Op::Read(max) => {

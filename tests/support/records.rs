@@ -26,6 +26,14 @@ pub fn fixed_width(i: u64) -> String {
     format!("r{i:019}")
 }
 
+/// Segments of 120 bytes, all kept (up to 1,000): a few records each, so that a test
+/// rotates every few appends.
+pub fn small_segments() -> ministore::MiniStoreOptions {
+    ministore::MiniStoreOptions::new()
+        .max_bytes_per_segment(120)
+        .max_segments(1000)
+}
+
 /// The options of [`indexed_journal`]: segments of about 320 KB, all kept.
 pub fn indexed_options() -> ministore::MiniStoreOptions {
     ministore::MiniStoreOptions::new()
