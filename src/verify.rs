@@ -8,9 +8,10 @@
 //!
 //! Two depths, one walk:
 //! - [`verify_journal`] reads every byte: each segment's header, every line (UTF-8, exactly
-//!   one JSON value, nothing after it), how the segments chain, what a crash left at the end
-//!   of the active file, each index sidecar against the lines it points at, and the other
-//!   files in the directory. It costs a full read of the journal.
+//!   one JSON value, nothing after it, the CRC32C its metadata entry keeps), how the
+//!   segments chain, what a crash left at the end of the active file, each index sidecar
+//!   against the lines it points at, and the other files in the directory. It costs one
+//!   read of the journal: every check of a line is made in the same pass.
 //! - [`inspect_journal`] checks the structure only: headers, chaining, tails, sidecars and
 //!   the other files, counting the lines of a sealed segment from its index (so it reads
 //!   less than 64 KiB of each), and the active file's lines without parsing them.
@@ -71,7 +72,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::index::{self, Entry, SegmentShape, Sidecar};
-use crate::segment::{self, Sibling};
+use crate::meta::{self, Check, LineChecks};
+use crate::segment::{self, Segment, Sibling};
 use crate::{MiniStoreError, Result};
 
 /// The name of a journal's active file in a data directory of ministore-server:
@@ -600,6 +602,7 @@ fn check_once(base: &Path, depth: Depth) -> Result<Report> {
         ));
     }
     let rotated_exist = files.iter().any(|(n, _)| n.is_some());
+    let mut checksums = Checksums::new(base, depth);
     for (number, path) in files {
         let before = report.segments.last();
         // A segment of the published crate has no first_seq: it follows the one before.
@@ -610,46 +613,140 @@ fn check_once(base: &Path, depth: Depth) -> Result<Report> {
             next_seq,
             rotated_exist,
             depth,
+            &mut checksums,
             &mut report.problems,
         ) {
             report.segments.push(seg);
         }
     }
     check_chain(&report.segments, &mut report.problems);
-    if depth == Depth::Full && !report.problems.iter().any(|p| p.kind == ProblemKind::Gap) {
-        check_checksums(base, &mut report.problems);
+    if !report.problems.iter().any(|p| p.kind == ProblemKind::Gap) {
+        checksums.report(&mut report.problems);
     }
     check_siblings(base, &mut report.problems)?;
     Ok(report)
 }
 
-/// Reads every record as a reader does, checking each against the CRC32C its metadata
-/// entry keeps (records written without metadata are not checked): the first record whose
-/// bytes are not those written, or whose entry is damaged, is reported. Readers stop there,
-/// so it is reported once; records after it are checked once it is dealt with.
-fn check_checksums(base: &Path, problems: &mut Vec<Problem>) {
-    if let Some(MiniStoreError::Checksum {
-        path,
-        seq,
-        offset,
-        reason,
-    }) = crate::read::first_checksum_failure(base)
-        // Already reported as what it is (an invalid line, say): once is enough.
-        && !problems
-            .iter()
-            .any(|p| p.file == path && p.seq == Some(seq) && p.severity == Severity::Damage)
-    {
-        problems.push(
-            Problem::new(
-                ProblemKind::Checksum,
-                &path,
-                format!(
-                    "record {seq} {reason}. Readers stop here with DATA_LOSS; the records \
-                     after it are not checked. Restore it from a backup if you have one"
-                ),
-            )
-            .with_seq(seq, offset),
-        );
+/// The check of each record against the CRC32C its metadata entry keeps (records written
+/// without metadata are not checked), made as the lines are read: it follows the records
+/// as a reader does, from the first, and stops where a reader stops. The first record whose
+/// bytes are not those written, or whose entry is damaged, is reported: readers stop there,
+/// so it is reported once, and the records after it are checked once it is dealt with.
+struct Checksums {
+    /// The journal as a reader lists it; `None` once a reader would have stopped (or for a
+    /// check of the structure only).
+    listed: Option<Listing>,
+    /// The checks of the segment being read.
+    current: Option<LineChecks>,
+    /// The seq a reader reads next: it goes on only into a segment that starts there.
+    next_seq: Option<u64>,
+    /// The first record found not to be the one written: (file, seq, offset, why).
+    failure: Option<(PathBuf, u64, u64, String)>,
+}
+
+/// A journal's segments and metadata files.
+struct Listing {
+    segments: Vec<Segment>,
+    metas: Vec<(u64, PathBuf)>,
+}
+
+impl Checksums {
+    fn new(base: &Path, depth: Depth) -> Checksums {
+        // A reader that cannot list the journal (a header that is not one, segments out of
+        // order) reads nothing: those are reported as what they are.
+        let listed = (depth == Depth::Full)
+            .then(|| {
+                Some(Listing {
+                    segments: segment::catalog(base).ok()?,
+                    metas: meta::list(base).ok()?,
+                })
+            })
+            .flatten();
+        Checksums {
+            listed,
+            current: None,
+            next_seq: None,
+            failure: None,
+        }
+    }
+
+    /// Where a reader stops: nothing after it is checked.
+    fn stop(&mut self) {
+        self.listed = None;
+        self.current = None;
+    }
+
+    /// Starts on the segment at `path`, if a reader gets there.
+    fn start_segment(&mut self, path: &Path) {
+        let Some(Listing { segments, metas }) = &self.listed else {
+            return;
+        };
+        let Some(i) = segments.iter().position(|s| s.path == path) else {
+            return self.stop(); // not as the reader listed it
+        };
+        let seg = &segments[i];
+        if self.next_seq.is_some_and(|next| next != seg.first_seq) {
+            return self.stop(); // a gap or an overlap: `Missing`
+        }
+        let next_first = segments.get(i + 1).map(|s| s.first_seq);
+        match LineChecks::open(metas, seg.first_seq, next_first, seg.number.is_some()) {
+            Ok(checks) => self.current = Some(checks),
+            Err(_) => self.stop(),
+        }
+    }
+
+    /// Whether the lines of the segment being read are checked.
+    fn checking(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Checks record `seq`, the complete line at `offset` of `file` whose CRC32C is `crc`
+    /// (`utf8`: whether it is UTF-8), in the order a reader applies the checks.
+    fn line(&mut self, file: &File, path: &Path, seq: u64, offset: u64, crc: u32, utf8: bool) {
+        let Some(checks) = &mut self.current else {
+            return;
+        };
+        match checks.check_for(file, seq, false) {
+            // An entry not whole yet ends what a reader reads; so does an unreadable one.
+            Ok(Check::NotYet) | Err(_) => self.stop(),
+            Ok(check) => {
+                if let Some(why) = check.failure(|| crc) {
+                    self.failure = Some((path.to_path_buf(), seq, offset, why));
+                    self.stop();
+                } else if !utf8 {
+                    self.stop(); // a reader stops at a line that is not text
+                }
+            }
+        }
+    }
+
+    /// The segment starting at `first_seq` was read to its end: `records` lines.
+    fn end_segment(&mut self, first_seq: u64, records: u64) {
+        if self.current.take().is_some() {
+            self.next_seq = Some(first_seq.saturating_add(records));
+        }
+    }
+
+    /// Adds the failure found, if any, to `problems`.
+    fn report(self, problems: &mut Vec<Problem>) {
+        if let Some((path, seq, offset, reason)) = self.failure
+            // Already reported as what it is (an invalid line, say): once is enough.
+            && !problems
+                .iter()
+                .any(|p| p.file == path && p.seq == Some(seq) && p.severity == Severity::Damage)
+        {
+            problems.push(
+                Problem::new(
+                    ProblemKind::Checksum,
+                    &path,
+                    format!(
+                        "record {seq} {reason}. Readers stop here with DATA_LOSS; the records \
+                         after it are not checked. Restore it from a backup if you have one"
+                    ),
+                )
+                .with_seq(seq, offset),
+            );
+        }
     }
 }
 
@@ -704,6 +801,7 @@ fn check_segment(
     next_seq: u64,
     rotated_exist: bool,
     depth: Depth,
+    checksums: &mut Checksums,
     problems: &mut Vec<Problem>,
 ) -> Option<SegmentInfo> {
     let unreadable = |e: &dyn fmt::Display| {
@@ -779,6 +877,7 @@ fn check_segment(
         },
         None => None,
     };
+    checksums.start_segment(path);
     let mut scan = Scan {
         file: &file,
         path,
@@ -786,6 +885,7 @@ fn check_segment(
         rotated: number.is_some(),
         validate: depth == Depth::Full,
         len,
+        checksums,
         problems,
     };
     let result = match (depth, &index) {
@@ -802,8 +902,14 @@ fn check_segment(
         (Depth::Structure, None) => scan.run(header.len, first_seq, None),
     };
     match result {
-        Ok(records) => info.records = records,
-        Err(e) => problems.push(unreadable(&e)),
+        Ok(records) => {
+            info.records = records;
+            checksums.end_segment(first_seq, records);
+        }
+        Err(e) => {
+            problems.push(unreadable(&e));
+            checksums.stop();
+        }
     }
     Some(info)
 }
@@ -860,6 +966,8 @@ struct Scan<'a> {
     validate: bool,
     /// The file's length when opened: the walk never reads past it.
     len: u64,
+    /// Each record's check against its CRC32C, in the same pass.
+    checksums: &'a mut Checksums,
     problems: &'a mut Vec<Problem>,
 }
 
@@ -899,6 +1007,8 @@ impl Scan<'_> {
         let mut line_start = pos;
         let mut carry: Vec<u8> = Vec::new();
         let mut carried: u64 = 0;
+        // The CRC32C of those bytes, all of them, while records are checked against theirs.
+        let mut carried_crc = 0u32;
         // Where the records a reader keeps end, and the last valid one (full check).
         let mut valid_end = pos;
         let mut valid_seq = seq;
@@ -934,20 +1044,30 @@ impl Scan<'_> {
                     wrong_entry = Some(*e);
                 }
                 if self.validate {
-                    let verdict = if carried == 0 {
-                        check_record(&chunk[from..i]).map(|()| true)
+                    let line: Option<&[u8]> = if carried == 0 {
+                        Some(&chunk[from..i])
                     } else if carried + (i - from) as u64 <= MAX_CHECKED_LINE as u64 {
                         carry.extend_from_slice(&chunk[from..i]);
-                        check_record(&carry).map(|()| true)
+                        Some(&carry)
                     } else {
-                        Ok(false) // too long to hold: counted, not parsed
+                        None // too long to hold: counted, not parsed
                     };
+                    let verdict = line.map(check_record);
+                    if self.checksums.checking() {
+                        let crc = crc32c::crc32c_append(carried_crc, &chunk[from..i]);
+                        let utf8 = match (line, &verdict) {
+                            (Some(line), Some(Err(_))) => std::str::from_utf8(line).is_ok(),
+                            _ => true,
+                        };
+                        self.checksums
+                            .line(self.file, self.path, seq, line_start, crc, utf8);
+                    }
                     match verdict {
-                        Ok(checked) => {
+                        None | Some(Ok(())) => {
                             if let Some(bad) = pending.take() {
                                 self.report_invalid(bad, &mut invalid_reported, &mut invalid_more);
                             }
-                            if !checked {
+                            if verdict.is_none() {
                                 self.problems.push(
                                     Problem::new(
                                         ProblemKind::NotChecked,
@@ -968,7 +1088,7 @@ impl Scan<'_> {
                             valid_end = line_end;
                             valid_seq = seq.saturating_add(1);
                         }
-                        Err(reason) => match &mut pending {
+                        Some(Err(reason)) => match &mut pending {
                             Some(run) => run.lines += 1,
                             None => {
                                 pending = Some(Invalid {
@@ -983,6 +1103,7 @@ impl Scan<'_> {
                 }
                 carry.clear();
                 carried = 0;
+                carried_crc = 0;
                 seq = seq.saturating_add(1);
                 lines += 1;
                 line_start = line_end;
@@ -990,6 +1111,9 @@ impl Scan<'_> {
             }
             if self.validate && carried + ((chunk.len() - from) as u64) <= MAX_CHECKED_LINE as u64 {
                 carry.extend_from_slice(&chunk[from..]);
+            }
+            if self.checksums.checking() {
+                carried_crc = crc32c::crc32c_append(carried_crc, &chunk[from..]);
             }
             carried += (chunk.len() - from) as u64;
             if let Some(at) = unwritten {
@@ -1130,8 +1254,7 @@ impl Scan<'_> {
 /// The check every record line passes: UTF-8 holding exactly one JSON value (whitespace
 /// around it allowed), as `ministore verify` applies it to each line and `ministore dump` to
 /// each record it prints. `Err` says what is wrong, with the column (1-based, in bytes).
-/// A later per-record check (the CRC32C of the `.meta` sidecar, docs/metadata-design.md)
-/// belongs beside this one.
+/// `verify` checks each line against the CRC32C its metadata entry keeps in the same pass.
 ///
 /// ```
 /// use ministore::verify::check_record;
@@ -1371,5 +1494,137 @@ mod tests {
         let report = verify_journal(&path).unwrap();
         assert_eq!(kinds(&report), vec![ProblemKind::UnwrittenSpace]);
         assert_eq!(report.records(), 2);
+    }
+
+    /// The first error a reader of the files meets reading the journal at `base` from its
+    /// start, if any.
+    async fn first_read_error(base: &Path) -> Option<MiniStoreError> {
+        let mut reader = crate::MiniStore::read_from(base, 1);
+        loop {
+            match reader.next_batch(4096).await {
+                Ok(batch) if batch.is_empty() => return None,
+                Ok(_) => {}
+                Err(e) => return Some(e),
+            }
+        }
+    }
+
+    /// A journal of 38 small records, two per request, in segments of about 100 bytes (the
+    /// active one holds the last three requests), each with its metadata file; its files,
+    /// the lock aside.
+    async fn small_segments(dir: &Path) -> Vec<PathBuf> {
+        let base = dir.join(JOURNAL_FILE);
+        let mut store = crate::MiniStoreOptions::new()
+            .max_bytes_per_segment(100)
+            .max_segments(100)
+            .open(&base)
+            .await
+            .unwrap();
+        for i in 0..19u64 {
+            store.append_batch(&[i, i * 1000]).await.unwrap();
+        }
+        assert_eq!(store.durable().active_first_seq, 33);
+        drop(store);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 6, "{files:?}");
+        files
+    }
+
+    /// Checks that `verify` reports a checksum failure exactly where a reader of the files
+    /// meets one (its first error), unless it names it otherwise: records missing between
+    /// segments, or the same record as damage of another kind. Whether one was reported.
+    async fn assert_reported_where_a_reader_meets_it(base: &Path, what: &str) -> bool {
+        let report = verify_journal(base).unwrap();
+        let found = report
+            .problems
+            .iter()
+            .find(|p| p.kind == ProblemKind::Checksum)
+            .map(|p| (p.file.clone(), p.seq, p.offset));
+        let expected = match first_read_error(base).await {
+            Some(MiniStoreError::Checksum {
+                path, seq, offset, ..
+            }) if !report.problems.iter().any(|p| {
+                p.kind == ProblemKind::Gap
+                    || (p.kind != ProblemKind::Checksum
+                        && p.file == path
+                        && p.seq == Some(seq)
+                        && p.severity == Severity::Damage)
+            }) =>
+            {
+                Some((path, Some(seq), Some(offset)))
+            }
+            _ => None,
+        };
+        assert_eq!(found, expected, "{what}: {:?}", report.problems);
+        found.is_some()
+    }
+
+    #[tokio::test]
+    async fn a_checksum_failure_is_reported_where_a_reader_meets_it_whatever_byte_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join(JOURNAL_FILE);
+        let mut reported = 0;
+        for file in &small_segments(dir.path()).await {
+            let original = std::fs::read(file).unwrap();
+            for (at, flip) in (0..original.len()).flat_map(|at| [(at, 0x01), (at, 0x80)]) {
+                let mut bytes = original.clone();
+                bytes[at] ^= flip;
+                std::fs::write(file, &bytes).unwrap();
+                let what = format!("{} byte {at} ^ {flip:#x}", file.display());
+                reported +=
+                    usize::from(assert_reported_where_a_reader_meets_it(&base, &what).await);
+            }
+            std::fs::write(file, &original).unwrap();
+        }
+        assert!(reported > 1000, "{reported}");
+    }
+
+    /// Several damages at once, some before a checksum failure: a reader stops at the first
+    /// of them that stops it (a line that is not text where nothing checks it, records
+    /// missing or doubled between segments), and so does the check.
+    #[tokio::test]
+    async fn a_checksum_failure_after_other_damage_is_reported_only_if_a_reader_gets_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join(JOURNAL_FILE);
+        let files = small_segments(dir.path()).await;
+        let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let mut reported = 0;
+        for trial in 0..600 {
+            for (file, bytes) in files.iter().zip(&originals) {
+                std::fs::write(file, bytes).unwrap();
+            }
+            // Without its metadata, the oldest segment's lines are read unchecked.
+            if random(3) == 0 {
+                std::fs::remove_file(base.with_extension("jsonl.from-1.meta")).unwrap();
+            }
+            let mut damage = Vec::new();
+            for _ in 0..1 + random(3) {
+                let i = random(files.len());
+                let Ok(mut bytes) = std::fs::read(&files[i]) else {
+                    continue;
+                };
+                // A bit flipped, a byte that is not text, a line break more or less.
+                let at = random(bytes.len());
+                let new = [bytes[at] ^ 0x01, bytes[at] ^ 0x80, b'\n', b'x'][random(4)];
+                bytes[at] = new;
+                std::fs::write(&files[i], &bytes).unwrap();
+                damage.push(format!("{} byte {at} = {new:#x}", files[i].display()));
+            }
+            let what = format!("trial {trial}: {damage:?}");
+            reported += usize::from(assert_reported_where_a_reader_meets_it(&base, &what).await);
+        }
+        assert!(reported > 100, "{reported}");
     }
 }
