@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ministore::proto::journal_client::JournalClient;
-use ministore::proto::{AppendAck, AppendRequest, InfoRequest, append_request};
+use ministore::proto::{AppendAck, AppendRequest, InfoRequest, STREAM_WINDOW, append_request};
 use ministore_server::Config;
 use ministore_server::append_stream::{MAX_UNACKED, MAX_UNACKED_BYTES};
 use ministore_tests::server::{ServerProcess, TestServer, payload_request, replay_texts};
@@ -222,6 +222,97 @@ async fn a_producer_that_does_not_read_its_acks_is_held_to_a_bounded_read_ahead(
         assert_eq!((ack.index, ack.seq, ack.error), (next, next + 1, None));
         next += 1;
     }
+}
+
+/// One gRPC message as it goes on the wire: uncompressed, its length, its bytes.
+fn grpc_message(request: &AppendRequest) -> bytes::Bytes {
+    let body = prost::Message::encode_to_vec(request);
+    let mut framed = Vec::with_capacity(5 + body.len());
+    framed.push(0);
+    framed.extend((body.len() as u32).to_be_bytes());
+    framed.extend(body);
+    framed.into()
+}
+
+/// Python's grpcio sends each small request in an HTTP/2 DATA frame of its own. The h2
+/// crate counts small frames waiting unread against a budget of half the connection
+/// window, and closes the connection (GOAWAY ENHANCE_YOUR_CALM, "too_many_data_frames")
+/// when it runs out: with hyper's default windows, a producer a few thousand small records
+/// ahead of a server that had stopped reading (its read-ahead bound) lost its connection.
+/// A producer that sends a whole stream window of the smallest requests, one frame each,
+/// before it reads an ack must instead just wait for flow control and get every ack.
+#[tokio::test]
+async fn a_producer_sending_a_frame_per_small_request_far_ahead_of_its_acks_keeps_its_connection() {
+    let server = TestServer::start().await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Roomy receive windows on this side, so that what is tested is the server's handling.
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/ministore.v1.Journal/AppendStream",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let message = grpc_message(&payload_request("tiny", "1"));
+    let count = STREAM_WINDOW as usize / message.len();
+    // Each request in a frame of its own, sent as soon as the server's window allows; the
+    // stream window holds them all, so they are all sent before any ack is read.
+    let sending = tokio::spawn(async move {
+        for i in 1..=count {
+            send.reserve_capacity(message.len());
+            while send.capacity() < message.len() {
+                std::future::poll_fn(|cx| send.poll_capacity(cx))
+                    .await
+                    .expect("the stream stays open")
+                    .expect("the stream stays open");
+            }
+            send.send_data(message.clone(), i == count).unwrap();
+        }
+        send
+    });
+    let send = sending.await.unwrap();
+
+    let response = response.await.expect("the server answers the stream");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut buffered = bytes::BytesMut::new();
+    let mut acks = 0u64;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("stream failed after {acks} acks: {e}"));
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buffered.extend_from_slice(&chunk);
+        while buffered.len() >= 5 {
+            let len = u32::from_be_bytes(buffered[1..5].try_into().unwrap()) as usize;
+            if buffered.len() < 5 + len {
+                break;
+            }
+            let frame = buffered.split_to(5 + len);
+            let ack: AppendAck = prost::Message::decode(&frame[5..]).unwrap();
+            assert_eq!((ack.index, ack.error), (acks, None));
+            acks += 1;
+        }
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(acks, count as u64, "every request acknowledged once");
+    drop((send, body, client));
+    connection
+        .await
+        .unwrap()
+        .expect("the connection was never closed by the server");
 }
 
 #[tokio::test]

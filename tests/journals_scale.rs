@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ministore_server::Config;
+use ministore::{Append, JournalReader, JsonLine, MiniStore, MiniStoreOptions};
+use ministore_server::{Config, Journals};
 use ministore_tests::events::{Records, follower};
 use ministore_tests::server::{ServerProcess, TestServer};
 
@@ -26,6 +27,21 @@ fn journal_descriptors(pid: &str, dir: &Path) -> Vec<PathBuf> {
 
 fn descriptors_under(pid: &str, dir: &Path) -> usize {
     journal_descriptors(pid, dir).len()
+}
+
+/// Descriptors of process `pid` into `dir` once they are at most `bound`, or after 5 s
+/// whatever they are. A writer that reopened a journal closes another only after it has
+/// replied, so for a moment each writer thread may hold one journal beyond
+/// `--max-journals`.
+async fn settled_descriptors(pid: &str, dir: &Path, bound: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = descriptors_under(pid, dir);
+        if held <= bound || Instant::now() > deadline {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The names of the threads of process `pid`, counted.
@@ -86,7 +102,7 @@ async fn many_journals_share_a_bounded_set_of_threads_and_descriptors() {
     );
     // Each open journal holds 3 descriptors (segment, metadata, lock), and at most 50
     // journals are open, whatever number was used.
-    let held = descriptors_under(&pid.to_string(), &data);
+    let held = settled_descriptors(&pid.to_string(), &data, 3 * 50).await;
     assert!(held <= 3 * 50, "{held} descriptors into the data directory");
     server.signal("TERM");
     let (code, logs) = server.wait();
@@ -126,7 +142,7 @@ async fn closed_journals_reopen_with_every_record_and_their_seqs() {
             let seq = client.append(&format!("j{j}"), &(j * 100 + round)).await;
             assert_eq!(seq.unwrap(), round, "journal j{j}, round {round}");
         }
-        let held = descriptors_under("self", &server.data_dir);
+        let held = settled_descriptors("self", &server.data_dir, 3 * 2).await;
         assert!(held <= 3 * 2, "{held} descriptors open, for 2 journals");
     }
     for j in 0..5u64 {
@@ -252,4 +268,167 @@ async fn shutdown_with_appends_in_flight_on_many_journals_keeps_every_acknowledg
             );
         }
     }
+}
+
+fn append(values: &[u64], key: Option<&str>) -> Append {
+    let lines = values.iter().map(|v| JsonLine::from_value(v).unwrap());
+    let append = Append::new(lines.collect());
+    match key {
+        Some(key) => append.key(key),
+        None => append,
+    }
+}
+
+#[tokio::test]
+async fn a_journal_closed_for_room_reopens_from_its_kept_state_with_its_keys_and_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let journals = Journals::new(dir.path(), MiniStoreOptions::new()).with_max_open(1);
+    let a = journals.get("a", true).await.unwrap();
+    let keyed = a.append(append(&[1], Some("once"))).await.unwrap();
+    assert_eq!(keyed.seqs, 1..2);
+    let mut follower = JournalReader::with_durable(a.path(), 1, a.watch_durable());
+    let seqs_read = |batch: Vec<ministore::Record>| batch.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs_read(follower.next_batch(10).await.unwrap()), vec![1]);
+    assert_eq!(journals.warm_journals().0, 0, "nothing closed yet");
+    // Opening b closes a, whose state is kept.
+    let b = journals.get("b", true).await.unwrap();
+    let (warm, bytes) = journals.warm_journals();
+    assert_eq!(warm, 1);
+    assert!(bytes > 0);
+    for round in 2..=4u64 {
+        // Each append reopens its journal from the kept state, and closes the other one
+        // (keeping its state) once it has replied.
+        let retry = a.append(append(&[1], Some("once"))).await.unwrap();
+        assert_eq!((retry.seqs, retry.duplicate), (1..2, true), "round {round}");
+        assert_eq!(
+            a.append(append(&[round], None)).await.unwrap().seqs.start,
+            round
+        );
+        assert_eq!(
+            b.append(append(&[round], None)).await.unwrap().seqs.start,
+            round - 1
+        );
+        // The follower of a reads each of its records, across its closes and reopens.
+        let read = seqs_read(follower.next_batch(10).await.unwrap());
+        assert_eq!(read, vec![round], "round {round}");
+    }
+    journals.shut_down().await;
+    let a_records: Vec<u64> = MiniStore::replay(dir.path().join("a/journal.jsonl"))
+        .await
+        .unwrap();
+    assert_eq!(a_records, vec![1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn the_state_kept_for_closed_journals_stays_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+    // One journal's kept state, measured.
+    let one = {
+        let journals =
+            Journals::new(dir.path().join("probe"), MiniStoreOptions::new()).with_max_open(1);
+        journals.get("p0", true).await.unwrap();
+        journals.get("p1", true).await.unwrap();
+        let (warm, bytes) = journals.warm_journals();
+        assert_eq!(warm, 1);
+        journals.shut_down().await;
+        bytes
+    };
+    for (budget, most) in [(2 * one + one / 2, 2), (0, 0)] {
+        let data = dir.path().join(format!("budget-{budget}"));
+        let journals = Journals::new(&data, MiniStoreOptions::new())
+            .with_max_open(1)
+            .with_warm_budget(budget);
+        for round in 1..=3u64 {
+            for name in &names {
+                let journal = journals.get(name, true).await.unwrap();
+                let seqs = journal.append(append(&[round], None)).await.unwrap().seqs;
+                // Reopened from kept state or in full, the numbering goes on.
+                assert_eq!(seqs, round..round + 1, "{name}, budget {budget}");
+                let (warm, bytes) = journals.warm_journals();
+                assert!(warm <= most, "{warm} kept, budget {budget}");
+                assert!(bytes <= budget, "{bytes} bytes kept, budget {budget}");
+            }
+        }
+        if most > 0 {
+            assert_eq!(journals.warm_journals().0, most, "the budget is used");
+        }
+        journals.shut_down().await;
+        for name in &names {
+            let path = data.join(name).join("journal.jsonl");
+            let stored: Vec<u64> = MiniStore::replay(path).await.unwrap();
+            assert_eq!(stored, vec![1, 2, 3], "{name}, budget {budget}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_journal_in_use_keeps_its_files_while_idle_ones_are_closed_to_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let journals = Journals::new(dir.path(), MiniStoreOptions::new()).with_max_open(2);
+    let hot = journals.get("hot", true).await.unwrap();
+    for i in 0..20u64 {
+        hot.append(append(&[i], None)).await.unwrap();
+        // A journal not seen before needs room: the idle one used longest ago goes.
+        let cold = journals.get(&format!("cold{i}"), true).await.unwrap();
+        cold.append(append(&[i], None)).await.unwrap();
+        let held = journal_descriptors("self", &dir.path().join("hot"));
+        assert_eq!(held.len(), 3, "round {i}: hot's files are closed: {held:?}");
+    }
+    let held = settled_descriptors("self", dir.path(), 3 * 2).await;
+    assert!(held <= 3 * 2, "{held} descriptors for 2 open journals");
+    journals.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_journal_forgotten_while_closed_comes_back_from_its_kept_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let journals =
+        Journals::new(dir.path(), MiniStoreOptions::new()).with_idle_close(Duration::ZERO);
+    let journal = journals.get("a", true).await.unwrap();
+    journal.append(append(&[1], Some("k"))).await.unwrap();
+    drop(journal);
+    // Held (as an RPC or a follower holds it): closed when idle, never forgotten.
+    let held = journals.get("held", true).await.unwrap();
+    held.append(append(&[1], None)).await.unwrap();
+    // Idle for the idle time, nobody holding it: closed (its state kept), then forgotten.
+    journals.sweep();
+    let known = |journals: &Journals| -> Vec<String> {
+        let open = journals.open_journals();
+        open.iter().map(|j| j.name().to_owned()).collect()
+    };
+    assert_eq!(
+        known(&journals),
+        vec!["held".to_owned()],
+        "a forgotten, held kept"
+    );
+    drop(held);
+    // Once let go, and once its writer has finished the turn of its last append.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !known(&journals).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "held never forgotten");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        journals.sweep();
+    }
+    assert_eq!(
+        journals.warm_journals().0,
+        2,
+        "both closed, their state kept"
+    );
+
+    let journal = journals.get("a", true).await.unwrap();
+    assert_eq!(journals.warm_journals().0, 1, "its kept state was used");
+    let retry = journal.append(append(&[1], Some("k"))).await.unwrap();
+    assert_eq!((retry.seqs, retry.duplicate), (1..2, true));
+    assert_eq!(journal.append(append(&[2], None)).await.unwrap().seqs, 2..3);
+    let mut reader = JournalReader::with_durable(journal.path(), 1, journal.watch_durable());
+    let read: Vec<u64> = reader
+        .next_batch(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+    assert_eq!(read, vec![1, 2]);
+    journals.shut_down().await;
 }

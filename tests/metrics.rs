@@ -333,3 +333,41 @@ async fn the_endpoint_is_off_by_default_and_on_with_the_flag_or_its_environment_
     );
     assert_eq!(value(&text, "ministore_journals_open"), 0.0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journals_closed_for_room_are_counted_as_kept_and_reopened_warm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(
+        tmp.path(),
+        &["--metrics-listen", "127.0.0.1:0", "--max-journals", "1"],
+    );
+    let metrics = server.metrics_addr();
+    let client = Client::connect(server.url()).await.unwrap();
+    // Each append closes the other journal, keeping its state; from the third on, each
+    // reopens its journal from that state (unless the other was busy when its writer made
+    // room, and its own journal, idle, was closed instead: then the next one was open).
+    for (journal, seq) in [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)] {
+        assert_eq!(client.append(journal, &seq).await.unwrap(), seq);
+    }
+    // The writer closes the other journal right after replying: wait for that.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut text = scrape(metrics).await;
+    while value(&text, "ministore_journals_open") != 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = scrape(metrics).await;
+    }
+    let opens = |how: &str| {
+        value(
+            &text,
+            &format!("ministore_journal_opens_total{{how=\"{how}\"}}"),
+        )
+    };
+    assert_eq!(opens("full"), 2.0, "{text}");
+    assert!(opens("warm") >= 2.0, "{text}");
+    assert_eq!(opens("changed"), 0.0, "{text}");
+    // b is closed with its state kept (a's was taken by its reopen).
+    assert_eq!(value(&text, "ministore_journals_warm"), 1.0, "{text}");
+    assert!(value(&text, "ministore_warm_journal_bytes") > 0.0, "{text}");
+    assert_eq!(value(&text, "ministore_journals_open"), 1.0, "{text}");
+    promtool_accepts(&text);
+}

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-/// The trailer of an `ABORTED` append whose `expected_last_seq` did not hold: the journal's
-/// last sequence number (the server's `ministore_server::error::LAST_SEQ_TRAILER`).
-pub(crate) const LAST_SEQ_TRAILER: &str = "ministore-last-seq";
+use ministore::proto::LAST_SEQ_TRAILER;
 
 /// Everything a client call can fail with.
 ///

@@ -404,7 +404,9 @@ impl ClientBuilder {
         let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| ClientError::InvalidAddress(format!("{}: {e}", self.addr)))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(ministore::proto::STREAM_WINDOW)
+            .initial_connection_window_size(ministore::proto::CONNECTION_WINDOW);
         if let Some(timeout) = self.timeout {
             endpoint = endpoint.timeout(timeout);
         }

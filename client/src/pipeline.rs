@@ -28,7 +28,7 @@ use tonic::Status;
 use crate::Rpc;
 use crate::connection::with_causes;
 // An ack's ABORTED carries in `last_seq` what a unary Append's carries in this trailer.
-use crate::error::LAST_SEQ_TRAILER;
+use ministore::proto::LAST_SEQ_TRAILER;
 
 /// Append streams one client keeps open at once; appends to further journals go as unary
 /// Append RPCs. Well inside the server's default 128 streams per connection, which its

@@ -166,6 +166,13 @@ pub struct Config {
     #[arg(long, env = "MINISTORE_JOURNAL_IDLE_SECONDS", default_value_t = 60)]
     pub journal_idle_seconds: u64,
 
+    /// Bytes of memory, all journals together, for the state of closed journals (lengths,
+    /// segment lists, index, idempotency keys), kept so that a journal reopens by checking
+    /// its files unchanged instead of reading them again. The least recently closed beyond
+    /// it are forgotten and reopen in full; 0 keeps none.
+    #[arg(long, env = "MINISTORE_WARM_JOURNAL_BYTES", default_value_t = crate::journals::DEFAULT_WARM_BYTES)]
+    pub warm_journal_bytes: usize,
+
     /// Threads that commit appends (write and fsync), shared by all journals: at most this
     /// many journals commit at the same moment, each of them every append waiting for it.
     #[arg(long, env = "MINISTORE_WRITER_THREADS", default_value_t = crate::journals::DEFAULT_WRITER_THREADS)]

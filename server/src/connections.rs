@@ -179,9 +179,11 @@ impl ConnectionLimits {
             tracing::warn!("cannot read the open-files limit ({e}); assuming it is ample");
             u64::MAX
         });
+        // A writer thread that reopened a journal closes another only after replying: one
+        // more journal per writer thread may have its files open for a moment.
         let max = connection_cap(
             config.max_connections,
-            config.max_journals,
+            config.max_journals.saturating_add(config.writer_threads),
             config.max_streams,
             open_files,
         );
@@ -191,10 +193,11 @@ impl ConnectionLimits {
                 max_connections = max,
                 "the open-files limit leaves room for only {max} connections (--max-connections \
                  is {}): {BASE_DESCRIPTORS} + {DESCRIPTORS_PER_JOURNAL} per journal \
-                 (--max-journals {}) + 1 per stream (--max-streams {}) are kept for files; \
-                 raise the limit (ulimit -n) or lower those flags",
+                 (--max-journals {} + --writer-threads {}) + 1 per stream (--max-streams {}) \
+                 are kept for files; raise the limit (ulimit -n) or lower those flags",
                 config.max_connections,
                 config.max_journals,
+                config.writer_threads,
                 config.max_streams,
             );
         }

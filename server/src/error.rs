@@ -240,13 +240,7 @@ pub(crate) fn client_code(code: Code, message: &str) -> Code {
     }
 }
 
-/// The trailer of an OUT_OF_RANGE status for records deleted by retention: the oldest
-/// retained seq, where the reader can resume.
-pub const FIRST_SEQ_TRAILER: &str = "ministore-first-seq";
-
-/// The trailer of an ABORTED status for an append whose `expected_last_seq` did not hold:
-/// the journal's last seq when the append's turn came.
-pub const LAST_SEQ_TRAILER: &str = "ministore-last-seq";
+pub use ministore::proto::{FIRST_SEQ_TRAILER, LAST_SEQ_TRAILER};
 
 fn store_code(err: &MiniStoreError) -> Code {
     match err {

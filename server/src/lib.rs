@@ -12,6 +12,7 @@
 pub mod append_stream;
 pub mod auth;
 pub mod backend;
+mod background;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -42,6 +43,12 @@ pub use config::{Config, LogFormat};
 pub use error::ServerError;
 pub use journals::Journals;
 pub use service::JournalService;
+
+/// Locks a std mutex; a panic elsewhere while it was held does not make its data unusable
+/// here (each holder leaves it consistent between statements).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Most threads of the async runtime's blocking pool in the `ministore-server` binary
 /// (file reads, journal opens, large JSON): with `--writer-threads`, the fsync helpers (as
@@ -159,6 +166,7 @@ impl Server {
             .with_max_open(config.max_journals)
             .with_writer_threads(config.writer_threads)
             .with_idle_close(std::time::Duration::from_secs(config.journal_idle_seconds))
+            .with_warm_budget(config.warm_journal_bytes)
             .with_metrics(metrics.clone());
         if let Some(lock) = &lock {
             journals = journals.watch_data_dir(config.data_dir.join(LOCK_FILE), lock);
@@ -266,7 +274,9 @@ impl Server {
             ))
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .max_concurrent_streams(Some(config.max_concurrent_streams));
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .initial_stream_window_size(ministore::proto::STREAM_WINDOW)
+            .initial_connection_window_size(ministore::proto::CONNECTION_WINDOW);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).map_err(|e| ServerError::Startup {
                 op: "configuring TLS from",

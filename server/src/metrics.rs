@@ -64,6 +64,7 @@ struct Handles {
     followers_open: Gauge,
     append_streams_open: Gauge,
     append_acks: Family<CodeLabels, Counter>,
+    journal_opens: Family<HowLabels, Counter>,
 }
 
 impl Default for Handles {
@@ -80,6 +81,7 @@ impl Default for Handles {
             followers_open: Gauge::default(),
             append_streams_open: Gauge::default(),
             append_acks: Family::default(),
+            journal_opens: Family::default(),
         }
     }
 }
@@ -93,6 +95,11 @@ struct RpcLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HowLabels {
+    how: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -161,6 +168,11 @@ impl Metrics {
             "Requests of AppendStream RPCs answered, by the status code of their ack (OK: the record is durable); the RPC itself counts in ministore_rpcs when it ends",
             h.append_acks.clone(),
         );
+        registry.register(
+            "journal_opens",
+            "Journal stores opened, by how: warm (from the state kept when it closed, its files checked unchanged), changed (state kept, but its files changed while closed: opened in full), full (no state kept: first open, or forgotten beyond --warm-journal-bytes)",
+            h.journal_opens.clone(),
+        );
         registry.register_collector(Box::new(JournalGauges(journals)));
         registry
     }
@@ -202,6 +214,12 @@ impl Metrics {
     pub fn append_stream_opened(&self) -> OpenAppendStream {
         self.0.append_streams_open.inc();
         OpenAppendStream(self.clone())
+    }
+
+    /// Counts one opening of a journal's store, `how` it was opened (`warm`, `changed` or
+    /// `full`: see `ministore_journal_opens_total`).
+    pub fn journal_opened(&self, how: &'static str) {
+        self.0.journal_opens.get_or_create(&HowLabels { how }).inc();
     }
 
     /// Counts one AppendStream request answered with `code`.
@@ -250,6 +268,19 @@ impl Collector for JournalGauges {
         ConstGauge::new(self.0.open_stores() as i64).encode(encoder.encode_descriptor(
             "journals_open",
             "Journals whose files are open (at most --max-journals; idle ones are closed).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let (warm, warm_bytes) = self.0.warm_journals();
+        ConstGauge::new(warm as i64).encode(encoder.encode_descriptor(
+            "journals_warm",
+            "Closed journals whose state is kept in memory, to reopen without a full open.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(warm_bytes as i64).encode(encoder.encode_descriptor(
+            "warm_journal_bytes",
+            "Memory of the state kept for closed journals (at most --warm-journal-bytes).",
             None,
             MetricType::Gauge,
         )?)?;

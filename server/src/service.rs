@@ -170,8 +170,7 @@ impl JournalService {
                 memory,
                 budget: held.bytes(),
             };
-            let (page, full) =
-                off_runtime(json_bytes, move || page.extend(batch, as_value)).await?;
+            let (page, full) = off_runtime(json_bytes, move || page.extend(batch, as_value)).await;
             (records, wire, memory) = (page.records, page.wire, page.memory);
             if full {
                 break 'page;
@@ -184,7 +183,7 @@ impl JournalService {
 
     /// An AppendRequest checked (rights, name, record) and made the store's request, with
     /// the name of the journal to append it to. A record of more than
-    /// [`OFFLOAD_JSON_BYTES`] is checked on the blocking pool.
+    /// [`OFFLOAD_JSON_BYTES`] is checked on a low-priority JSON thread (`background`).
     pub(crate) async fn append_of(
         &self,
         grant: &Grant,
@@ -198,14 +197,14 @@ impl JournalService {
                 off_runtime(bytes.len(), move || {
                     line_from_payload(max, &journal, &bytes)
                 })
-                .await??
+                .await?
             }
             Some(append_request::Record::Value(value)) => {
                 let journal = name.to_owned();
                 off_runtime(value.encoded_len(), move || {
                     line_from_value(max, &journal, &value)
                 })
-                .await??
+                .await?
             }
             None => {
                 return Err(ServerError::InvalidArgument(
@@ -246,33 +245,24 @@ impl JournalService {
     }
 }
 
-/// Runs `work` (JSON parsing or conversion of about `bytes` bytes) on the blocking pool
-/// when it is larger than [`OFFLOAD_JSON_BYTES`], so one large request cannot hold an async
-/// worker (and every RPC queued behind it) for milliseconds; inline otherwise. The blocking
-/// pool is bounded ([`crate::MAX_BLOCKING_THREADS`] in the binary), and each request's
-/// JSON by the message size limit.
+/// Runs `work` (JSON parsing or conversion of about `bytes` bytes) on the low-priority JSON
+/// threads (`background`) when it is larger than [`OFFLOAD_JSON_BYTES`], so one large
+/// request cannot hold an async worker (and every RPC queued behind it) for milliseconds,
+/// nor take a core from them while it runs; inline otherwise.
 async fn off_runtime<T: Send + 'static>(
     bytes: usize,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ServerError> {
+) -> T {
     if bytes <= OFFLOAD_JSON_BYTES {
-        return Ok(work());
+        return work();
     }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Only a runtime that is shutting down cancels a blocking task.
-            Err(_) => ServerError::ShuttingDown,
-        })
+    crate::background::run(work).await
 }
 
 /// A record given as JSON bytes: size-checked before it is parsed.
 fn line_from_payload(max: usize, journal: &str, payload: &[u8]) -> Result<JsonLine, ServerError> {
     check_size(max, payload.len())?;
-    let line = JsonLine::from_slice(payload).map_err(|e| ServerError::store(journal, e))?;
-    value::check_readable(&line)?;
-    Ok(line)
+    value::readable_line(journal, payload)
 }
 
 /// A record given as a structured value.
@@ -450,7 +440,7 @@ impl JournalRpc for JournalService {
             let lines = off_runtime(bytes, move || {
                 batch_lines(max, &journal, &payloads, &values)
             })
-            .await??;
+            .await?;
             let request = append_with(lines, req.idempotency_key, req.expected_last_seq);
             let appended = self.backend.append(name, request).await?;
             let range = appended.seqs;
@@ -736,7 +726,7 @@ impl StreamFeed {
                 // A large one is converted on the blocking pool.
                 let as_value = self.as_value;
                 let bytes = if as_value { stored.json.len() } else { 0 };
-                let (record, _) = off_runtime(bytes, move || to_wire(stored, as_value)).await?;
+                let (record, _) = off_runtime(bytes, move || to_wire(stored, as_value)).await;
                 return Ok(Some(stream_event::Event::Record(record)));
             }
             if *self.shutdown.borrow() {

@@ -51,6 +51,23 @@ pub fn check_readable(line: &ministore::JsonLine) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// `payload` as a record line if it is one JSON value that follows the rule of
+/// [`check_readable`]. Its bytes are read once: deserializing [`Readable`] checks the syntax,
+/// the numbers and escapes, and the nesting (serde_json's own limit is [`MAX_DEPTH`]). Only a
+/// refused payload is read again, by the separate checks, so that the error names the rule
+/// it breaks.
+pub fn readable_line(journal: &str, payload: &[u8]) -> Result<ministore::JsonLine, ServerError> {
+    match ministore::JsonLine::from_slice_as::<Readable>(payload) {
+        Ok((line, Readable)) => Ok(line),
+        Err(one_pass) => {
+            let line = ministore::JsonLine::from_slice(payload)
+                .map_err(|e| ServerError::store(journal, e))?;
+            check_readable(&line)?;
+            Err(ServerError::store(journal, one_pass))
+        }
+    }
+}
+
 /// Deserializes any JSON without keeping it, failing where serde_json's `Value` would:
 /// numbers out of a double's range and lone surrogates (serde_json's own `IgnoredAny` skips
 /// over both).
@@ -230,6 +247,50 @@ mod tests {
         assert!(serde_json::from_str::<Json>(&deep).is_err());
         let in_string = format!("[\"{}\\\"\"]", "[".repeat(500));
         assert!(check_readable(&line(&in_string)).is_ok());
+    }
+
+    /// The one pass accepts exactly what the separate checks accept, as the same line.
+    #[test]
+    fn reading_a_payload_once_agrees_with_the_separate_checks() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let mut cases: Vec<Vec<u8>> = [
+            r#" { "a b" : "x \" y" , "n" : [ 1.50 , -0.0, 1e300 ] } "#,
+            "1e999",
+            "[-1e400]",
+            r#""\ud800""#,
+            r#""\ud83d\ude00""#,
+            "123456789012345678901234567890",
+            r#"{"a":1}x"#,
+            "{\"a\": }",
+            "",
+            "  ",
+            "\"a\nb\"",
+            "\u{c}1",
+            r#"{"é":"ü"}"#,
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        cases.push(b"\"\xff\"".to_vec());
+        cases.push(b"{\"\xc3\":1}".to_vec());
+        cases.push(nested(MAX_DEPTH).into_bytes());
+        cases.push(nested(MAX_DEPTH + 1).into_bytes());
+        cases.push(format!("{{\"a\":{}}}", nested(MAX_DEPTH - 1)).into_bytes());
+        cases.push(format!("{{\"a\":{}}}", nested(MAX_DEPTH)).into_bytes());
+        for case in cases {
+            let separate = ministore::JsonLine::from_slice(&case)
+                .map_err(|e| ServerError::store("j", e))
+                .and_then(|line| check_readable(&line).map(|()| line));
+            let once = readable_line("j", &case);
+            match (&once, &separate) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!(
+                    "{:?}: once {once:?}, separately {separate:?}",
+                    String::from_utf8_lossy(&case)
+                ),
+            }
+        }
     }
 
     #[test]
