@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ministore_client::{AppendOptions, Client};
-use ministore_server::Config;
 use ministore_server::backend::jetstream::stream_name;
 use ministore_tests::cluster::NatsCluster;
 use ministore_tests::server::TestServer;
@@ -34,10 +33,7 @@ async fn acknowledged_records_survive_two_node_kills_once_each_in_order() {
         .await
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = Config::with_data_dir(tmp.path().join("unused"));
-    config.backend = cluster.url();
-    config.nats_monitor = cluster.monitor_urls();
-    let server = TestServer::start_with(config).await;
+    let server = TestServer::start_with(cluster.server_config(&tmp.path().join("unused"))).await;
     let client = Client::connect(server.url()).await.unwrap();
     client
         .append(JOURNAL, &serde_json::json!({"p": 99, "i": 0}))
@@ -209,5 +205,52 @@ async fn acknowledged_records_survive_two_node_kills_once_each_in_order() {
         &replayed[..],
         "no gap, no duplicate, same order"
     );
+    drop(cluster);
+}
+
+/// A journal first written while one of three nodes is stopped (as an operator stops it,
+/// for an upgrade) is created and written at once: its stream's replicas need a quorum,
+/// not every node; and the stopped node catches up when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_first_written_while_a_node_is_stopped_is_created_at_once() {
+    let cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(cluster.server_config(&tmp.path().join("unused"))).await;
+    let client = server.client().await;
+    // The server is up (it checked every node's settings at start) before a node goes.
+    client
+        .append("before", &serde_json::json!({"n": 0}))
+        .await
+        .unwrap();
+
+    // The cluster's calls block (they poll /jsz): off the runtime the server runs on.
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.stop(2);
+        cluster
+    })
+    .await
+    .unwrap();
+    let seq = client
+        .append("while-stopped", &serde_json::json!({"n": 1}))
+        .await
+        .expect("created with two of three nodes");
+    assert_eq!(seq, 1);
+
+    let stream = stream_name("while-stopped");
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart(2);
+        cluster.wait_for_stream_current(&stream);
+        cluster
+    })
+    .await
+    .unwrap();
+    let replayed = client
+        .replay::<serde_json::Value>("while-stopped", 1)
+        .await
+        .unwrap();
+    assert_eq!(replayed, vec![(1, serde_json::json!({"n": 1}))]);
     drop(cluster);
 }

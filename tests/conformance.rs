@@ -36,9 +36,7 @@ impl Target {
     async fn jetstream() -> Target {
         let cluster = cluster::shared();
         let tmp = tempfile::tempdir().unwrap();
-        let mut config = Config::with_data_dir(tmp.path().join("unused"));
-        config.backend = cluster.url();
-        config.nats_monitor = cluster.monitor_urls();
+        let config = cluster.server_config(&tmp.path().join("unused"));
         Target::new(TestServer::start_with(config).await, tmp)
     }
 
@@ -509,6 +507,40 @@ async fn an_append_stream_is_acked_in_order_with_keys_and_expectations(target: T
     assert_eq!(replay_texts(&mut stub, &journal).await.len(), 52);
 }
 
+/// A journal's first records, sent on AppendStreams to journals created at that moment,
+/// are acked in the order sent from the first one: nothing sent early is stored after
+/// what was sent later while the new journal settles.
+async fn new_journals_ack_an_append_stream_in_order_from_the_first_record(target: Target) {
+    let mut streams = Vec::new();
+    for j in 0..12 {
+        let mut stub = target.stub().await;
+        let journal = target.journal(&format!("fresh-{j}"));
+        streams.push(tokio::spawn(async move {
+            let sent: Vec<AppendRequest> = (1..=40)
+                .map(|i| payload_request(&journal, &i.to_string()))
+                .collect();
+            let mut acks = stub
+                .append_stream(tokio_stream::iter(sent))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut seqs = Vec::new();
+            while let Some(ack) = acks.message().await.unwrap() {
+                assert_eq!(ack.error, None, "{journal}");
+                seqs.push(ack.seq);
+            }
+            let stored = replay_texts(&mut stub, &journal).await;
+            (journal, seqs, stored)
+        }));
+    }
+    let expected: Vec<(u64, String)> = (1..=40).map(|i| (i, i.to_string())).collect();
+    for stream in streams {
+        let (journal, seqs, stored) = stream.await.unwrap();
+        assert_eq!(seqs, (1..=40).collect::<Vec<u64>>(), "{journal}");
+        assert_eq!(stored, expected, "{journal}");
+    }
+}
+
 /// Each behaviour above, once per backend.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -542,6 +574,7 @@ conformance!(
     info_and_list_describe_the_journal,
     concurrent_appends_get_unique_dense_seqs,
     an_append_stream_is_acked_in_order_with_keys_and_expectations,
+    new_journals_ack_an_append_stream_in_order_from_the_first_record,
 );
 
 /// Several stateless ministore-servers can serve the same journals: a follower on one sees,

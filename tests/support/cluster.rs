@@ -86,6 +86,15 @@ impl NatsCluster {
         cluster
     }
 
+    /// A ministore-server's configuration with this cluster as its backend (`data_dir`
+    /// only for the server's own lock; the journals are the cluster's).
+    pub fn server_config(&self, data_dir: &std::path::Path) -> ministore_server::Config {
+        let mut config = ministore_server::Config::with_data_dir(data_dir);
+        config.backend = self.url();
+        config.nats_monitor = self.monitor_urls();
+        config
+    }
+
     /// `nats://127.0.0.1:A,127.0.0.1:B,...`: the `--backend` of a ministore-server.
     pub fn url(&self) -> String {
         let servers: Vec<String> = self
@@ -228,6 +237,16 @@ impl NatsCluster {
                 "{stream} not current on every node after 60 s"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops node `i` as an operator would (SIGTERM): it tells the cluster it is leaving,
+    /// and the meta leader counts it offline at once.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            // SAFETY: a plain kill(2) on a child we own and have not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
         }
     }
 
