@@ -185,25 +185,35 @@ fn the_stream_producer_in_docs_python_md_appends_in_order_on_one_append_stream()
     let section = markdown
         .find("\n## Many records on one stream\n")
         .expect("docs/python.md has its AppendStream section");
-    let (shown, _) = fenced_block(&markdown, "```python", section);
-    assert!(
-        script.contains(&shown),
-        "docs/python.md shows code that tests/python/stream_producer.py does not hold:\n{shown}"
-    );
+    // Both producers it shows: the threads API's, then asyncio's.
+    let (threads, next) = fenced_block(&markdown, "```python", section);
+    let (asyncio, _) = fenced_block(&markdown, "```python", next);
+    for shown in [threads, asyncio] {
+        assert!(
+            script.contains(&shown),
+            "docs/python.md shows code that tests/python/stream_producer.py does not hold:\n{shown}"
+        );
+    }
 
     let setup = PythonSetup::new();
-    let out = setup.run(&script_path, &["py-stream", "3000"]);
-    let summary: Value = serde_json::from_str(out.trim()).expect("one JSON line");
-    assert_eq!(summary["records"], 3000, "{out}");
-    assert_eq!(
-        (summary["first_seq"].as_u64(), summary["last_seq"].as_u64()),
-        (Some(1), Some(3000))
-    );
-    let lines = std::fs::read_to_string(setup.server.data_dir.join("py-stream/journal.jsonl"))
-        .expect("reading the journal file");
-    let records: Vec<&str> = lines.lines().filter(|l| !l.starts_with("//")).collect();
-    let wanted: Vec<String> = (0..3000).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
-    assert_eq!(records, wanted);
+    for (journal, mode) in [("py-stream", None), ("py-stream-aio", Some("aio"))] {
+        let mut args = vec![journal, "3000"];
+        args.extend(mode);
+        let out = setup.run(&script_path, &args);
+        let summary: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(summary["records"], 3000, "{mode:?}: {out}");
+        assert_eq!(
+            (summary["first_seq"].as_u64(), summary["last_seq"].as_u64()),
+            (Some(1), Some(3000)),
+            "{mode:?}"
+        );
+        let lines =
+            std::fs::read_to_string(setup.server.data_dir.join(journal).join("journal.jsonl"))
+                .expect("reading the journal file");
+        let records: Vec<&str> = lines.lines().filter(|l| !l.starts_with("//")).collect();
+        let wanted: Vec<String> = (0..3000).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+        assert_eq!(records, wanted, "{mode:?}");
+    }
 }
 
 #[test]
