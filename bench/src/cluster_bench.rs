@@ -62,9 +62,7 @@ pub async fn run(
         })
         .await?;
     let cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3)).await?;
-    let mut config = ministore_server::Config::with_data_dir(data_dir.join("unused"));
-    config.backend = cluster.url();
-    config.nats_monitor = cluster.monitor_urls();
+    let config = cluster.server_config(&data_dir.join("unused"));
     let (clustered, clustered_per_call) =
         grpc_bench::with_server_config(config, in_flight, async |_client, addr| {
             loads(addr, "clustered", duration, warmup).await

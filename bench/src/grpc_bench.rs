@@ -96,6 +96,49 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
 {
+    Ok(drive_calls(callers, duration, call)
+        .await?
+        .into_load(callers, records_per_call))
+}
+
+/// What one stretch of calls took: each call's latency, the wall time, the process's CPU.
+#[derive(Debug, Default)]
+pub struct Calls {
+    pub latencies: Vec<Duration>,
+    pub elapsed: Duration,
+    pub cpu: Duration,
+}
+
+impl Calls {
+    /// The [`Load`] of these calls, made by `callers` with `records_per_call` each.
+    pub fn into_load(self, callers: usize, records_per_call: u64) -> Load {
+        load_of(
+            callers,
+            records_per_call,
+            self.elapsed,
+            self.latencies,
+            self.cpu,
+        )
+    }
+
+    /// Adds `other`'s calls to these: one load measured in several stretches.
+    pub fn extend(&mut self, other: Calls) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+    }
+}
+
+/// Runs `callers` tasks, each calling `call` in a loop until `duration` has passed.
+pub async fn drive_calls<F, Fut>(
+    callers: usize,
+    duration: Duration,
+    call: Arc<F>,
+) -> Result<Calls, BoxError>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
     let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
@@ -113,9 +156,12 @@ where
             })
         })
         .collect();
-    let (all, end) = join_callers(tasks, start).await?;
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    Ok(load_of(callers, records_per_call, end - start, all, cpu))
+    let (latencies, end) = join_callers(tasks, start).await?;
+    Ok(Calls {
+        latencies,
+        elapsed: end - start,
+        cpu: process_cpu().saturating_sub(cpu_before),
+    })
 }
 
 /// A caller task: its calls' latencies, and when it finished.

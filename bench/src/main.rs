@@ -297,7 +297,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         results.followers = Some(scale_bench::followers(dir.path(), many).await?);
     }
     if wanted(Section::Offload) {
-        progress("offload: Append at 1 caller alone, then while 16 MiB batches are sent");
+        progress("offload: Append at 1 caller alone, and while 16 MiB batches are sent, in turns");
         results.offload = Some(scale_bench::offload(dir.path(), duration, warmup).await?);
     }
     let peers = if wanted(Section::Peers) {
@@ -407,12 +407,13 @@ fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
     }
     if let Some(j) = &results.journals {
         notes.push(format!(
-            "journals: unary Append RPCs (the client without AppendStream); the server in a child process with default flags (--max-journals {}, --writer-threads {}); {} journals created with one append each, {} at a time, in {:.1} s; threads, VmRSS and descriptors from /proc before and after creating them; \"spread\" = each call to the next journal in turn, so most calls reopen a journal closed to make room (--max-journals)",
+            "journals: unary Append RPCs (the client without AppendStream); the server in a child process with default flags (--max-journals {}, --writer-threads {}); {} journals created with one append each, {} at a time, in {:.1} s; threads, VmRSS and descriptors from /proc before and after creating them; \"spread\" = each call to the next journal in turn, so most calls reopen a journal closed to make room (--max-journals); the five latency rows (1 journal, both spreads, both raw rows) run in {} turns each, in turn with each other, their calls pooled, so the VM's disk phases fall on all alike; raw = this process writing a 200 B line and a 32 B entry to a pair of files and fdatasyncing both, one after the other",
             j.max_open,
             ministore_server::journals::DEFAULT_WRITER_THREADS,
             j.journals,
             64,
-            j.create.as_secs_f64()
+            j.create.as_secs_f64(),
+            scale_bench::TURNS
         ));
     }
     if let Some(f) = &results.followers {
@@ -425,9 +426,10 @@ fn notes(results: &Results, appends_in_flight: usize) -> Vec<String> {
     }
     if let Some(o) = &results.offload {
         notes.push(format!(
-            "offload: unary Append at 1 caller to one journal, alone, then while another connection sends AppendBatch requests of {} MiB of nested JSON in a loop ({} sent), each checked in full and refused by its expectation (so the disk is not what is measured)",
+            "offload: unary Append at 1 caller to one journal, alone and while another connection sends AppendBatch requests of {} MiB of nested JSON in a loop ({} sent), each checked in full and refused by its expectation (so the disk is not what is measured); alone and loaded in {} turns each, in turn, their calls pooled",
             o.batch_bytes >> 20,
-            o.batches
+            o.batches,
+            scale_bench::TURNS
         ));
     }
     notes

@@ -16,7 +16,7 @@ use ministore::proto::{AppendBatchRequest, StreamRequest, stream_event};
 use ministore_client::Client;
 use serde_json::value::RawValue;
 
-use crate::grpc_bench::{BoxError, Load, drive, record};
+use crate::grpc_bench::{BoxError, Calls, Load, drive_calls, record};
 use crate::stream_bench::ChildServer;
 
 /// Journals of the `journals` section, and followers of the `followers` section.
@@ -29,6 +29,10 @@ const CREATE_CONCURRENCY: usize = 64;
 const STREAMS_PER_CONNECTION: usize = 100;
 /// Records of the burst that fans out to every follower.
 const BURST: usize = 100;
+/// Turns of the `journals` section's three latency rows: each row runs this many times,
+/// in turn with the others, so a phase of the VM's disk (they last seconds and move p50 by
+/// 1.3x) falls on every row alike instead of on whichever ran during it.
+pub const TURNS: u32 = 12;
 /// No wait of this section lasts longer: the benchmark always ends.
 const BOUND: Duration = Duration::from_secs(600);
 
@@ -41,12 +45,19 @@ pub struct JournalsResults {
     pub max_open: usize,
     /// Time to create them all (one append each, 64 at a time).
     pub create: Duration,
-    /// Append at 1 caller, one journal, before the others exist.
+    /// Append at 1 caller, one journal (among the others, measured in turn with them).
     pub single: Load,
     /// Append at 1 caller, each call to the next of all the journals.
     pub spread: Load,
     /// Append at 1 caller, each call to the next of `max_open / 2` journals (all open).
     pub spread_open: Load,
+    /// The machine's own cost of spreading: write + fdatasync of a record and a metadata
+    /// entry to a pair of files, one pair ...
+    pub raw_single: Load,
+    /// ... and each call the next of `max_open / 2` pairs (measured in turn with the rest).
+    pub raw_spread: Load,
+    /// File pairs of `raw_spread`.
+    pub raw_pairs: usize,
     /// Server threads, RSS (bytes) and descriptors before and after creating the journals.
     pub before: Usage,
     /// The same after.
@@ -136,7 +147,8 @@ pub async fn journals(
             }
         }
     };
-    let single = drive(1, 1, duration, warmup, one(Arc::new(vec!["single".into()]))).await?;
+    let single_journal: Arc<Vec<String>> = Arc::new(vec!["single".into()]);
+    client.append(&single_journal[0], &*record).await?;
 
     let before = Usage::of(&child);
     let names: Arc<Vec<String>> = Arc::new((0..many).map(|i| format!("j{i:05}")).collect());
@@ -164,9 +176,18 @@ pub async fn journals(
     let after = Usage::of(&child);
 
     let max_open = ministore_server::Config::with_data_dir("unused").max_journals;
-    let spread = drive(1, 1, duration, warmup, one(names.clone())).await?;
     let hot: Arc<Vec<String>> = Arc::new(names.iter().take(max_open / 2).cloned().collect());
-    let spread_open = drive(1, 1, duration, warmup, one(hot)).await?;
+    let raw_pairs = max_open / 2;
+    let raw = RawPairs::create(&dir.join("journals-raw"), raw_pairs)?;
+    let rows: [Box<dyn Fn() -> Call + Send + Sync>; 5] = [
+        Box::new(boxed_call(one(single_journal))),
+        Box::new(boxed_call(one(names.clone()))),
+        Box::new(boxed_call(one(hot))),
+        Box::new(raw.calls(1)),
+        Box::new(raw.calls(raw_pairs)),
+    ];
+    let [single, spread, spread_open, raw_single, raw_spread] =
+        in_turns(rows, duration, warmup).await?;
     drop(client);
     child.stop();
     Ok(JournalsResults {
@@ -176,9 +197,103 @@ pub async fn journals(
         single,
         spread,
         spread_open,
+        raw_single,
+        raw_spread,
+        raw_pairs,
         before,
         after,
     })
+}
+
+/// A call of a row of [`in_turns`], whatever it does.
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
+
+fn boxed_call<F, Fut>(call: F) -> impl Fn() -> Call + Send + Sync
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    move || Box::pin(call())
+}
+
+/// Pairs of files as a journal's commit writes them (a record to its segment, an entry to
+/// its metadata file, both fdatasynced), without ministore: what spreading commits over
+/// many files costs this machine's disk by itself.
+struct RawPairs {
+    files: Arc<Vec<(std::fs::File, std::fs::File)>>,
+    /// Removed with the files when dropped.
+    dir: std::path::PathBuf,
+}
+
+/// A metadata entry's size (seq, CRC, length, time; no key).
+const RAW_META_BYTES: usize = 32;
+
+impl RawPairs {
+    fn create(dir: &std::path::Path, pairs: usize) -> Result<RawPairs, BoxError> {
+        std::fs::create_dir_all(dir)?;
+        let open = |name: String| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+        };
+        let files = (0..pairs)
+            .map(|i| Ok((open(format!("{i}.jsonl"))?, open(format!("{i}.meta"))?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(RawPairs {
+            files: Arc::new(files),
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Calls that each commit to the next of the first `pairs` pairs, on the calling
+    /// thread (the server is another process: blocking this one's runtime slows no one).
+    fn calls(&self, pairs: usize) -> impl Fn() -> Call + Send + Sync + 'static {
+        use std::io::Write;
+        let (files, next) = (self.files.clone(), AtomicUsize::new(0));
+        let line = format!("{}\n", record().get());
+        move || {
+            let (segment, meta) = &files[next.fetch_add(1, Ordering::Relaxed) % pairs];
+            let committed = (|| {
+                (&*segment).write_all(line.as_bytes())?;
+                (&*meta).write_all(&[0u8; RAW_META_BYTES])?;
+                segment.sync_data()?;
+                meta.sync_data()
+            })();
+            Box::pin(std::future::ready(committed.map_err(BoxError::from)))
+        }
+    }
+}
+
+impl Drop for RawPairs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One caller's load of each of `rows`, measured in [`TURNS`] turns of `duration / TURNS`
+/// each, the rows in turn within each (after a warm-up of each row); each row's calls of
+/// all its turns pooled.
+async fn in_turns<F, Fut, const N: usize>(
+    rows: [F; N],
+    duration: Duration,
+    warmup: Duration,
+) -> Result<[Load; N], BoxError>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let rows = rows.map(Arc::new);
+    for row in &rows {
+        drive_calls(1, warmup, row.clone()).await?;
+    }
+    let mut pooled: [Calls; N] = std::array::from_fn(|_| Calls::default());
+    for _ in 0..TURNS {
+        for (row, calls) in rows.iter().zip(pooled.iter_mut()) {
+            calls.extend(drive_calls(1, duration / TURNS, row.clone()).await?);
+        }
+    }
+    Ok(pooled.map(|c| c.into_load(1, 1)))
 }
 
 /// The `followers` section.
@@ -311,8 +426,6 @@ pub async fn offload(
             }
         }
     };
-    let alone = drive(1, 1, duration, warmup, append.clone()).await?;
-
     // Another connection, as another client would: records of nested JSON, so that checking
     // them is real parsing work. Each batch expects a last seq the journal does not have,
     // so it is checked in full and then refused by the writer: what is measured is the
@@ -332,27 +445,48 @@ pub async fn offload(
         ..AppendBatchRequest::default()
     };
     let batch_bytes = text.len() * BIG_RECORDS;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The sender sends while `sending` says so; `in_flight` is held for each batch, so
+    // taking it after turning `sending` off waits for the last batch to be answered.
+    let (sending, mut send_now) = tokio::sync::watch::channel(false);
+    let in_flight = Arc::new(tokio::sync::Mutex::new(()));
     let batches = Arc::new(AtomicU64::new(0));
     let sender = {
-        let (stop, batches) = (stop.clone(), batches.clone());
+        let (in_flight, batches) = (in_flight.clone(), batches.clone());
         tokio::spawn(async move {
             let mut raw = big_client.raw();
-            while !stop.load(Ordering::Relaxed) {
+            // Ends when `sending` is dropped (set to `false` first).
+            while send_now.wait_for(|send| *send).await.is_ok() {
+                let _batch = in_flight.lock().await;
+                if !*send_now.borrow() {
+                    continue;
+                }
                 // Refused (FAILED_PRECONDITION) after it was checked: that is the point.
                 let _ = raw.append_batch(request.clone()).await;
                 batches.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
-    let loaded = drive(1, 1, duration, warmup, append).await;
-    stop.store(true, Ordering::Relaxed);
+    // Alone and loaded in turns, so that a phase of the VM falls on both alike.
+    let append = Arc::new(append);
+    drive_calls(1, warmup, append.clone()).await?;
+    let (mut alone, mut loaded) = (Calls::default(), Calls::default());
+    for _ in 0..TURNS {
+        sending.send_replace(false);
+        drop(in_flight.lock().await);
+        alone.extend(drive_calls(1, duration / TURNS, append.clone()).await?);
+        sending.send_replace(true);
+        loaded.extend(drive_calls(1, duration / TURNS, append.clone()).await?);
+    }
+    // Off first: with the last value `true`, `wait_for` would go on returning at once.
+    sending.send_replace(false);
+    drop(sending);
     sender.await?;
+    let [alone, loaded] = [alone, loaded].map(|c| c.into_load(1, 1));
     drop(client);
     child.stop();
     Ok(OffloadResults {
         alone,
-        loaded: loaded?,
+        loaded,
         batches: batches.load(Ordering::Relaxed),
         batch_bytes,
     })
