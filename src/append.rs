@@ -36,7 +36,8 @@ pub struct Append {
     /// reopened since, or segments rotated since. With different records it is refused
     /// ([`MiniStoreError::KeyReused`](crate::MiniStoreError::KeyReused)). Keys are
     /// remembered as long as their records are retained, up to
-    /// [`MiniStoreOptions::max_keys`](crate::MiniStoreOptions::max_keys) per journal.
+    /// [`MiniStoreOptions::max_keys`](crate::MiniStoreOptions::max_keys) per journal (and
+    /// within a shared [`KeyMemory`](crate::KeyMemory), if the journal has one).
     pub key: Option<String>,
     /// When set, the request is written only if the journal's last seq is this (0: the
     /// journal has no records), checked when its turn comes in the commit; otherwise it is

@@ -185,7 +185,8 @@
 //! **Retries.** An [`Append`] with an idempotency key is committed with its key in the same
 //! entry; a retry of it (after a lost reply, a crash, a reopen, rotations) is answered with
 //! the original seqs and written nowhere, for as long as its records are retained and it
-//! is among the newest [`MiniStoreOptions::max_keys`] keys.
+//! is among the newest [`MiniStoreOptions::max_keys`] keys (and, for journals sharing a
+//! [`KeyMemory`], within it or among the newest [`KEYS_EACH_JOURNAL_KEEPS`]).
 //!
 //! **Checksums.** Each record's CRC32C is kept in its metadata entry and checked by
 //! `open` (the active segment) and by every [`JournalReader`] ([`MiniStore::replay`],
@@ -234,6 +235,7 @@ pub use durable::{Durable, DurableWatch};
 pub use error::{MiniStoreError, Result};
 pub use index::ActiveIndex;
 pub use json::JsonLine;
+pub use keys::{KEY_BYTES, KEYS_EACH_JOURNAL_KEEPS, KeyMemory};
 pub use meta::MAX_KEY_BYTES;
 pub use options::{
     DEFAULT_MAX_BYTES_PER_SEGMENT, DEFAULT_MAX_KEYS, DEFAULT_MAX_SEGMENTS, MiniStoreOptions,

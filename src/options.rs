@@ -1,7 +1,7 @@
 //! [`MiniStoreOptions`]: segment size, retention and preallocation. (Opening a store with
 //! them is in `store.rs`, beside the store.)
 
-use crate::{ActiveIndex, Result};
+use crate::{ActiveIndex, KeyMemory, Result};
 
 /// Default size at which the active segment is rotated: 64 MiB.
 pub const DEFAULT_MAX_BYTES_PER_SEGMENT: u64 = 64 * 1024 * 1024;
@@ -55,6 +55,10 @@ pub struct MiniStoreOptions {
     /// (see [`ActiveIndex`]); `None`, the default, gives each store a handle of its own. See
     /// [`active_index`](Self::active_index).
     pub active_index: Option<ActiveIndex>,
+    /// The memory for idempotency keys this journal shares with others (see
+    /// [`KeyMemory`]); `None`, the default, bounds its keys by `max_keys` alone. See
+    /// [`key_memory`](Self::key_memory).
+    pub key_memory: Option<KeyMemory>,
     /// Faults the writer's file operations meet (none by default): for tests of every
     /// failure path. See [`inject_faults`](Self::inject_faults).
     #[doc(hidden)]
@@ -76,6 +80,7 @@ impl MiniStoreOptions {
             preallocate: false,
             max_keys: DEFAULT_MAX_KEYS,
             active_index: None,
+            key_memory: None,
             faults: crate::io::Faults::default(),
         }
     }
@@ -145,6 +150,22 @@ impl MiniStoreOptions {
     /// ```
     pub fn active_index(mut self, handle: ActiveIndex) -> Self {
         self.active_index = Some(handle);
+        self
+    }
+
+    /// Counts this journal's idempotency keys against `memory`, shared with the other
+    /// journals opened with it: past it, the journal remembers a new key by forgetting its
+    /// own oldest, once it holds [`KEYS_EACH_JOURNAL_KEEPS`](crate::KEYS_EACH_JOURNAL_KEEPS).
+    /// For a process with many journals (ministore-server's `--dedupe-key-bytes`).
+    ///
+    /// ```
+    /// use ministore::{KeyMemory, MiniStoreOptions};
+    /// let memory = KeyMemory::new(256 * 1024 * 1024);
+    /// let options = MiniStoreOptions::new().key_memory(memory.clone());
+    /// assert_eq!(options.key_memory, Some(memory));
+    /// ```
+    pub fn key_memory(mut self, memory: KeyMemory) -> Self {
+        self.key_memory = Some(memory);
         self
     }
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::index::{self, SegmentShape};
-use crate::keys::{self, Committed, KeyIndex};
+use crate::keys::{self, Committed, KeyIndex, KeyMemory};
 use crate::meta::{self, Entry};
 use crate::segment::{self, Segment};
 use crate::{MiniStoreError, Result};
@@ -248,8 +248,9 @@ pub(crate) fn rebuild_keys(
     active_meta: &Path,
     active: &[Entry],
     max_keys: usize,
+    memory: Option<KeyMemory>,
 ) -> Result<(KeyIndex, Vec<(u64, PathBuf)>)> {
-    let mut keys = KeyIndex::new(max_keys);
+    let mut keys = KeyIndex::new(max_keys, memory);
     let mut sealed = Vec::new();
     let metas = meta::list(base)?;
     for (seq, path) in metas {

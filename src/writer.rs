@@ -258,6 +258,7 @@ impl Writer {
             &active_meta.path,
             &active_meta.entries,
             opts.max_keys,
+            opts.key_memory.clone(),
         )?;
         let state = State {
             rotated: segments
@@ -354,7 +355,7 @@ impl Writer {
             meta_first_seq: self.meta_first_seq,
             meta_len: self.meta_len,
             sealed_metas: std::mem::take(&mut self.sealed_metas),
-            keys: std::mem::replace(&mut self.keys, KeyIndex::new(0)),
+            keys: std::mem::replace(&mut self.keys, KeyIndex::new(0, None)),
             last_commit_ns: self.last_commit_ns,
         };
         Some((state, seen))

@@ -371,3 +371,73 @@ async fn journals_closed_for_room_are_counted_as_kept_and_reopened_warm() {
     assert_eq!(value(&text, "ministore_journals_open"), 1.0, "{text}");
     promtool_accepts(&text);
 }
+
+/// `--dedupe-key-bytes` bounds the idempotency keys of all journals together: a journal
+/// that filled it remembers a new key by forgetting its own oldest, another journal still
+/// keeps its newest 1,024, and the gauge shows what they take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_of_all_journals_stay_within_dedupe_key_bytes() {
+    use ministore_tests::server::payload_request;
+    const KEY_BYTES: usize = ministore::KEY_BYTES;
+    const KEEPS: usize = ministore::KEYS_EACH_JOURNAL_KEEPS;
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = (2000 * KEY_BYTES).to_string();
+    let mut server = ServerProcess::start(
+        tmp.path(),
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--dedupe-key-bytes",
+            &budget,
+        ],
+    );
+    let client = Client::connect(server.url()).await.unwrap();
+    let keyed = |journal: &str, i: usize| AppendRequest {
+        idempotency_key: format!("{journal}-{i}"),
+        ..payload_request(journal, &i.to_string())
+    };
+    // Each journal's records on one AppendStream, keyed "<journal>-<i>": seq i + 1.
+    for (journal, count) in [("a", 2500), ("b", KEEPS + 76)] {
+        let requests: Vec<AppendRequest> = (0..count).map(|i| keyed(journal, i)).collect();
+        let mut acks = client
+            .raw()
+            .append_stream(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut acked = 0;
+        while let Some(ack) = acks.message().await.unwrap() {
+            assert_eq!(
+                (ack.seq, ack.error, ack.duplicate),
+                (acked + 1, None, false)
+            );
+            acked += 1;
+        }
+        assert_eq!(acked, count as u64);
+    }
+    // a took the budget (its 1,024 and 976 more); b kept its 1,024 past it.
+    let text = scrape(server.metrics_addr()).await;
+    assert_eq!(
+        value(&text, "ministore_dedupe_key_bytes"),
+        ((2000 + KEEPS) * KEY_BYTES) as f64,
+        "{text}"
+    );
+    let retry = |journal: &str, i: usize| {
+        let mut raw = client.raw();
+        let request = keyed(journal, i);
+        async move { raw.append(request).await.unwrap().into_inner() }
+    };
+    // The newest keys of both are remembered: their retries are duplicates.
+    let again = retry("a", 2499).await;
+    assert_eq!((again.seq, again.duplicate), (2500, true));
+    let again = retry("b", KEEPS + 75).await;
+    assert_eq!((again.seq, again.duplicate), (KEEPS as u64 + 76, true));
+    let again = retry("b", 76).await;
+    assert_eq!((again.seq, again.duplicate), (77, true));
+    // What they forgot to stay within it: a's oldest 500, b's oldest 76.
+    let again = retry("a", 499).await;
+    assert_eq!((again.seq, again.duplicate), (2501, false));
+    let again = retry("b", 75).await;
+    assert_eq!((again.seq, again.duplicate), (KEEPS as u64 + 77, false));
+    promtool_accepts(&scrape(server.metrics_addr()).await);
+}

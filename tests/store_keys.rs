@@ -310,3 +310,66 @@ async fn a_journal_without_metadata_opens_and_keys_start_there() {
     let replayed: Vec<u32> = MiniStore::replay(&path).await.unwrap();
     assert_eq!(replayed, vec![1, 2, 3]);
 }
+
+/// `n` requests of one record each, keyed `<name>-<i>`, committed together.
+async fn keyed_group(store: &mut MiniStore, name: &str, n: usize) {
+    let requests = (0..n)
+        .map(|i| keyed(&format!("{name}-{i}"), &[&i.to_string()]))
+        .collect();
+    for result in store.append_requests(requests).await.unwrap() {
+        assert!(!result.unwrap().duplicate);
+    }
+}
+
+/// Journals opened with one `KeyMemory` keep their keys within it together, each its
+/// newest `KEYS_EACH_JOURNAL_KEEPS` whatever the others hold, through a reopen too; a
+/// journal closed gives its keys back.
+#[tokio::test]
+async fn journals_sharing_a_key_memory_stay_within_it_through_a_reopen() {
+    use ministore::{KEY_BYTES, KEYS_EACH_JOURNAL_KEEPS as KEEPS, KeyMemory};
+    let dir = tempfile::tempdir().unwrap();
+    let memory = KeyMemory::new(1500 * KEY_BYTES);
+    let options = MiniStoreOptions::new().key_memory(memory.clone());
+    let (path_a, path_b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let mut a = options.clone().open(&path_a).await.unwrap();
+    keyed_group(&mut a, "a", 2000).await;
+    assert_eq!(a.remembered_keys(), 1500);
+    assert_eq!(memory.used_bytes(), 1500 * KEY_BYTES);
+    let mut b = options.clone().open(&path_b).await.unwrap();
+    keyed_group(&mut b, "b", KEEPS + 76).await;
+    assert_eq!(b.remembered_keys(), KEEPS);
+    assert_eq!(memory.used_bytes(), (1500 + KEEPS) * KEY_BYTES);
+    // The newest are remembered, the oldest beyond the memory are not.
+    assert_eq!(
+        a.append_request(keyed("a-1999", &["1999"])).await.unwrap(),
+        duplicate(2000..2001)
+    );
+    assert_eq!(
+        b.append_request(keyed("b-76", &["76"])).await.unwrap(),
+        duplicate(77..78)
+    );
+    assert_eq!(
+        b.append_request(keyed("b-75", &["75"])).await.unwrap(),
+        written(KEEPS as u64 + 77..KEEPS as u64 + 78)
+    );
+
+    drop(a);
+    assert_eq!(memory.used_bytes(), KEEPS * KEY_BYTES);
+    // Reopened while b holds its 1,024: a rebuilds its newest 1,024 from its metadata,
+    // since b's and its own floor fill the memory.
+    let mut a = options.open(&path_a).await.unwrap();
+    assert_eq!(a.remembered_keys(), KEEPS);
+    assert_eq!(memory.used_bytes(), 2 * KEEPS * KEY_BYTES);
+    assert_eq!(
+        a.append_request(keyed("a-1999", &["1999"])).await.unwrap(),
+        duplicate(2000..2001)
+    );
+    assert_eq!(
+        a.append_request(keyed(&format!("a-{}", 2000 - KEEPS), &["976"]))
+            .await
+            .unwrap(),
+        duplicate(977..978)
+    );
+    drop((a, b));
+    assert_eq!(memory.used_bytes(), 0);
+}

@@ -7,6 +7,10 @@ use clap::{Parser, ValueEnum};
 /// Default address: loopback only, so a fresh server is never exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
+/// Memory for all journals' idempotency keys unless configured (`--dedupe-key-bytes`):
+/// 256 MiB, about 2 million keys, so one journal reaches its default `--dedupe-keys`.
+pub const DEFAULT_DEDUPE_KEY_BYTES: usize = 256 * 1024 * 1024;
+
 /// ministore-server: durable JSON journals over gRPC.
 ///
 /// Every append is fsynced before it is acknowledged. Journal NAME lives in
@@ -125,6 +129,12 @@ pub struct Config {
     /// takes about 120 bytes of memory (see the README's memory bound). 0 remembers none.
     #[arg(long, env = "MINISTORE_DEDUPE_KEYS", default_value_t = ministore::DEFAULT_MAX_KEYS)]
     pub dedupe_keys: usize,
+
+    /// Bytes of memory for the idempotency keys of all journals together (128 bytes a key).
+    /// Past it, a journal that holds at least 1,024 keys remembers a new key by forgetting
+    /// its own oldest; each journal keeps its newest 1,024 whatever the others hold.
+    #[arg(long, env = "MINISTORE_DEDUPE_KEY_BYTES", default_value_t = DEFAULT_DEDUPE_KEY_BYTES)]
+    pub dedupe_key_bytes: usize,
 
     /// Largest record accepted, in bytes of JSON. Larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "MINISTORE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
@@ -282,6 +292,7 @@ impl Config {
             })
             .preallocate(self.preallocate)
             .max_keys(self.dedupe_keys)
+            .key_memory(ministore::KeyMemory::new(self.dedupe_key_bytes))
     }
 
     /// Whether journals live in the local data directory (`--backend local`), not in a

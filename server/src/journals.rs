@@ -186,6 +186,15 @@ impl Journals {
         (warm.by_name.len(), warm.bytes)
     }
 
+    /// The memory the idempotency keys of all journals take, open and closed warm, in
+    /// bytes (see [`ministore::KeyMemory`]; 0 without one in the store options).
+    pub fn key_memory_bytes(&self) -> usize {
+        self.options
+            .key_memory
+            .as_ref()
+            .map_or(0, ministore::KeyMemory::used_bytes)
+    }
+
     /// Closes a journal's files once it has had no append for `idle` (checked by
     /// [`sweep`](Self::sweep)); it reopens on its next append.
     pub fn with_idle_close(mut self, idle: Duration) -> Self {

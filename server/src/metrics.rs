@@ -284,6 +284,12 @@ impl Collector for JournalGauges {
             None,
             MetricType::Gauge,
         )?)?;
+        ConstGauge::new(self.0.key_memory_bytes() as i64).encode(encoder.encode_descriptor(
+            "dedupe_key_bytes",
+            "Memory of the idempotency keys of all journals, open and closed warm (a budget of --dedupe-key-bytes, which each journal's newest 1,024 keys may pass).",
+            None,
+            MetricType::Gauge,
+        )?)?;
         type Read = fn(&Journal) -> i64;
         let per_journal: [(&str, &str, Read); 3] = [
             (
