@@ -663,3 +663,29 @@ async fn a_cluster_without_sync_always_is_refused_at_start() {
     assert!(err.contains(&monitor_url), "{err}");
     assert!(err.contains("sync_interval: always"), "{err}");
 }
+
+/// A NATS node whose monitoring port does not answer at start (down, as in a rolling
+/// restart) does not keep the server from starting and serving while the others answer
+/// that they fsync; when no monitoring URL answers, nothing was checked, and it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_that_does_not_answer_is_checked_later_unless_none_answers() {
+    let cluster = cluster::shared();
+    // A loopback port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = cluster.server_config(&tmp.path().join("unused"));
+    config.nats_monitor.push(down.clone());
+    let target = Target::new(TestServer::start_with(config.clone()).await, tmp);
+    let journal = target.journal("one-monitor-down");
+    let mut stub = target.stub().await;
+    assert_eq!(append_payload(&mut stub, &journal, "1").await.unwrap(), 1);
+
+    config.nats_monitor = vec![down.clone()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = ministore_server::serve(config, listener, std::future::pending()).await;
+    let err = served.expect_err("refused to start").to_string();
+    assert!(err.contains("no monitoring URL answered"), "{err}");
+    assert!(err.contains(&down), "{err}");
+}

@@ -39,6 +39,7 @@ use futures_util::StreamExt;
 use ministore::proto::{InfoResponse, JournalSummary};
 use ministore::{Append, Appended, MiniStoreError, Record};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::{Backend, PendingCommit, RecordReader};
 use crate::config::Config;
@@ -89,7 +90,9 @@ pub struct JetStreamBackend {
     created: watch::Sender<u64>,
     batch_prefix: String,
     batches: AtomicU64,
-    advisories: tokio::task::JoinHandle<()>,
+    advisories: JoinHandle<()>,
+    /// Asking again the monitoring URLs that did not answer at start.
+    monitor_rechecks: Vec<JoinHandle<()>>,
 }
 
 impl JetStreamBackend {
@@ -143,7 +146,7 @@ impl JetStreamBackend {
                 e.to_string(),
             )
         })?;
-        check_sync_always(&config.nats_monitor)
+        let monitor_rechecks = check_sync_always(&config.nats_monitor)
             .await
             .map_err(|e| startup("checking sync_interval of", e))?;
         let (created, _) = watch::channel(0);
@@ -183,6 +186,7 @@ impl JetStreamBackend {
             batch_prefix: format!("{:x}{:x}", std::process::id(), nanos),
             batches: AtomicU64::new(0),
             advisories,
+            monitor_rechecks,
         })
     }
 
@@ -592,6 +596,9 @@ async fn send_one(
 impl Drop for JetStreamBackend {
     fn drop(&mut self) {
         self.advisories.abort();
+        for recheck in &self.monitor_rechecks {
+            recheck.abort();
+        }
     }
 }
 
@@ -986,30 +993,78 @@ fn nats_servers(backend: &str) -> Result<Vec<async_nats::ServerAddr>, std::io::E
         .collect()
 }
 
-/// Asks each monitoring URL's `/varz` whether JetStream fsyncs before acknowledging.
-/// Without URLs, warns that it could not check.
-async fn check_sync_always(monitors: &[String]) -> Result<(), String> {
+/// How often a monitoring URL that did not answer at start is asked again.
+const MONITOR_RECHECK: Duration = Duration::from_secs(30);
+
+/// Asks each monitoring URL's `/varz` whether JetStream fsyncs before acknowledging, and
+/// refuses to start if one answers that it does not, or if none answers. One that does not
+/// answer (its node down while this server starts, as in a rolling restart) is warned
+/// about and asked again in the background (the returned tasks) until it answers: one
+/// node down must not keep the service down while the cluster serves. Without URLs, warns
+/// that it could not check.
+async fn check_sync_always(monitors: &[String]) -> Result<Vec<JoinHandle<()>>, String> {
     if monitors.is_empty() {
         tracing::warn!(
             "cannot check that the NATS servers fsync before acknowledging: acknowledged appends survive a power loss only if every server runs with `sync_interval: always` (JetStream's default is 2 minutes); pass --nats-monitor http://HOST:8222,... to have this checked at start"
         );
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let mut unanswered = Vec::new();
     for monitor in monitors {
-        let varz = http_get(monitor, "/varz").await?;
-        let varz: serde_json::Value =
-            serde_json::from_str(&varz).map_err(|e| format!("{monitor}/varz: {e}"))?;
-        let always = varz
-            .pointer("/jetstream/config/sync_always")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
-        if !always {
-            return Err(format!(
-                "{monitor} does not run with `sync_interval: always`: it acknowledges before fsync, so a power loss could lose acknowledged records; set it in the server's jetstream config and restart it"
-            ));
+        match syncs_always(monitor).await {
+            Ok(true) => {}
+            Ok(false) => return Err(not_always(monitor)),
+            Err(Unanswered(why)) => unanswered.push((monitor.clone(), why)),
         }
     }
-    Ok(())
+    if unanswered.len() == monitors.len() {
+        let whys: Vec<String> = unanswered.into_iter().map(|(_, why)| why).collect();
+        return Err(format!(
+            "no monitoring URL answered, so nothing says the servers fsync before acknowledging: {}",
+            whys.join("; ")
+        ));
+    }
+    Ok(unanswered
+        .into_iter()
+        .map(|(monitor, why)| {
+            tracing::warn!(%monitor, error = %why, "cannot check now that this NATS server fsyncs before acknowledging; asking again every {MONITOR_RECHECK:?}");
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(MONITOR_RECHECK).await;
+                    match syncs_always(&monitor).await {
+                        Ok(true) => {
+                            tracing::info!(%monitor, "the NATS server fsyncs before acknowledging");
+                            return;
+                        }
+                        Ok(false) => {
+                            tracing::error!(%monitor, "{}", not_always(&monitor));
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        })
+        .collect())
+}
+
+/// A monitoring URL that did not answer: why.
+struct Unanswered(String);
+
+/// Whether the NATS server monitored at `monitor` runs with `sync_interval: always`; an
+/// answer that is not its `/varz` says no.
+async fn syncs_always(monitor: &str) -> Result<bool, Unanswered> {
+    let varz = http_get(monitor, "/varz").await.map_err(Unanswered)?;
+    let always = serde_json::from_str::<serde_json::Value>(&varz)
+        .ok()
+        .and_then(|varz| varz.pointer("/jetstream/config/sync_always")?.as_bool());
+    Ok(always.unwrap_or(false))
+}
+
+fn not_always(monitor: &str) -> String {
+    format!(
+        "{monitor} does not run with `sync_interval: always`: it acknowledges before fsync, so a power loss could lose acknowledged records; set it in the server's jetstream config and restart it"
+    )
 }
 
 /// A plain HTTP/1.0 GET of `path` from `http://host:port`: the body.
