@@ -254,3 +254,62 @@ async fn a_journal_first_written_while_a_node_is_stopped_is_created_at_once() {
     assert_eq!(replayed, vec![(1, serde_json::json!({"n": 1}))]);
     drop(cluster);
 }
+
+/// Health follows the cluster: a ministore-server cut off from every NATS node reports
+/// NOT_SERVING (a load balancer sends its clients elsewhere), and SERVING again once it
+/// has reconnected, when appends succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_no_nats_node_is_reachable() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(cluster.server_config(&tmp.path().join("unused"))).await;
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut statuses = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Each change of status, as the health service streams it.
+    let mut next_status = async move || {
+        let next = tokio::time::timeout(Duration::from_secs(60), statuses.next())
+            .await
+            .expect("a change of health within 60 s");
+        ServingStatus::try_from(next.unwrap().unwrap().status).unwrap()
+    };
+    assert_eq!(next_status().await, ServingStatus::Serving);
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        (0..3).for_each(|i| cluster.stop(i));
+        cluster
+    })
+    .await
+    .unwrap();
+    // Stopping node after node, the server may reconnect to one still up in between: it
+    // ends NOT_SERVING once none is.
+    while next_status().await != ServingStatus::NotServing {}
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.restart_stopped();
+        cluster
+    })
+    .await
+    .unwrap();
+    while next_status().await != ServingStatus::Serving {}
+    let client = server.client().await;
+    let seq = client
+        .append("after-the-outage", &serde_json::json!({"n": 1}))
+        .await
+        .unwrap();
+    assert_eq!(seq, 1);
+    drop(cluster);
+}

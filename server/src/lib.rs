@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use ministore::proto::journal_server::JournalServer;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -208,6 +209,26 @@ impl Server {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<JournalServer<JournalService>>().await;
+        // Health follows the backend (a server cut off from its cluster is NOT_SERVING)
+        // until shutdown, which sets it for good.
+        let follow_backend = tokio::spawn({
+            let (health, mut reachable) = (health.clone(), backend.watch_reachable());
+            async move {
+                loop {
+                    let status = match *reachable.borrow_and_update() {
+                        true => tonic_health::ServingStatus::Serving,
+                        false => tonic_health::ServingStatus::NotServing,
+                    };
+                    health
+                        .set_service_status(JournalServer::<JournalService>::NAME, status)
+                        .await;
+                    health.set_service_status("", status).await;
+                    if reachable.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
         // Both reflection versions (grpcurl 1.8 asks for v1alpha) describe the same files.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -259,6 +280,8 @@ impl Server {
             tracing::info!(
                 "shutting down: health NOT_SERVING, ending streams, finishing in-flight RPCs"
             );
+            follow_backend.abort();
+            let _ = follow_backend.await;
             health
                 .set_not_serving::<JournalServer<JournalService>>()
                 .await;

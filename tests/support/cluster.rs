@@ -264,6 +264,16 @@ impl NatsCluster {
         self.nodes[i].child = Some(spawn(&binary, &self.nodes[i].config));
         self.wait_for_meta_leader();
     }
+
+    /// Starts every stopped node again at once (one alone could not elect a meta leader
+    /// when a majority is stopped).
+    pub fn restart_stopped(&mut self) {
+        let binary = crate::tools::nats_server();
+        for node in self.nodes.iter_mut().filter(|n| n.child.is_none()) {
+            node.child = Some(spawn(&binary, &node.config));
+        }
+        self.wait_for_meta_leader();
+    }
 }
 
 impl Drop for NatsCluster {

@@ -93,6 +93,8 @@ pub struct JetStreamBackend {
     advisories: JoinHandle<()>,
     /// Asking again the monitoring URLs that did not answer at start.
     monitor_rechecks: Vec<JoinHandle<()>>,
+    /// Whether the NATS connection is up.
+    reachable: watch::Sender<bool>,
 }
 
 impl JetStreamBackend {
@@ -110,9 +112,29 @@ impl JetStreamBackend {
         };
         let servers = nats_servers(&config.backend)
             .map_err(|e| startup("parsing --backend", e.to_string()))?;
+        // The connection's state, for health: async-nats reconnects by itself, through any
+        // server of the list, and says when it lost and regained the cluster.
+        let (reachable, _) = watch::channel(true);
         let mut options = async_nats::ConnectOptions::new()
             .name("ministore-server")
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback({
+                let reachable = reachable.clone();
+                move |event| {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            reachable.send_replace(true);
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("lost the NATS connection; reconnecting (health NOT_SERVING until then)");
+                            reachable.send_replace(false);
+                        }
+                        _ => {}
+                    }
+                    std::future::ready(())
+                }
+            });
         if let Some(creds) = &config.nats_creds {
             options = options
                 .credentials_file(creds)
@@ -187,6 +209,7 @@ impl JetStreamBackend {
             batches: AtomicU64::new(0),
             advisories,
             monitor_rechecks,
+            reachable,
         })
     }
 
@@ -720,6 +743,10 @@ impl Backend for JetStreamBackend {
 
     fn watch_created(&self) -> watch::Receiver<u64> {
         self.created.subscribe()
+    }
+
+    fn watch_reachable(&self) -> watch::Receiver<bool> {
+        self.reachable.subscribe()
     }
 
     async fn shut_down(&self) {

@@ -65,6 +65,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// not exist yet waits on before looking again.
     fn watch_created(&self) -> watch::Receiver<u64>;
 
+    /// Whether the backend can serve now: what the server's health reports (a load
+    /// balancer sends no clients to a server cut off from its cluster). The local store is
+    /// always reachable.
+    fn watch_reachable(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
     /// Commits what is queued and releases the backend's resources, at shutdown.
     async fn shut_down(&self);
 }
