@@ -288,6 +288,10 @@ pub(crate) struct EntryCursor {
     buf_at: u64,
     /// The last entry read.
     current: Option<Entry>,
+    /// Whether it may read the file; when not, what it would have to read fails with
+    /// `WouldBlock` and nothing is consumed (see [`JournalStream`](crate::JournalStream),
+    /// which reads on the blocking pool only then).
+    pub may_read: bool,
 }
 
 /// Bytes a reader reads from a metadata file at a time.
@@ -317,6 +321,7 @@ impl EntryCursor {
             buf: Vec::new(),
             buf_at: HEADER_LEN,
             current: None,
+            may_read: true,
         }))
     }
 
@@ -369,6 +374,9 @@ impl EntryCursor {
     /// `n` bytes of the file from `at`, or `None` if the file does not hold them (yet).
     fn bytes_at(&mut self, at: u64, n: usize) -> std::io::Result<Option<&[u8]>> {
         let in_buf = at >= self.buf_at && at + n as u64 <= self.buf_at + self.buf.len() as u64;
+        if !in_buf && !self.may_read {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
         if !in_buf {
             // A damaged length field asks for up to 4 GiB: never hold more than the file
             // has. (Checked now, not once: the file of an active segment grows.)

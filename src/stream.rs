@@ -9,13 +9,17 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 
+use crate::blocking::blocking;
 use crate::meta::{self, EntryCursor};
 use crate::read::READ_CHUNK;
 use crate::segment;
 use crate::{MiniStoreError, Result};
 
+/// A record line, and why it fails its CRC32C check if it does: (seq, why).
+type CheckedLine = (Vec<u8>, Option<(u64, String)>);
+
 type LineFuture =
-    Pin<Box<dyn Future<Output = (LineReader, std::io::Result<Option<Vec<u8>>>)> + Send>>;
+    Pin<Box<dyn Future<Output = (Cursor, std::io::Result<Option<CheckedLine>>)> + Send>>;
 
 /// A stream over the records of a single journal file, parsed on demand.
 ///
@@ -25,13 +29,64 @@ type LineFuture =
 /// incomplete last line (a write in progress or cut by a crash) is not a record, and
 /// neither is anything from a NUL byte on (space the writer has not written yet).
 pub struct JournalStream<T> {
-    reader: Option<LineReader>,
+    /// `None` while a line is being read (`pending` has it).
+    cursor: Option<Cursor>,
     pending: Option<LineFuture>,
+    _record: PhantomData<fn() -> T>,
+}
+
+/// Where a [`JournalStream`] is: its file, and the metadata it checks lines against.
+struct Cursor {
+    reader: LineReader,
     /// The file's metadata, when it has some: each line that has a whole entry is checked
     /// against its CRC32C. Lines without one (a write in progress, or records of the
     /// published crate) are read as they are, as the published API reads them.
     check: Option<StreamCheck>,
-    _record: PhantomData<fn() -> T>,
+}
+
+impl Cursor {
+    /// The next line and its check. The line is read through tokio's file (on the blocking
+    /// pool); the metadata is read there too, when the entries the cursor holds in memory
+    /// do not cover the line (once per 64 KiB of metadata): no file I/O on the caller's
+    /// runtime thread.
+    async fn next(mut self) -> (Self, std::io::Result<Option<CheckedLine>>) {
+        let (reader, line) = self.reader.next_line().await;
+        self.reader = reader;
+        let line = match line {
+            Ok(Some(line)) => line,
+            Ok(None) => return (self, Ok(None)),
+            Err(e) => return (self, Err(e)),
+        };
+        let Some(mut check) = self.check.take() else {
+            return (self, Ok(Some((line, None))));
+        };
+        // The header is line 1: the line just read is record `first_seq + line - 2`.
+        let seq = check.first_seq + self.reader.line - 2;
+        let crc = crc32c::crc32c(&line);
+        let why = match check.mismatch(seq, crc) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let checked = tokio::task::spawn_blocking(move || {
+                    check.entries.may_read = true;
+                    let why = check.mismatch(seq, crc);
+                    check.entries.may_read = false;
+                    (check, why)
+                })
+                .await;
+                match checked {
+                    Ok((back, why)) => {
+                        check = back;
+                        why
+                    }
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }
+            why => why,
+        };
+        self.check = Some(check);
+        // A metadata file that cannot be read checks nothing: the line is read as it is.
+        let why = why.ok().flatten().map(|why| (seq, why));
+        (self, Ok(Some((line, why))))
+    }
 }
 
 /// What a [`JournalStream`] checks its lines against.
@@ -63,23 +118,23 @@ impl StreamCheck {
             .find(|s| s.first_seq > first_seq)
             .map(|s| s.first_seq);
         let metas = meta::list(&base).ok()?;
-        let entries =
+        let mut entries =
             EntryCursor::open(meta::of_segment(&metas, first_seq, next_first)?).ok()??;
+        entries.may_read = false;
         Some(StreamCheck { first_seq, entries })
     }
 
-    /// `Some(why)` if record `seq`'s line does not match its entry's CRC32C.
-    fn mismatch(&mut self, seq: u64, line: &[u8]) -> Option<String> {
+    /// `Some(why)` if record `seq`, whose line's CRC32C is `crc`, does not match its entry.
+    /// `WouldBlock` when that needs a read the cursor may not make now (nothing consumed).
+    fn mismatch(&mut self, seq: u64, crc: u32) -> std::io::Result<Option<String>> {
         if seq < self.entries.first_seq {
-            return None;
+            return Ok(None);
         }
-        match self.entries.entry_for(seq) {
-            Ok(Ok(Some(entry)))
-                if crc32c::crc32c(line) != entry.record_crcs[(seq - entry.first_seq) as usize] =>
-            {
-                Some("fails its CRC32C: its bytes are not those written".into())
-            }
-            _ => None,
+        match self.entries.entry_for(seq)? {
+            Ok(Some(entry)) if crc != entry.record_crcs[(seq - entry.first_seq) as usize] => Ok(
+                Some("fails its CRC32C: its bytes are not those written".into()),
+            ),
+            _ => Ok(None),
         }
     }
 }
@@ -87,7 +142,7 @@ impl StreamCheck {
 impl<T> std::fmt::Debug for JournalStream<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JournalStream")
-            .field("path", &self.reader.as_ref().map(|r| &r.path))
+            .field("path", &self.cursor.as_ref().map(|c| &c.reader.path))
             .finish_non_exhaustive()
     }
 }
@@ -167,16 +222,23 @@ where
             .await
             .map_err(|e| MiniStoreError::io("reading", path, e))?;
         let header = segment::parse_header(path, &head)?;
-        let check = header
-            .first_seq
-            .and_then(|first_seq| StreamCheck::find(path, first_seq));
+        // Listing the directory and opening the metadata file: on the blocking pool.
+        let check = match header.first_seq {
+            Some(first_seq) => {
+                let path = path.to_path_buf();
+                blocking(move || Ok(StreamCheck::find(&path, first_seq))).await?
+            }
+            None => None,
+        };
         Ok(JournalStream {
-            check,
-            reader: Some(LineReader {
-                lines,
-                path: path.to_path_buf(),
-                line: 1,
-                pos: header.len,
+            cursor: Some(Cursor {
+                reader: LineReader {
+                    lines,
+                    path: path.to_path_buf(),
+                    line: 1,
+                    pos: header.len,
+                },
+                check,
             }),
             pending: None,
             _record: PhantomData,
@@ -193,32 +255,24 @@ where
 
     fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
         if self.pending.is_none() {
-            let Some(reader) = self.reader.take() else {
+            let Some(cursor) = self.cursor.take() else {
                 return Poll::Ready(None);
             };
-            self.pending = Some(Box::pin(reader.next_line()));
+            self.pending = Some(Box::pin(cursor.next()));
         }
-        let (reader, result) =
+        let (cursor, result) =
             std::task::ready!(self.pending.as_mut().expect("set").as_mut().poll(cx));
         self.pending = None;
+        let reader = &cursor.reader;
         let item = match result {
             Ok(None) => None,
-            Ok(Some(line)) => {
-                // The header is line 1: the line just read is record `first_seq + line - 2`.
-                let mismatch = self.check.as_mut().and_then(|check| {
-                    let seq = check.first_seq + reader.line - 2;
-                    check.mismatch(seq, &line).map(|why| (seq, why))
-                });
-                if let Some((seq, reason)) = mismatch {
-                    let offset = reader.pos - line.len() as u64 - 1;
-                    self.reader = Some(reader);
-                    return Poll::Ready(Some(Err(MiniStoreError::Checksum {
-                        path: self.reader.as_ref().expect("just set").path.clone(),
-                        seq,
-                        offset,
-                        reason,
-                    })));
-                }
+            Ok(Some((line, Some((seq, reason))))) => Some(Err(MiniStoreError::Checksum {
+                path: reader.path.clone(),
+                seq,
+                offset: reader.pos - line.len() as u64 - 1,
+                reason,
+            })),
+            Ok(Some((line, None))) => {
                 Some(
                     serde_json::from_slice(&line).map_err(|e| MiniStoreError::Corrupt {
                         path: reader.path.clone(),
@@ -229,7 +283,7 @@ where
             }
             Err(e) => Some(Err(MiniStoreError::io("reading", &reader.path, e))),
         };
-        self.reader = Some(reader);
+        self.cursor = Some(cursor);
         Poll::Ready(item)
     }
 }

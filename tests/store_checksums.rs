@@ -137,3 +137,55 @@ async fn records_written_without_metadata_are_read_without_a_time() {
     let times: Vec<bool> = read.iter().map(|r| r.commit_unix_ns.is_some()).collect();
     assert_eq!(times, [false, false, true]);
 }
+
+/// The line stream checks records whose entries lie past the first 64 KiB of metadata
+/// (read in turns, off the caller's thread) exactly as the first ones, on a runtime with a
+/// single thread too, and reads a file whose metadata is longer than one read.
+#[tokio::test(flavor = "current_thread")]
+async fn the_line_stream_checks_records_far_into_a_long_metadata_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let mut store = MiniStore::open(&path).await.unwrap();
+    // 4,000 requests of one record each: 4,000 entries, several reads of metadata.
+    let requests = (1..=4000)
+        .map(|i| ministore::Append::new(vec![JsonLine::from_value(&format!("r{i:04}")).unwrap()]))
+        .collect();
+    for result in store.append_requests(requests).await.unwrap() {
+        result.unwrap();
+    }
+    drop(store);
+    let meta_bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "meta"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(meta_bytes > 2 * 64 * 1024, "metadata of {meta_bytes} bytes");
+
+    // Record 3,500 changed in place, still valid JSON of the same length.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("\"r3500\"").unwrap();
+    let mut bytes = text.into_bytes();
+    bytes[at + 1] = b'R';
+    std::fs::write(&path, &bytes).unwrap();
+
+    let items: Vec<Result<String, MiniStoreError>> = MiniStore::stream::<String>(&path)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(items.len(), 4000);
+    for (i, item) in items.iter().enumerate() {
+        let seq = i as u64 + 1;
+        match item {
+            Ok(record) => assert_eq!(*record, format!("r{seq:04}")),
+            Err(MiniStoreError::Checksum {
+                seq: bad, offset, ..
+            }) => {
+                assert_eq!((*bad, *offset), (3500, at as u64), "only record 3,500");
+            }
+            Err(other) => panic!("record {seq}: {other}"),
+        }
+    }
+    assert!(items[3499].is_err());
+}
