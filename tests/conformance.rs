@@ -632,6 +632,87 @@ async fn two_servers_in_front_of_one_cluster_serve_the_same_journal() {
     );
 }
 
+/// A NATS stream another application made under a journal's name (on its own subjects),
+/// or one that takes a journal's subject under another name, is refused with
+/// FAILED_PRECONDITION naming it and saying what to do, for appends and reads alike, and
+/// left as it was; new journals beside it, appended to at the same moment, are created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_stream_under_a_journals_name_is_refused_and_left_as_it_was() {
+    use async_nats::jetstream::stream;
+    use ministore_server::backend::jetstream::{stream_name, subject};
+    let target = Target::jetstream().await;
+    let cluster = cluster::shared();
+    let url = cluster.url();
+    let first = url.trim_start_matches("nats://").split(',').next().unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(first).await.unwrap());
+    let named = target.journal("named-by-another-app");
+    let their_subject = format!("another-app.{}", target.prefix);
+    js.create_stream(stream::Config {
+        name: stream_name(&named),
+        subjects: vec![their_subject.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let routed = target.journal("routed-to-another-app");
+    let their_stream = format!("another_app_{}", stream_name(&routed));
+    js.create_stream(stream::Config {
+        name: their_stream.clone(),
+        subjects: vec![subject(&routed)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let mut stubs = [
+        target.stub().await,
+        target.stub().await,
+        target.stub().await,
+    ];
+    let [one, two, three] = &mut stubs;
+    let fresh = target.journal("fresh");
+    let (named_append, routed_append, fresh_append) = tokio::join!(
+        append_payload(one, &named, "1"),
+        append_payload(two, &routed, "1"),
+        append_payload(three, &fresh, "1"),
+    );
+    let refused = named_append.expect_err("refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    for part in [
+        stream_name(&named).as_str(),
+        their_subject.as_str(),
+        "Remove or fix that stream, or use another journal name",
+    ] {
+        assert!(refused.message().contains(part), "{part}: {refused:?}");
+    }
+    let refused = routed_append.expect_err("refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("another stream takes its subject"),
+        "{refused:?}"
+    );
+    assert_eq!(fresh_append.unwrap(), 1);
+
+    let read = one
+        .replay(ReplayRequest {
+            journal: named.clone(),
+            from_seq: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(read.code(), Code::FailedPrecondition, "{read:?}");
+
+    let mut theirs = js.get_stream(stream_name(&named)).await.unwrap();
+    let info = theirs.info().await.unwrap();
+    assert_eq!(info.config.subjects, vec![their_subject]);
+    assert_eq!(info.state.messages, 0);
+    let mut theirs = js.get_stream(&their_stream).await.unwrap();
+    assert_eq!(theirs.info().await.unwrap().state.messages, 0);
+}
+
 /// A cluster that acknowledges before fsync would break the durability promise: with
 /// `--nats-monitor`, a server in front of one refuses to start, and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,6 +133,20 @@ pub enum ServerError {
         /// node down): retrying later may succeed.
         unavailable: bool,
     },
+    /// The NATS stream named after a journal (or its subject) belongs to something else, or
+    /// was changed so that it cannot keep the journal's promises: nothing is written to it
+    /// or read from it as the journal's.
+    #[error(
+        "journal {journal:?}: the NATS stream {stream} cannot hold it: {reason}; it was not made by ministore, or was changed since. Remove or fix that stream, or use another journal name"
+    )]
+    ForeignStream {
+        /// The journal.
+        journal: String,
+        /// The stream's name.
+        stream: String,
+        /// What about it does not fit.
+        reason: String,
+    },
     /// A request of a stream could not be read (over `--max-message-bytes`, or not a valid
     /// message): tonic's status for it, passed on as it is.
     #[error("{}", .0.message())]
@@ -168,7 +182,8 @@ impl ServerError {
             | ServerError::PayloadTooLarge { .. }
             | ServerError::PermissionDenied(_)
             | ServerError::LimitReached(_)
-            | ServerError::OutsideDataDir { .. } => true,
+            | ServerError::OutsideDataDir { .. }
+            | ServerError::ForeignStream { .. } => true,
             ServerError::Store { source, .. } => matches!(
                 source.as_ref(),
                 MiniStoreError::InvalidJson(_)
@@ -193,7 +208,9 @@ impl From<ServerError> for Status {
             ServerError::Unauthenticated(_) => Code::Unauthenticated,
             ServerError::PermissionDenied(_) => Code::PermissionDenied,
             ServerError::LimitReached(_) => Code::ResourceExhausted,
-            ServerError::OutsideDataDir { .. } => Code::FailedPrecondition,
+            ServerError::OutsideDataDir { .. } | ServerError::ForeignStream { .. } => {
+                Code::FailedPrecondition
+            }
             ServerError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ServerError::PastEnd { .. } => Code::OutOfRange,
             ServerError::ShuttingDown

@@ -23,11 +23,14 @@
 //!   through an ordered consumer until they have it: a record acknowledged before a read
 //!   began is never missing from it, and the reader drops any record it already returned
 //!   (the ordered consumer may restart from an earlier seq after a reset).
+//! - A stream under a journal's name that ministore did not make (or that was changed so it
+//!   cannot keep these promises) is refused with FAILED_PRECONDITION and left untouched:
+//!   see `check_stream_fits`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -84,9 +87,12 @@ pub struct JetStreamBackend {
     dedupe_window: Duration,
     /// Journals whose stream this server saw exist: appends to them skip the lookup.
     known: Mutex<HashSet<String>>,
-    /// Held while creating a stream: concurrent first appends to a new journal wait for
-    /// one creation instead of sending JetStream several (which it answers slowly).
-    creating: tokio::sync::Mutex<()>,
+    /// The creations under way, one gate per journal: concurrent first appends to a new
+    /// journal wait for one creation instead of sending JetStream several (which it
+    /// answers slowly), while other journals' creations go on beside it, so one creation
+    /// waiting out a placement outage holds up no other journal. An entry lives while
+    /// someone holds its gate (see [`CreationGate`]): at most one per append in flight.
+    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     created: watch::Sender<u64>,
     batch_prefix: String,
     batches: AtomicU64,
@@ -203,7 +209,7 @@ impl JetStreamBackend {
             max_message_bytes: (config.max_payload_bytes + 4096).min(i32::MAX as usize) as i32,
             dedupe_window: Duration::from_secs(config.nats_dedupe_window_seconds),
             known: Mutex::new(HashSet::new()),
-            creating: tokio::sync::Mutex::new(()),
+            creating: Mutex::new(HashMap::new()),
             created,
             batch_prefix: format!("{:x}{:x}", std::process::id(), nanos),
             batches: AtomicU64::new(0),
@@ -229,24 +235,37 @@ impl JetStreamBackend {
         }
     }
 
-    /// Creates `journal`'s stream unless this server knows it exists.
+    /// Creates `journal`'s stream unless this server knows it exists, and checks that a
+    /// stream found under its name is one that can hold it.
     async fn ensure_stream(&self, journal: &str) -> Result<(), ServerError> {
         if self.known.lock().expect("not poisoned").contains(journal) {
             return Ok(());
         }
-        let _creating = self.creating.lock().await;
+        let gate = CreationGate::enter(&self.creating, journal);
+        let _creating = gate.gate.lock().await;
         if self.known.lock().expect("not poisoned").contains(journal) {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + READ_PATIENCE;
         let mut told = false;
+        let wanted = self.stream_config(journal);
         let mut stream = loop {
-            match self
-                .js
-                .get_or_create_stream(self.stream_config(journal))
-                .await
-            {
-                Ok(stream) => break stream,
+            match self.js.get_or_create_stream(wanted.clone()).await {
+                Ok(stream) => {
+                    // Found, not created, when it exists: whoever made it.
+                    check_stream_fits(journal, &stream.cached_info().config, Use::Append)?;
+                    break stream;
+                }
+                Err(e) if subject_taken(&e) => {
+                    return Err(ServerError::ForeignStream {
+                        journal: journal.to_owned(),
+                        stream: wanted.name,
+                        reason: format!(
+                            "it cannot be created, because another stream takes its subject {:?} ({e})",
+                            wanted.subjects[0]
+                        ),
+                    });
+                }
                 // The meta leader refuses to place a stream while it counts a peer offline
                 // or is being elected. Both pass: our CI met "no suitable peers for
                 // placement, peer offline" once on a healthy 3-node cluster under load.
@@ -336,7 +355,10 @@ impl JetStreamBackend {
     /// The journal's stream, its state as the stream leader reports it.
     async fn stream(&self, journal: &str) -> Result<stream::Stream, ServerError> {
         match self.js.get_stream(stream_name(journal)).await {
-            Ok(stream) => Ok(stream),
+            Ok(stream) => {
+                check_stream_fits(journal, &stream.cached_info().config, Use::Read)?;
+                Ok(stream)
+            }
             Err(e)
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(api)
                     if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
@@ -1181,6 +1203,95 @@ fn publish_error(
     }
 }
 
+/// Holds a journal's place in [`JetStreamBackend::creating`]: the first to enter puts the
+/// journal's gate there, and the last to leave (done, failed or cancelled) takes it out.
+struct CreationGate<'a> {
+    creating: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    journal: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> CreationGate<'a> {
+    fn enter(
+        creating: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        journal: &'a str,
+    ) -> Self {
+        let gate = creating
+            .lock()
+            .expect("not poisoned")
+            .entry(journal.to_owned())
+            .or_default()
+            .clone();
+        CreationGate {
+            creating,
+            journal,
+            gate,
+        }
+    }
+}
+
+impl Drop for CreationGate<'_> {
+    fn drop(&mut self) {
+        let mut creating = self.creating.lock().expect("not poisoned");
+        // Clones are only made under this lock: two (the map's and ours) means nobody else
+        // holds or waits for the gate.
+        if Arc::strong_count(&self.gate) <= 2 {
+            creating.remove(self.journal);
+        }
+    }
+}
+
+/// What a journal's stream is wanted for.
+#[derive(Clone, Copy, PartialEq)]
+enum Use {
+    Read,
+    Append,
+}
+
+/// Refuses a stream found under a journal's name that cannot serve as the journal: one made
+/// by something else (not on the journal's subject), or, to append to, one changed so that
+/// it cannot keep what an append promises. What an operator may tune (replicas, limits,
+/// the duplicate window) may differ; and a sealed stream is still read as the journal (an
+/// operator may make a journal read-only so).
+fn check_stream_fits(journal: &str, found: &stream::Config, to: Use) -> Result<(), ServerError> {
+    let subject = subject(journal);
+    let reason = if !found.subjects.contains(&subject) {
+        Some(format!(
+            "its subjects are {:?}, not the journal's {subject:?}",
+            found.subjects
+        ))
+    } else if to == Use::Read {
+        None
+    } else if found.retention != stream::RetentionPolicy::Limits {
+        Some(format!(
+            "its retention is {:?}, which deletes records once consumed; a journal keeps them (limits)",
+            found.retention
+        ))
+    } else if found.no_ack {
+        Some("it does not acknowledge what is published to it (no_ack)".to_owned())
+    } else if found.sealed || found.mirror.is_some() {
+        Some("it is sealed or a mirror: it takes no appends".to_owned())
+    } else if !found.allow_atomic_publish {
+        Some("it does not allow atomic batches (allow_atomic), which AppendBatch needs".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ServerError::ForeignStream {
+            journal: journal.to_owned(),
+            stream: stream_name(journal),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether a stream could not be created because another one takes its subjects.
+fn subject_taken(err: &jetstream::context::CreateStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::CreateStreamErrorKind::JetStream(api)
+        if api.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP)
+}
+
 /// Whether a failed stream creation names a cluster state that passes on its own: no
 /// peers to place the replicas on (a peer seen offline), or no meta leader (an election,
 /// when the API has no responder or says so). Creating again is safe: it is get-or-create.
@@ -1311,5 +1422,74 @@ mod tests {
         assert!(!placement_is_passing(&CreateStreamError::new(
             Kind::InvalidStreamName
         )));
+    }
+
+    #[test]
+    fn a_stream_that_cannot_serve_as_the_journal_is_refused_and_says_why() {
+        let fits = stream::Config {
+            subjects: vec![subject("j"), format!("{}.>", subject("j"))],
+            allow_atomic_publish: true,
+            ..Default::default()
+        };
+        let why = |config: &stream::Config, to| match check_stream_fits("j", config, to) {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        assert_eq!(why(&fits, Use::Append), None);
+        let cases = [
+            (
+                stream::Config {
+                    subjects: vec!["orders.>".into()],
+                    ..fits.clone()
+                },
+                "its subjects are [\"orders.>\"]",
+            ),
+            (
+                stream::Config {
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    ..fits.clone()
+                },
+                "deletes records once consumed",
+            ),
+            (
+                stream::Config {
+                    no_ack: true,
+                    ..fits.clone()
+                },
+                "no_ack",
+            ),
+            (
+                stream::Config {
+                    sealed: true,
+                    ..fits.clone()
+                },
+                "takes no appends",
+            ),
+            (
+                stream::Config {
+                    allow_atomic_publish: false,
+                    ..fits.clone()
+                },
+                "allow_atomic",
+            ),
+        ];
+        for (config, reason) in &cases {
+            let refused = why(config, Use::Append).expect("refused");
+            assert!(refused.contains(reason), "{refused}");
+            assert!(refused.contains(&stream_name("j")), "{refused}");
+        }
+        // Read: only a stream on other subjects is not the journal; a sealed one is read.
+        assert!(why(&cases[0].0, Use::Read).is_some());
+        for (config, _) in &cases[1..] {
+            assert_eq!(why(config, Use::Read), None);
+        }
+        // Tuned by an operator: still the journal.
+        let tuned = stream::Config {
+            num_replicas: 5,
+            max_bytes: 1 << 30,
+            duplicate_window: Duration::from_secs(3600),
+            ..fits.clone()
+        };
+        assert_eq!(why(&tuned, Use::Append), None);
     }
 }
