@@ -92,7 +92,7 @@ pub struct JetStreamBackend {
     /// answers slowly), while other journals' creations go on beside it, so one creation
     /// waiting out a placement outage holds up no other journal. An entry lives while
     /// someone holds its gate (see [`CreationGate`]): at most one per append in flight.
-    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    creating: CreationGates,
     created: watch::Sender<u64>,
     batch_prefix: String,
     batches: AtomicU64,
@@ -1203,19 +1203,19 @@ fn publish_error(
     }
 }
 
+/// Each journal's gate while its stream is being created, by journal name.
+type CreationGates = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
 /// Holds a journal's place in [`JetStreamBackend::creating`]: the first to enter puts the
 /// journal's gate there, and the last to leave (done, failed or cancelled) takes it out.
 struct CreationGate<'a> {
-    creating: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    creating: &'a CreationGates,
     journal: &'a str,
     gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<'a> CreationGate<'a> {
-    fn enter(
-        creating: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-        journal: &'a str,
-    ) -> Self {
+    fn enter(creating: &'a CreationGates, journal: &'a str) -> Self {
         let gate = creating
             .lock()
             .expect("not poisoned")
