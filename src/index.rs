@@ -333,7 +333,7 @@ pub(crate) fn remove_orphans(base: &Path) -> Result<()> {
         let orphan = match sibling {
             Sibling::Index(n) => !segments.contains(&n),
             Sibling::IndexTmp(_) => true,
-            Sibling::Segment(_) | Sibling::Meta(_) => false,
+            Sibling::Segment(_) | Sibling::Meta(_) | Sibling::MetaTmp(_) => false,
         };
         if orphan {
             match std::fs::remove_file(&path) {

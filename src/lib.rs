@@ -115,10 +115,12 @@
 //! 2. rotation (after an append reaches `max_bytes_per_segment`): cut any zeros after the
 //!    last record and fsync; rename the active file to
 //!    the next segment number, fsync the directory; write the sealed segment's index
-//!    (through a temporary name, not fsynced: it is checked on use); create the new active
-//!    file with its header, fsync it and the directory; create its metadata file, fsync it
-//!    and the directory; delete segments beyond `max_segments` (each after its index and
-//!    metadata file), fsync the directory.
+//!    (through a temporary name, not fsynced: it is checked on use); create the new
+//!    segment's metadata file (header written to a temporary name, fsynced, renamed into
+//!    place, directory fsynced: no one sees it other than whole); create the new active
+//!    file with its header, fsync it and the directory; delete segments beyond
+//!    `max_segments` (each after its index, then its metadata file), fsync the directory.
+//!    So a reader that finds a segment always finds its whole metadata beside it.
 //! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
 //!    torn header, or, beside rotated segments, one whose header a power loss left as
 //!    zeros: it is created from the end of the newest segment); cut an incomplete
@@ -127,7 +129,8 @@
 //!    keep the longest prefix of metadata entries whose records are all present and match
 //!    their CRC32C, and cut both files after it (so a batch is kept whole or not at all);
 //!    rebuild the idempotency keys from the retained metadata files; only then accept
-//!    appends. Indexes whose segment is gone are deleted.
+//!    appends. Indexes and metadata files whose segment is gone are deleted, and so are
+//!    metadata files a crash left half-created (`.meta.tmp`).
 //! 4. close (dropping the store): cut the zeros after the last record and fsync, best
 //!    effort (a writer poisoned by a failure leaves the file to the next open).
 //! 5. warm close and reopen ([`MiniStore::blocking_close_warm`], [`WarmJournal`]): the

@@ -410,7 +410,13 @@ impl EntryCursor {
 
 /// The metadata file among `metas` (as [`list`] gives them) of the segment whose records
 /// run from `first_seq` to before `next_first` (the next segment's; `None` for the
-/// newest): the newest whose first seq is in that range.
+/// newest): the one named by `first_seq`, as every segment a writer of this version
+/// started has; else (a segment started before the journal had metadata, whose coverage
+/// starts after its first records) the newest whose first seq is in that range.
+///
+/// The exact name comes first because a rotation creates the next segment's metadata
+/// before the segment itself: meanwhile the sealed segment is the newest, and the range
+/// alone would pair it with its successor's file.
 pub(crate) fn of_segment(
     metas: &[(u64, PathBuf)],
     first_seq: u64,
@@ -418,8 +424,13 @@ pub(crate) fn of_segment(
 ) -> Option<&Path> {
     metas
         .iter()
-        .rev()
-        .find(|(m, _)| *m >= first_seq && next_first.is_none_or(|next| *m < next))
+        .find(|(m, _)| *m == first_seq)
+        .or_else(|| {
+            metas
+                .iter()
+                .rev()
+                .find(|(m, _)| *m > first_seq && next_first.is_none_or(|next| *m < next))
+        })
         .map(|(_, path)| path.as_path())
 }
 

@@ -66,9 +66,11 @@ pub(crate) fn recover_active(
     };
     let contents = match meta::read(&path) {
         Ok(contents) => contents,
-        // A header a crash cut short during creation: the file never held an entry, and no
-        // record was committed after it (the header is fsynced before the first commit),
-        // so coverage starts after the segment's records. Anything longer is refused.
+        // A header a crash cut short during creation (earlier versions created the file
+        // under its name, then wrote the header; now it gets its name only once whole): the
+        // file never held an entry, and no record was committed after it (the header is
+        // fsynced before the first commit), so coverage starts after the segment's
+        // records. Anything longer is refused.
         Err(MiniStoreError::BadMeta { .. })
             if std::fs::metadata(&path).is_ok_and(|m| m.len() <= meta::HEADER_LEN) =>
         {
@@ -183,8 +185,25 @@ pub(crate) fn recover_active(
     })
 }
 
+/// Deletes metadata files a crash left half-created (`<base>.from-<n>.meta.tmp`, see
+/// `segment::write_new_file_atomically`): none was ever given its name, so none holds an
+/// entry. The one a rotation was creating is normally consumed by `create` for the same
+/// seq before this runs; this clears any other.
+pub(crate) fn remove_unfinished_metas(base: &Path) -> Result<()> {
+    for (sibling, path) in segment::list_siblings(base)? {
+        if let segment::Sibling::MetaTmp(_) = sibling {
+            tracing::info!(file = %path.display(), "deleting a metadata file a crash left half-created");
+            std::fs::remove_file(&path).map_err(|e| MiniStoreError::io("deleting", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates the metadata file of records from `first_seq`, which start at `data_offset`,
-/// durably (file and directory entry) before any entry is written to it.
+/// durably (file and directory entry) before any entry is written to it, and whole from
+/// the moment it has its name: a reader that pairs a segment with it never meets a header
+/// still being written (`write_new_file_atomically`). A file of that name, a header a
+/// crash cut short, is replaced.
 pub(crate) fn create(base: &Path, first_seq: u64, data_offset: u64) -> Result<ActiveMeta> {
     let path = segment::meta_path(base, first_seq);
     let header = meta::Header {
@@ -192,8 +211,7 @@ pub(crate) fn create(base: &Path, first_seq: u64, data_offset: u64) -> Result<Ac
         data_offset,
         created_unix_ns: meta::now_unix_ns(),
     };
-    let _ = std::fs::remove_file(&path);
-    let file = segment::write_new_file(&path, &header.encode())?;
+    let file = segment::write_new_file_atomically(&path, &header.encode())?;
     Ok(ActiveMeta {
         file,
         path,
@@ -407,7 +425,7 @@ pub(crate) fn create_active(base: &Path, rotated: &[Segment]) -> Result<Segment>
 /// the start of a header, possibly followed by zeros where a crash kept the file's size but
 /// not its bytes. It holds no records (every commit fsyncs the header with its records),
 /// and `create_active` writes a full header. A file of zeros alone is taken for a torn
-/// header only beside rotated segments (a crash mid-rotation, step 5); alone, it could as
+/// header only beside rotated segments (a crash mid-rotation, step 6); alone, it could as
 /// well be anyone's, and the catalog refuses it. Any other file is left alone.
 pub(crate) fn clear_torn_header(base: &Path) -> Result<()> {
     let Ok(file) = std::fs::OpenOptions::new()

@@ -151,6 +151,9 @@ pub(crate) enum Sibling {
     IndexTmp(u64),
     /// The metadata file whose first entry is seq `n`: `<base>.from-<n>.meta` (see `meta`).
     Meta(u64),
+    /// A metadata file being created, or left by a crash while it was:
+    /// `<base>.from-<n>.meta.tmp` (see `write_new_file_atomically`). It never held an entry.
+    MetaTmp(u64),
 }
 
 impl Sibling {
@@ -158,18 +161,19 @@ impl Sibling {
     /// `base_name`; `None` for anything else (the lock, `.broken-` evidence, other files).
     pub(crate) fn classify(base_name: &str, file_name: &str) -> Option<Sibling> {
         let rest = file_name.strip_prefix(base_name)?.strip_prefix('.')?;
-        let (digits, kind): (&str, fn(u64) -> Sibling) = if let Some(d) = rest
-            .strip_prefix("from-")
-            .and_then(|r| r.strip_suffix(".meta"))
-        {
-            (d, Sibling::Meta)
-        } else if let Some(d) = rest.strip_suffix(".idx.tmp") {
-            (d, Sibling::IndexTmp)
-        } else if let Some(d) = rest.strip_suffix(".idx") {
-            (d, Sibling::Index)
-        } else {
-            (rest, Sibling::Segment)
-        };
+        let meta = rest.strip_prefix("from-");
+        let (digits, kind): (&str, fn(u64) -> Sibling) =
+            if let Some(d) = meta.and_then(|r| r.strip_suffix(".meta")) {
+                (d, Sibling::Meta)
+            } else if let Some(d) = meta.and_then(|r| r.strip_suffix(".meta.tmp")) {
+                (d, Sibling::MetaTmp)
+            } else if let Some(d) = rest.strip_suffix(".idx.tmp") {
+                (d, Sibling::IndexTmp)
+            } else if let Some(d) = rest.strip_suffix(".idx") {
+                (d, Sibling::Index)
+            } else {
+                (rest, Sibling::Segment)
+            };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -564,6 +568,33 @@ pub(crate) fn count_records(segment: &Segment) -> Result<u64> {
 
 /// Writes `bytes` to a new file at `path` and makes it durable (file and directory entry).
 pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File> {
+    let file = create_synced(path, bytes)?;
+    sync_dir(dir_of(path))?;
+    Ok(file)
+}
+
+/// Writes `bytes` as the file at `path`, replacing any file of that name, so that no one
+/// ever sees the file at `path` other than complete: a reader that finds the name finds
+/// all of `bytes` behind it, and a crash leaves the old file (or none) and at worst a
+/// stray `<path>.tmp`. Order: write `<path>.tmp`, fsync it (its bytes are on disk before
+/// the name points at them), rename it to `path` (atomic), fsync the directory (the new
+/// name survives a crash). Returns the file, open for reading and writing.
+pub(crate) fn write_new_file_atomically(path: &Path, bytes: &[u8]) -> Result<File> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A `.tmp` of this name was left by a crash in this very step: it holds nothing anyone
+    // was told about.
+    let _ = std::fs::remove_file(&tmp);
+    let file = create_synced(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| MiniStoreError::io("renaming to", path, e))?;
+    sync_dir(dir_of(path))?;
+    Ok(file)
+}
+
+/// Creates the file at `path` (which must not exist), open for reading and writing, with
+/// `bytes` in it, fsynced; its directory entry is the caller's to make durable.
+fn create_synced(path: &Path, bytes: &[u8]) -> Result<File> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -573,7 +604,6 @@ pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File> {
     file.write_all(bytes)
         .and_then(|_| file.sync_all())
         .map_err(|e| MiniStoreError::io("writing", path, e))?;
-    sync_dir(dir_of(path))?;
     Ok(file)
 }
 
@@ -686,6 +716,8 @@ mod tests {
             "j.jsonl.x.idx",
             "j.jsonl.broken-120",
             "j.jsonl.from-12.meta",
+            "j.jsonl.from-12.meta.tmp",
+            "j.jsonl.from-12.meta.x",
             "j.jsonl.from-.meta",
             "j.jsonl.from-1x.meta",
         ] {
@@ -697,7 +729,7 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(numbers, vec![2, 999, 1000]);
-        // Indexes and metadata files are never mistaken for segments, and indexes are told
+        // Indexes and metadata files are never mistaken for segments, and both are told
         // apart from their temp files.
         let mut others: Vec<Sibling> = list_siblings(&base)
             .unwrap()
@@ -712,7 +744,8 @@ mod tests {
                 Sibling::Index(2),
                 Sibling::Index(3),
                 Sibling::IndexTmp(3),
-                Sibling::Meta(12)
+                Sibling::Meta(12),
+                Sibling::MetaTmp(12)
             ]
         );
         assert_eq!(rotated_path(&base, 7), dir.path().join("j.jsonl.000007"));

@@ -162,6 +162,10 @@ pub enum ProblemKind {
     Evidence,
     /// An index, or a temporary index, whose segment is gone; `open` deletes it. Info.
     OrphanIndex,
+    /// A metadata file a crash interrupted while it was being created
+    /// (`journal.jsonl.from-<seq>.meta.tmp`): it never held an entry; `open` deletes it.
+    /// Info.
+    UnfinishedMetadata,
     /// A file named as the first draft of the metadata design named metadata files
     /// (`journal.jsonl.000003.meta`); this version writes `journal.jsonl.from-<seq>.meta`
     /// (checked with the records) and ignores it. Info.
@@ -184,7 +188,8 @@ impl ProblemKind {
             UnfinishedWrite | TornHeader | NoActiveFile | StaleIndex | Changing | NotChecked => {
                 Severity::Warning
             }
-            UnwrittenSpace | Evidence | OrphanIndex | Metadata | UnknownFile => Severity::Info,
+            UnwrittenSpace | Evidence | OrphanIndex | UnfinishedMetadata | Metadata
+            | UnknownFile => Severity::Info,
             Unreadable => Severity::Unreadable,
         }
     }
@@ -1317,6 +1322,12 @@ fn check_siblings(base: &Path, problems: &mut Vec<Problem>) -> Result<()> {
                 &path,
                 "an index whose segment is gone, or one left half-written: readers never use \
                  it, and the next open deletes it",
+            )),
+            Some(Sibling::MetaTmp(_)) => Some(Problem::new(
+                ProblemKind::UnfinishedMetadata,
+                &path,
+                "a metadata file a crash interrupted while it was being created: it never held \
+                 an entry, readers never use it, and the next open deletes it",
             )),
             None => Some(other_file(name, file_name, &path)),
         };

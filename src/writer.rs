@@ -250,6 +250,10 @@ impl Writer {
         if let Err(e) = index::remove_orphans(&base) {
             tracing::warn!(journal = %base.display(), error = %e, "could not look for stale segment indexes");
         }
+        // Half-created metadata files hold nothing; they are clutter too.
+        if let Err(e) = recovery::remove_unfinished_metas(&base) {
+            tracing::warn!(journal = %base.display(), error = %e, "could not delete half-created metadata files");
+        }
         let first_retained = segments.first().map_or(active.first_seq, |s| s.first_seq);
         let (keys, sealed_metas) = recovery::rebuild_keys(
             &base,
@@ -775,39 +779,49 @@ impl Writer {
         }
         self.rotated
             .push_back((number, self.active_first_seq, sealed));
-        // 5. Create the new active segment: header with its first seq, fsync the file and
+        // 5. Create the new active segment's metadata file (named by its first seq; the
+        //    sealed segment's keeps its name, so no rename can pair a segment with another's
+        //    metadata), header fsynced with the directory before any entry goes in, and
+        //    given its name only once whole. It comes before the segment: a reader finds a
+        //    segment only once the segment exists, and must then find its metadata whole
+        //    beside it (until then the newest segment is the sealed one, paired with its
+        //    own file by its first seq, see `meta::of_segment`). Crash here: no active
+        //    file, with or without the new metadata file (at worst a stray `.tmp`); open
+        //    creates the active file from the end of the newest rotated segment, which is
+        //    this first seq, and pairs it with this file or creates it.
+        let meta_path = segment::meta_path(&self.base, self.next_seq);
+        io.check_create(&meta_path)
+            .map_err(|e| MiniStoreError::io("creating", &meta_path, e))?;
+        let active_meta = recovery::create(&self.base, self.next_seq, header.len() as u64)?;
+        // 6. Create the new active segment: header with its first seq, fsync the file and
         //    the directory. Crash here: no active file, or one with a partial header; open
-        //    then creates it from the end of the newest rotated segment.
+        //    then creates it as in 5.
         io.check_create(&self.base)
             .map_err(|e| MiniStoreError::io("creating", &self.base, e))?;
         self.file = segment::write_new_file(&self.base, header.as_bytes())?;
         self.len = header.len() as u64;
         self.allocated = self.len;
         self.active_first_seq = self.next_seq;
-        // 5b. Create its metadata file (named by its first seq; the sealed segment's keeps
-        //    its name, so no rename can pair a segment with another's metadata), header
-        //    fsynced with the directory before any entry goes in. Crash here: an active
-        //    segment without metadata, or with a torn header and no entry; open creates it.
-        let meta_path = segment::meta_path(&self.base, self.next_seq);
-        io.check_create(&meta_path)
-            .map_err(|e| MiniStoreError::io("creating", &meta_path, e))?;
-        let active_meta = recovery::create(&self.base, self.next_seq, self.len)?;
         let sealed_meta = std::mem::replace(&mut self.meta_path, active_meta.path);
         let sealed_meta_seq = std::mem::replace(&mut self.meta_first_seq, active_meta.first_seq);
         self.sealed_metas.push_back((sealed_meta_seq, sealed_meta));
         self.meta_file = Arc::new(active_meta.file);
         self.meta_len = active_meta.len;
-        // 6. Retention: delete the oldest segments beyond max_segments (the active one
-        //    counts), each after its index and its metadata, then fsync the directory.
-        //    Crash here: extra old segments remain until the next rotation deletes them
-        //    (an index whose segment is gone is ignored, and removed by the next open; a
-        //    segment whose metadata is gone keys nothing, and it was to go anyway).
+        // 7. Retention: delete the oldest segments beyond max_segments (the active one
+        //    counts), each after its index and before its metadata (a reader that can
+        //    find a segment finds its metadata too), then fsync the directory. Crash here:
+        //    extra old segments remain until the next rotation deletes them (an index whose
+        //    segment is gone is ignored, and removed by the next open; so is metadata whose
+        //    segment is gone, see `recovery::rebuild_keys`).
         //    Sequence numbers do not move: each segment's header holds its own first seq.
         let keep = self.opts.max_segments - 1;
         let mut deleted = false;
         while self.rotated.len() > keep {
             let (_, first_seq, path) = self.rotated.pop_front().expect("len > keep >= 0");
             let retained = self.rotated.front().map_or(self.active_first_seq, |r| r.1);
+            index::remove_sidecar(&path);
+            io.remove_file(&path)
+                .map_err(|e| MiniStoreError::io("deleting", &path, e))?;
             while let Some((seq, meta_path)) = self.sealed_metas.front()
                 && *seq < retained
             {
@@ -816,9 +830,6 @@ impl Writer {
                 self.sealed_metas.pop_front();
             }
             self.keys.forget_before(retained);
-            index::remove_sidecar(&path);
-            io.remove_file(&path)
-                .map_err(|e| MiniStoreError::io("deleting", &path, e))?;
             tracing::info!(
                 segment = %path.display(),
                 first_seq,

@@ -392,35 +392,54 @@ async fn a_rotation_cut_short_at_any_step_is_served_with_every_record() {
     let sealed = format!("journal.jsonl.{:06}", rotated + 1);
     let new_header = header(n + 1);
 
-    // The states a crash during `rotate` (src/store.rs) can leave once the active file was
+    // The states a crash during `rotate` (src/writer.rs) can leave once the active file was
     // renamed: no active file; an empty one; a header cut short; the rotation complete.
-    let mut states: Vec<(String, Option<&[u8]>)> = vec![
+    // Each with the new segment's metadata file not yet begun, or half-created (its `.tmp`,
+    // never renamed into place; the whole one, without an active file, is
+    // store_io_faults.rs's).
+    let mut actives: Vec<(String, Option<&[u8]>)> = vec![
         ("renamed".into(), None),
         ("empty".into(), Some(b"")),
         ("complete".into(), Some(new_header.as_bytes())),
     ];
     for cut in 1..new_header.len() {
-        states.push((format!("header{cut}"), Some(&new_header.as_bytes()[..cut])));
+        actives.push((format!("header{cut}"), Some(&new_header.as_bytes()[..cut])));
+    }
+    let meta_tmp = format!("journal.jsonl.from-{}.meta.tmp", n + 1);
+    let mut states = Vec::new();
+    for (name, active) in actives {
+        states.push((format!("{name}-meta-tmp"), active, true));
+        states.push((name, active, false));
     }
     let data = tempfile::tempdir().unwrap();
-    for (name, active) in &states {
+    for (name, active, half_created_meta) in &states {
         let dir = data.path().join(name);
         copy_dir(&journal, &dir);
         std::fs::rename(dir.join("journal.jsonl"), dir.join(&sealed)).unwrap();
         if let Some(bytes) = active {
             std::fs::write(dir.join("journal.jsonl"), bytes).unwrap();
         }
+        if *half_created_meta {
+            std::fs::write(dir.join(&meta_tmp), b"MSMETA01\x07").unwrap();
+        }
     }
 
     let server = ServerProcess::start(data.path(), &TINY_SEGMENTS);
     let client = Client::connect(server.url()).await.unwrap();
-    for (name, _) in &states {
+    for (name, _, _) in &states {
         assert_served_with(&client, name, n).await;
-        let active = std::fs::read_to_string(data.path().join(name).join("journal.jsonl")).unwrap();
+        let dir = data.path().join(name);
+        let active = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
         assert!(
             active.starts_with(&new_header),
             "{name}: the new active file starts at seq {}: {active:?}",
             n + 1
+        );
+        let files = file_names(&dir);
+        assert!(
+            files.contains(&format!("journal.jsonl.from-{}.meta", n + 1))
+                && !files.iter().any(|f| f.ends_with(".tmp")),
+            "{name}: {files:?}"
         );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use ministore::io::{Fault, FaultInjector, FileOp};
 use ministore::{Append, JsonLine, MiniStore, MiniStoreError, MiniStoreOptions};
-use ministore_tests::files::header;
+use ministore_tests::files::{file_names, header, rotated_segments};
 use ministore_tests::records::{read_all, seqs};
 
 const EIO: i32 = 5;
@@ -26,15 +26,23 @@ struct Rule {
     errno: i32,
     /// For writes: bytes written before failing.
     short: Option<usize>,
+    /// Operations of its kind let through before the first it fails.
+    skip: usize,
     times: usize,
 }
 
 impl Script {
     fn fail(&self, op: FileOp, errno: i32, times: usize) {
+        self.fail_after(op, 0, errno, times);
+    }
+
+    /// Lets `skip` operations of kind `op` through, then fails the next `times`.
+    fn fail_after(&self, op: FileOp, skip: usize, errno: i32, times: usize) {
         self.add(Rule {
             op,
             errno,
             short: None,
+            skip,
             times,
         });
     }
@@ -44,6 +52,7 @@ impl Script {
             op: FileOp::Write,
             errno,
             short: Some(written),
+            skip: 0,
             times: 1,
         });
     }
@@ -61,6 +70,10 @@ impl FaultInjector for Script {
     fn fault(&self, op: FileOp, _path: &Path) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap();
         let rule = rules.iter_mut().find(|r| r.op == op && r.times > 0)?;
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
         rule.times -= 1;
         let error = std::io::Error::from_raw_os_error(rule.errno);
         Some(match rule.short {
@@ -177,11 +190,15 @@ async fn when_even_the_cut_back_fails_nothing_is_written_until_it_succeeds() {
 
 #[tokio::test]
 async fn a_rotation_failing_at_any_step_keeps_every_record_and_is_finished_by_a_reopen() {
-    for op in [
-        FileOp::Rename,
-        FileOp::SyncDir,
-        FileOp::Create,
-        FileOp::Delete,
+    // A rotation creates two files, the new segment's metadata, then the segment: `Create`
+    // is failed at the first (nothing created), then at the second (the metadata is there,
+    // whole, and the segment is not).
+    for (op, skip) in [
+        (FileOp::Rename, 0),
+        (FileOp::SyncDir, 0),
+        (FileOp::Create, 0),
+        (FileOp::Create, 1),
+        (FileOp::Delete, 0),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
@@ -198,7 +215,7 @@ async fn a_rotation_failing_at_any_step_keeps_every_record_and_is_finished_by_a_
             .unwrap();
         let mut acknowledged = Vec::new();
         let mut refused = false;
-        script.fail(op, EIO, 1);
+        script.fail_after(op, skip, EIO, 1);
         for i in 1..=12u64 {
             match store.append(&rec(i)).await {
                 Ok(()) => acknowledged.push(i),
@@ -222,11 +239,120 @@ async fn a_rotation_failing_at_any_step_keeps_every_record_and_is_finished_by_a_
             .copied()
             .filter(|&s| s >= oldest)
             .collect();
-        assert_eq!(seqs(&read), expected, "{op:?}");
+        assert_eq!(seqs(&read), expected, "{op:?} after {skip}");
         for r in &read {
             assert_eq!(r.parse::<String>().unwrap(), rec(r.seq));
         }
+        assert!(
+            !file_names(dir.path()).iter().any(|f| f.ends_with(".tmp")),
+            "{op:?} after {skip}: {:?}",
+            file_names(dir.path())
+        );
     }
+}
+
+/// Watches a journal's files at every file operation of its writer (it injects no fault):
+/// what a reader in another thread or process could find at that instant.
+#[derive(Debug)]
+struct Watcher {
+    dir: std::path::PathBuf,
+    creations: std::sync::atomic::AtomicU64,
+    seen: Mutex<Vec<String>>,
+}
+
+impl FaultInjector for Watcher {
+    fn fault(&self, op: FileOp, path: &Path) -> Option<Fault> {
+        if op == FileOp::Create {
+            self.creations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(why) = each_segment_has_its_whole_metadata(&self.dir) {
+            let at = path.file_name().unwrap().to_string_lossy();
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("before {op:?} of {at}: {why}"));
+        }
+        None
+    }
+}
+
+/// Each segment a reader can find (the active file once its header is whole, each rotated
+/// one) has the metadata file named by its first seq, and every metadata file has a whole
+/// header (magic, and the first seq its name says).
+fn each_segment_has_its_whole_metadata(dir: &Path) -> Result<(), String> {
+    let names = file_names(dir);
+    for name in &names {
+        let Some(rest) = name.strip_prefix("journal.jsonl") else {
+            continue;
+        };
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+        if let Some(seq) = rest
+            .strip_prefix(".from-")
+            .and_then(|r| r.strip_suffix(".meta"))
+        {
+            let whole = bytes.len() >= 36
+                && bytes.starts_with(b"MSMETA01")
+                && bytes[8..16] == seq.parse::<u64>().unwrap().to_le_bytes();
+            if !whole {
+                return Err(format!("{name} has no whole header: {} bytes", bytes.len()));
+            }
+        }
+        let segment = rest.is_empty() || rest[1..].bytes().all(|b| b.is_ascii_digit());
+        let Some(header_end) = bytes.iter().position(|&b| b == b'\n') else {
+            continue;
+        };
+        if !segment {
+            continue;
+        }
+        let header = String::from_utf8_lossy(&bytes[..header_end]);
+        let first_seq = header.rsplit_once("first_seq=").unwrap().1;
+        let meta = format!("journal.jsonl.from-{first_seq}.meta");
+        if !names.contains(&meta) {
+            return Err(format!("{name} (from seq {first_seq}) has no {meta}"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_every_step_of_a_rotation_each_segment_a_reader_finds_has_its_whole_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let watcher = Arc::new(Watcher {
+        dir: dir.path().to_path_buf(),
+        creations: Default::default(),
+        seen: Mutex::default(),
+    });
+    // Segments of ~60 bytes, three kept: every other append rotates, and retention deletes.
+    let mut store = MiniStoreOptions::new()
+        .max_bytes_per_segment(60)
+        .max_segments(3)
+        .inject_faults(watcher.clone())
+        .open(dir.path().join("journal.jsonl"))
+        .await
+        .unwrap();
+    for i in 1..=30u64 {
+        store.append(&rec(i)).await.unwrap();
+    }
+    let rotated = rotated_segments(store.path());
+    let rotations: u64 = rotated
+        .last()
+        .unwrap()
+        .extension()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rotations >= 10, "{rotations} rotations");
+    assert_eq!(rotated.len(), 2);
+    // Every step of each was watched: both creations among them.
+    let creations = watcher.creations.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(creations, 2 * rotations);
+    let oldest = store.durable().first_seq;
+    let read = read_all(&mut store.reader(oldest), 100).await;
+    assert_eq!(seqs(&read), (oldest..=30).collect::<Vec<_>>());
+    assert_eq!(watcher.seen.lock().unwrap().as_slice(), &[] as &[String]);
 }
 
 #[tokio::test]
@@ -255,6 +381,7 @@ async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_
                 op: FileOp::Fsync,
                 errno: EIO,
                 short: None,
+                skip: 0,
                 times: 1,
             },
             Code::Unavailable,
@@ -264,6 +391,7 @@ async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_
                 op: FileOp::Write,
                 errno: ENOSPC,
                 short: Some(1),
+                skip: 0,
                 times: 1,
             },
             Code::ResourceExhausted,
@@ -273,6 +401,7 @@ async fn through_the_server_each_fault_is_the_right_status_and_the_journal_goes_
                 op: FileOp::Write,
                 errno: EIO,
                 short: None,
+                skip: 0,
                 times: 1,
             },
             Code::Unavailable,

@@ -727,6 +727,42 @@ async fn open_deletes_indexes_whose_segment_is_gone_and_keeps_the_others() {
     assert_eq!(store.last_seq(), INDEXED_RECORDS);
 }
 
+#[tokio::test]
+async fn a_metadata_file_a_crash_left_half_created_is_reported_and_deleted_by_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let mut store = small_segments().open(&path).await.unwrap();
+    store.append_batch(&recs(1..=10)).await.unwrap();
+    drop(store);
+    let before = file_names(dir.path());
+    // A metadata file is written as `<name>.tmp`, fsynced, then renamed into place: a crash
+    // before the rename leaves the `.tmp`, which never held an entry. (One for the seq a
+    // reopen starts the next file at is consumed by it: crash.rs.)
+    let tmp = "journal.jsonl.from-999.meta.tmp";
+    std::fs::write(dir.path().join(tmp), b"MSMETA01").unwrap();
+
+    let report = ministore::verify::verify_journal(&path).unwrap();
+    let found: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.severity, p.file.file_name().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        found,
+        [(
+            ministore::verify::ProblemKind::UnfinishedMetadata,
+            ministore::verify::Severity::Info,
+            tmp.into()
+        )]
+    );
+
+    let store = small_segments().open(&path).await.unwrap();
+    assert_eq!(file_names(dir.path()), before);
+    assert_eq!(store.last_seq(), 10);
+    let read: Vec<String> = MiniStore::replay(&path).await.unwrap();
+    assert_eq!(read, recs(1..=10));
+}
+
 /// A journal as a crash of its writer leaves it: records `1..=n` (default options, so the
 /// active file is extended with zeros ahead of them), copied while the writer is open.
 /// Returns the copy's active file and the length of its records.
