@@ -554,3 +554,115 @@ fn the_tls_and_token_session_in_the_readme_prints_what_it_shows() {
         server.logs()
     );
 }
+
+/// The NATS connection flags, on the real binary, against a cluster that asks for mutual
+/// TLS and a password (or a token): with the right ones the server serves the cluster's
+/// journals; with a wrong one it refuses to start and says what failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_flags_reach_a_cluster_behind_mutual_tls_and_a_password_or_a_token() {
+    use ministore_tests::cluster::NatsCluster;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path(), "nats");
+    let (server_cert, server_key) = pki.issue("nats-server", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.issue("ministore", &["ministore"]);
+    let (ca, client_cert, client_key) = (
+        pki.ca_path().display().to_string(),
+        client_cert.display().to_string(),
+        client_key.display().to_string(),
+    );
+    let cluster = NatsCluster::start_with(
+        3,
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{ca}\"\n  verify: true\n}}\n\
+             authorization {{\n  user: ministore\n  password: \"s3cret pass\"\n}}\n",
+            server_cert.display(),
+            server_key.display(),
+        ),
+    );
+    let url = cluster.url();
+    let monitors = cluster.monitor_urls().join(",");
+    let backend = ["--backend", &url, "--nats-monitor", &monitors];
+    let tls = [
+        "--nats-tls-ca",
+        &ca,
+        "--nats-tls-cert",
+        &client_cert,
+        "--nats-tls-key",
+        &client_key,
+    ];
+    let user = ["--nats-user", "ministore"];
+    fn args<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+        parts.concat()
+    }
+    // The password from the environment, as an operator would pass a secret.
+    let start = |args: Vec<&str>, password: &str| {
+        ServerProcess::try_start_env(
+            &tmp.path().join("lock"),
+            &args,
+            &[("MINISTORE_NATS_PASSWORD", password)],
+        )
+    };
+
+    let server = start(args(&[&backend, &tls, &user]), "s3cret pass").unwrap();
+    let client = Client::connect(server.url()).await.unwrap();
+    assert_eq!(client.append("behind-tls", &"through").await.unwrap(), 1);
+    let read: Vec<(u64, String)> = client.replay("behind-tls", 1).await.unwrap();
+    assert_eq!(read, vec![(1, "through".to_string())]);
+    drop(server);
+
+    for (what, args, password, says) in [
+        (
+            "a wrong password",
+            args(&[&backend, &tls, &user]),
+            "guess",
+            "authorization violation",
+        ),
+        (
+            "no client certificate",
+            args(&[&backend, &tls[..2], &user]),
+            "s3cret pass",
+            "CertificateRequired",
+        ),
+        (
+            "no CA for the servers' certificates",
+            args(&[&backend, &tls[2..], &user]),
+            "s3cret pass",
+            "UnknownIssuer",
+        ),
+    ] {
+        // Refused before it says "listening on": nothing announces a server that cannot
+        // serve.
+        let Err(stderr) = start(args, password) else {
+            panic!("{what}: the server started");
+        };
+        assert!(
+            stderr.contains(&format!("connecting to NATS at {url}")) && stderr.contains(says),
+            "{what}: {stderr}"
+        );
+    }
+    drop(cluster);
+
+    // A token instead: one node, one replica.
+    let cluster = NatsCluster::start_with(1, "authorization {\n  token: \"t0ken\"\n}\n");
+    let url = cluster.url();
+    let backend = ["--backend", &url, "--nats-replicas", "1"];
+    let server = ServerProcess::try_start(
+        &tmp.path().join("lock"),
+        &args(&[&backend, &["--nats-token", "t0ken"]]),
+    )
+    .unwrap();
+    let client = Client::connect(server.url()).await.unwrap();
+    assert_eq!(client.append("by-token", &"in").await.unwrap(), 1);
+    drop(server);
+    let refused = ServerProcess::try_start(
+        &tmp.path().join("lock"),
+        &args(&[&backend, &["--nats-token", "nope"]]),
+    );
+    let Err(stderr) = refused else {
+        panic!("a wrong token: the server started");
+    };
+    assert!(
+        stderr.contains("authorization violation"),
+        "a wrong token: {stderr}"
+    );
+}

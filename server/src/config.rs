@@ -25,7 +25,7 @@ pub const DEFAULT_DEDUPE_KEY_BYTES: usize = 256 * 1024 * 1024;
 #[command(name = "ministore-server", version)]
 pub struct Config {
     /// Address to listen on (host:port, the host a name or an IP address, e.g.
-    /// localhost:50051 or [::1]:50051). Use port 0 to pick a free port; the chosen
+    /// `localhost:50051` or `[::1]:50051`). Use port 0 to pick a free port; the chosen
     /// address is printed on startup as "listening on ADDR".
     #[arg(long, env = "MINISTORE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,

@@ -136,15 +136,13 @@ pub enum ServerError {
     /// The NATS stream named after a journal (or its subject) belongs to something else, or
     /// was changed so that it cannot keep the journal's promises: nothing is written to it
     /// or read from it as the journal's.
-    #[error(
-        "journal {journal:?}: the NATS stream {stream} cannot hold it: {reason}; it was not made by ministore, or was changed since. Remove or fix that stream, or use another journal name"
-    )]
+    #[error("journal {journal:?}: the NATS stream {stream} cannot hold it: {reason}")]
     ForeignStream {
         /// The journal.
         journal: String,
         /// The stream's name.
         stream: String,
-        /// What about it does not fit.
+        /// What about it does not fit, and what to do about it.
         reason: String,
     },
     /// A request of a stream could not be read (over `--max-message-bytes`, or not a valid

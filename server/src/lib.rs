@@ -90,16 +90,19 @@ pub struct Server {
     metrics_listener: Option<std::net::TcpListener>,
     /// `None` with a cluster backend, which has no data directory.
     _data_dir_lock: Option<std::fs::File>,
+    /// A cluster backend's connection, made by [`Server::bind`] (else by [`Server::run`]).
+    cluster: Option<JetStreamBackend>,
 }
 
 impl Server {
     /// Binds `config.listen`, then takes the data directory (refusing one another server
-    /// holds) and reads the TLS and token files: everything that can fail at startup fails
-    /// here, before the caller announces the server.
+    /// holds), reads the TLS and token files and, with a cluster backend, connects to the
+    /// cluster: everything that can fail at startup fails here, before the caller
+    /// announces the server.
     ///
     /// # Errors
     /// [`ServerError::DataDirLocked`], or [`ServerError::Startup`] naming the directory,
-    /// file or address that failed.
+    /// file, address or cluster that failed.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let listener = TcpListener::bind(config.listen.as_str())
             .await
@@ -108,11 +111,15 @@ impl Server {
                 path: config.listen.to_string(),
                 source: Arc::new(e),
             })?;
-        Server::from_listener(config, listener)
+        let mut server = Server::from_listener(config, listener)?;
+        if !server.config.is_local() {
+            server.cluster = Some(JetStreamBackend::connect(&server.config).await?);
+        }
+        Ok(server)
     }
 
     /// Takes the data directory and serves on an already bound `listener` (tests bind
-    /// `127.0.0.1:0`).
+    /// `127.0.0.1:0`). A cluster backend is connected by [`Server::run`].
     pub fn from_listener(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
         let lock = match config.is_local() {
             true => Some(lock_data_dir(&config.data_dir)?),
@@ -131,6 +138,7 @@ impl Server {
             tls,
             metrics_listener,
             _data_dir_lock: lock,
+            cluster: None,
         })
     }
 
@@ -161,6 +169,7 @@ impl Server {
             tls,
             metrics_listener,
             _data_dir_lock: lock,
+            cluster,
         } = self;
         let metrics = Metrics::default();
         let mut journals = Journals::new(&config.data_dir, config.store_options())
@@ -176,7 +185,10 @@ impl Server {
         let journals = Arc::new(journals);
         let backend: Arc<dyn Backend> = match config.is_local() {
             true => Arc::new(LocalBackend::new(journals.clone())),
-            false => Arc::new(JetStreamBackend::connect(&config).await?),
+            false => Arc::new(match cluster {
+                Some(cluster) => cluster,
+                None => JetStreamBackend::connect(&config).await?,
+            }),
         };
         let watchdog = tokio::spawn({
             let journals = journals.clone();

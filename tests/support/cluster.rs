@@ -36,6 +36,13 @@ pub fn shared() -> &'static NatsCluster {
 impl NatsCluster {
     /// Starts `size` nodes and returns once every node reports a JetStream meta leader.
     pub fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, "")
+    }
+
+    /// Like [`start`](Self::start), with `client_config` added to each node's
+    /// configuration: what clients meet (`tls {...}`, `authorization {...}`). Routes and
+    /// monitoring stay plain, on loopback.
+    pub fn start_with(size: usize, client_config: &str) -> NatsCluster {
         let binary = crate::tools::nats_server();
         let dir = tempfile::tempdir().expect("tempdir");
         // Ports taken together and released together just before the servers bind them.
@@ -60,12 +67,20 @@ impl NatsCluster {
                     format!(
                         "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: 8MB\n\
                          jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n\
-                         cluster {{\n  name: ministore-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
+                         {cluster}{client_config}\n",
                         client = ports[3 * i],
-                        cluster = ports[3 * i + 1],
+                        // One node alone runs JetStream unclustered: a cluster of one
+                        // never elects a meta leader.
+                        cluster = match size {
+                            1 => String::new(),
+                            _ => format!(
+                                "cluster {{\n  name: ministore-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                                ports[3 * i + 1],
+                                routes.join(", ")
+                            ),
+                        },
                         http = ports[3 * i + 2],
                         store = store.display(),
-                        routes = routes.join(", "),
                     ),
                 )
                 .expect("write nats config");
@@ -113,7 +128,8 @@ impl NatsCluster {
             .collect()
     }
 
-    /// Polls every running node's `/jsz` until each names a meta leader among running nodes.
+    /// Polls every running node's `/jsz` until each names a meta leader among running nodes
+    /// (a single node, unclustered, until it answers), and its `/healthz` until it is ready.
     pub fn wait_for_meta_leader(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -122,6 +138,9 @@ impl NatsCluster {
                 .iter()
                 .map(|n| {
                     let jsz = jsz(n.http_port, "")?;
+                    if self.nodes.len() == 1 {
+                        return Some(n.name.clone()); // unclustered: /healthz says it all
+                    }
                     let leader = jsz.pointer("/meta_cluster/leader")?.as_str()?.to_owned();
                     // The leader also sees every other running node current.
                     let current = jsz

@@ -261,7 +261,7 @@ impl JetStreamBackend {
                         journal: journal.to_owned(),
                         stream: wanted.name,
                         reason: format!(
-                            "it cannot be created, because another stream takes its subject {:?} ({e})",
+                            "it cannot be created, because another stream takes its subject {:?} ({e}). Remove that stream or change its subjects, or use another journal name",
                             wanted.subjects[0]
                         ),
                     });
@@ -1280,7 +1280,9 @@ fn check_stream_fits(journal: &str, found: &stream::Config, to: Use) -> Result<(
         Some(reason) => Err(ServerError::ForeignStream {
             journal: journal.to_owned(),
             stream: stream_name(journal),
-            reason,
+            reason: format!(
+                "{reason}; it was not made by ministore, or was changed since. Remove or fix that stream, or use another journal name"
+            ),
         }),
         None => Ok(()),
     }
