@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// One node of the cluster.
 struct Node {
     name: String,
+    /// Its stdout and stderr, every start appended: what a failure to start shows.
+    log: PathBuf,
     client_port: u16,
     http_port: u16,
     config: PathBuf,
@@ -43,12 +45,24 @@ impl NatsCluster {
     /// configuration: what clients meet (`tls {...}`, `authorization {...}`). Routes and
     /// monitoring stay plain, on loopback.
     pub fn start_with(size: usize, client_config: &str) -> NatsCluster {
+        // Each node binds ports that were free a moment before; another test can take one
+        // in between, and that node exits. Then the cluster is started again on new ports.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match NatsCluster::start_once(size, client_config) {
+                Ok(cluster) => return cluster,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("the NATS cluster did not start: {failures:#?}");
+    }
+
+    fn start_once(size: usize, client_config: &str) -> Result<NatsCluster, String> {
         let binary = crate::tools::nats_server();
         let dir = tempfile::tempdir().expect("tempdir");
         // Ports taken together and released together just before the servers bind them.
-        let listeners: Vec<std::net::TcpListener> = (0..size * 3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-            .collect();
+        let listeners: Vec<std::net::TcpListener> =
+            (0..size * 3).map(|_| bind_fixed_port()).collect();
         let ports: Vec<u16> = listeners
             .iter()
             .map(|l| l.local_addr().expect("addr").port())
@@ -62,6 +76,7 @@ impl NatsCluster {
                 let name = format!("n{}", i + 1);
                 let store = dir.path().join(&name);
                 let config = dir.path().join(format!("{name}.conf"));
+                let log = dir.path().join(format!("{name}.log"));
                 std::fs::write(
                     &config,
                     format!(
@@ -86,6 +101,7 @@ impl NatsCluster {
                 .expect("write nats config");
                 Node {
                     name,
+                    log,
                     client_port: ports[3 * i],
                     http_port: ports[3 * i + 2],
                     config,
@@ -95,10 +111,10 @@ impl NatsCluster {
             .collect();
         let mut cluster = NatsCluster { nodes, _dir: dir };
         for i in 0..size {
-            cluster.nodes[i].child = Some(spawn(&binary, &cluster.nodes[i].config));
+            cluster.nodes[i].child = Some(spawn(&binary, &cluster.nodes[i]));
         }
-        cluster.wait_for_meta_leader();
-        cluster
+        cluster.until_ready()?;
+        Ok(cluster)
     }
 
     /// A ministore-server's configuration with this cluster as its backend (`data_dir`
@@ -130,9 +146,25 @@ impl NatsCluster {
 
     /// Polls every running node's `/jsz` until each names a meta leader among running nodes
     /// (a single node, unclustered, until it answers), and its `/healthz` until it is ready.
-    pub fn wait_for_meta_leader(&self) {
+    /// Panics if that takes over 60 s or a node exits, with the nodes' logs.
+    pub fn wait_for_meta_leader(&mut self) {
+        if let Err(why) = self.until_ready() {
+            panic!("{why}");
+        }
+    }
+
+    /// What [`wait_for_meta_leader`](Self::wait_for_meta_leader) waits for; `Err` (with
+    /// the logs of the nodes) when a node exits, or after 60 s.
+    fn until_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            let exited = self.nodes.iter_mut().find_map(|node| {
+                let status = node.child.as_mut()?.try_wait().ok()??;
+                Some(format!("{} exited ({status})", node.name))
+            });
+            if let Some(exited) = exited {
+                return Err(format!("{exited}: {}", self.logs()));
+            }
             let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
             let leaders: Vec<Option<String>> = running
                 .iter()
@@ -164,14 +196,29 @@ impl NatsCluster {
                     .iter()
                     .all(|n| http(n.http_port, "/healthz").is_some_and(|(status, _)| status == 200))
             {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "no JetStream meta leader after 60 s: {leaders:?}"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no JetStream meta leader after 60 s: {leaders:?}; {}",
+                    self.logs()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The last lines of each node's log.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                format!("\n--- {} ---\n{tail}", n.name)
+            })
+            .collect()
     }
 
     /// The index of the node leading `stream`, as the running nodes' `/jsz` report it.
@@ -280,7 +327,7 @@ impl NatsCluster {
     /// Starts node `i` again on its ports and store.
     pub fn restart(&mut self, i: usize) {
         let binary = crate::tools::nats_server();
-        self.nodes[i].child = Some(spawn(&binary, &self.nodes[i].config));
+        self.nodes[i].child = Some(spawn(&binary, &self.nodes[i]));
         self.wait_for_meta_leader();
     }
 
@@ -289,7 +336,7 @@ impl NatsCluster {
     pub fn restart_stopped(&mut self) {
         let binary = crate::tools::nats_server();
         for node in self.nodes.iter_mut().filter(|n| n.child.is_none()) {
-            node.child = Some(spawn(&binary, &node.config));
+            node.child = Some(spawn(&binary, node));
         }
         self.wait_for_meta_leader();
     }
@@ -301,6 +348,31 @@ impl Drop for NatsCluster {
             self.kill(i);
         }
     }
+}
+
+/// A listener on a free loopback port below the kernel's ephemeral range, so that no
+/// `bind(0)` and no outgoing connection of any test can take the port between its release
+/// and the node's bind, or while the node is down between a kill and a restart (ports of
+/// the ephemeral range went that way: a node that cannot bind exits). Falls back to an
+/// ephemeral port when no such port is free.
+fn bind_fixed_port() -> std::net::TcpListener {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FROM: u16 = 10_000;
+    for _ in 0..100 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let span = u64::from(ephemeral_from.saturating_sub(FROM).max(1));
+        let port = FROM + (random % span) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind")
 }
 
 /// `/jsz` of the node monitored on `port`, `None` while it does not answer.
@@ -324,7 +396,7 @@ fn http(port: u16, path: &str) -> Option<(u16, String)> {
 /// Starts `nats-server -c config` from one thread that lives as long as the test process:
 /// the child gets SIGKILL when that thread's process ends (PR_SET_PDEATHSIG follows the
 /// spawning thread, so a test's own thread would kill it when the test ends).
-fn spawn(binary: &std::path::Path, config: &std::path::Path) -> Child {
+fn spawn(binary: &std::path::Path, node: &Node) -> Child {
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -340,13 +412,18 @@ fn spawn(binary: &std::path::Path, config: &std::path::Path) -> Child {
         });
         Mutex::new(send)
     });
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .expect("open the node's log");
     let mut command = Command::new(binary);
     command
         .arg("-c")
-        .arg(config)
+        .arg(&node.config)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
