@@ -267,9 +267,10 @@ impl JetStreamBackend {
                     });
                 }
                 // The meta leader refuses to place a stream while it counts a peer offline
-                // or is being elected. Both pass: our CI met "no suitable peers for
-                // placement, peer offline" once on a healthy 3-node cluster under load.
-                // So ask again until the patience runs out, instead of failing the append.
+                // or is being elected, and may answer late while it places many. All pass:
+                // our CI met "no suitable peers for placement, peer offline" once on a
+                // healthy 3-node cluster under load. So ask again until the patience runs
+                // out, instead of failing the append.
                 Err(e) if placement_is_passing(&e) && tokio::time::Instant::now() < deadline => {
                     if !std::mem::replace(&mut told, true) {
                         tracing::warn!(
@@ -1295,12 +1296,14 @@ fn subject_taken(err: &jetstream::context::CreateStreamError) -> bool {
 }
 
 /// Whether a failed stream creation names a cluster state that passes on its own: no
-/// peers to place the replicas on (a peer seen offline), or no meta leader (an election,
-/// when the API has no responder or says so). Creating again is safe: it is get-or-create.
+/// peers to place the replicas on (a peer seen offline), no meta leader (an election,
+/// when the API has no responder or says so), or no answer in time (a meta leader busy
+/// placing many new streams' replicas at once, on a loaded machine). Creating again is
+/// safe: it is get-or-create, and what it finds is checked.
 fn placement_is_passing(err: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::context::CreateStreamErrorKind as Kind;
     match err.kind() {
-        Kind::JetStreamUnavailable => true,
+        Kind::JetStreamUnavailable | Kind::TimedOut => true,
         Kind::JetStream(api) => [
             jetstream::ErrorCode::CLUSTER_NO_PEERS,
             jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE,
@@ -1418,6 +1421,9 @@ mod tests {
         assert!(placement_is_passing(&api(10008)));
         assert!(placement_is_passing(&CreateStreamError::new(
             Kind::JetStreamUnavailable
+        )));
+        assert!(placement_is_passing(&CreateStreamError::new(
+            Kind::TimedOut
         )));
         // "stream name already in use with a different configuration".
         assert!(!placement_is_passing(&api(10058)));
