@@ -119,7 +119,7 @@
 //!    segment's metadata file (header written to a temporary name, fsynced, renamed into
 //!    place, directory fsynced: no one sees it other than whole); create the new active
 //!    file with its header, fsync it and the directory; delete segments beyond
-//!    `max_segments` (each after its index, then its metadata file), fsync the directory.
+//!    `max_segments` (each its index, the segment, then its metadata file), fsync the directory.
 //!    So a reader that finds a segment always finds its whole metadata beside it.
 //! 3. open: take the lock; finish an interrupted rotation (no active file, or one with a
 //!    torn header, or, beside rotated segments, one whose header a power loss left as
