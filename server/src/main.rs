@@ -66,8 +66,8 @@ async fn run(config: Config) -> Result<(), ServerError> {
         source: std::sync::Arc::new(e),
     })?;
     if let Ok(addr) = server.local_addr() {
-        // On stdout, one line, once the server holds its data directory and port, so
-        // scripts (and tests using port 0) know where it is.
+        // On stdout, one line, once the server holds its data directory and port (or its
+        // cluster connection), so scripts (and tests using port 0) know where it is.
         println!("listening on {addr}");
         if let Some(metrics) = server.metrics_addr() {
             println!("metrics on {metrics}");
