@@ -557,7 +557,8 @@ fn the_tls_and_token_session_in_the_readme_prints_what_it_shows() {
 
 /// The NATS connection flags, on the real binary, against a cluster that asks for mutual
 /// TLS and a password (or a token): with the right ones the server serves the cluster's
-/// journals; with a wrong one it refuses to start and says what failed.
+/// journals; with a wrong one, or no cluster there, it refuses to start (before it says
+/// "listening on") and says what failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_flags_reach_a_cluster_behind_mutual_tls_and_a_password_or_a_token() {
     use ministore_tests::cluster::NatsCluster;
@@ -664,5 +665,19 @@ async fn the_nats_flags_reach_a_cluster_behind_mutual_tls_and_a_password_or_a_to
     assert!(
         stderr.contains("authorization violation"),
         "a wrong token: {stderr}"
+    );
+
+    // No cluster there at all: the same, naming where it looked.
+    drop(cluster);
+    let refused = ServerProcess::try_start(
+        &tmp.path().join("lock"),
+        &args(&[&backend, &["--nats-token", "t0ken"]]),
+    );
+    let Err(stderr) = refused else {
+        panic!("no cluster: the server started");
+    };
+    assert!(
+        stderr.contains(&format!("connecting to NATS at {url}")),
+        "no cluster: {stderr}"
     );
 }
