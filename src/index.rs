@@ -23,7 +23,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use crate::segment::{self, Sibling};
 use crate::{MiniStoreError, Result};
 
 /// Bytes of segment between index entries: the most a positioned reader reads before the
@@ -315,38 +314,6 @@ pub(crate) fn remove_sidecar(segment: &Path) {
             tracing::warn!(index = %path.display(), error = %e, "could not delete the index of a deleted segment")
         }
     }
-}
-
-/// Deletes sidecars (and leftover temporary sidecars) whose segment no longer exists:
-/// left by a crash or failure during retention, or by the published crate, whose retention
-/// does not know about them. Best effort, like everything about indexes.
-pub(crate) fn remove_orphans(base: &Path) -> Result<()> {
-    let siblings = segment::list_siblings(base)?;
-    let segments: Vec<u64> = siblings
-        .iter()
-        .filter_map(|(s, _)| match s {
-            Sibling::Segment(n) => Some(*n),
-            _ => None,
-        })
-        .collect();
-    for (sibling, path) in siblings {
-        let orphan = match sibling {
-            Sibling::Index(n) => !segments.contains(&n),
-            Sibling::IndexTmp(_) => true,
-            Sibling::Segment(_) | Sibling::Meta(_) | Sibling::MetaTmp(_) => false,
-        };
-        if orphan {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::info!(index = %path.display(), "deleted an index whose segment is gone")
-                }
-                Err(e) => {
-                    tracing::warn!(index = %path.display(), error = %e, "could not delete a stale index")
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The index of the active segment, shared between its writer and the readers in its

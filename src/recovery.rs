@@ -185,15 +185,35 @@ pub(crate) fn recover_active(
     })
 }
 
-/// Deletes metadata files a crash left half-created (`<base>.from-<n>.meta.tmp`, see
-/// `segment::write_new_file_atomically`): none was ever given its name, so none holds an
-/// entry. The one a rotation was creating is normally consumed by `create` for the same
-/// seq before this runs; this clears any other.
-pub(crate) fn remove_unfinished_metas(base: &Path) -> Result<()> {
-    for (sibling, path) in segment::list_siblings(base)? {
-        if let segment::Sibling::MetaTmp(_) = sibling {
-            tracing::info!(file = %path.display(), "deleting a metadata file a crash left half-created");
-            std::fs::remove_file(&path).map_err(|e| MiniStoreError::io("deleting", &path, e))?;
+/// Deletes what crashes and the published crate leave behind, all in one listing: indexes
+/// whose segment is gone (a crash or failure during retention, or the published crate's
+/// retention, which does not know about them), and temporary indexes and metadata files a
+/// crash left half-written (`.idx.tmp`; `.meta.tmp`, see
+/// `segment::write_new_file_atomically`, never given its name, so it holds no entry: the
+/// one a rotation was creating is normally consumed by `create` for the same seq before
+/// this runs). Best effort: none of them is ever read, so a failure is only logged.
+pub(crate) fn remove_leftovers(base: &Path) -> Result<()> {
+    use segment::Sibling;
+    let siblings = segment::list_siblings(base)?;
+    let segments: Vec<u64> = siblings
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Sibling::Segment(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    for (sibling, path) in siblings {
+        let what = match sibling {
+            Sibling::Index(n) if !segments.contains(&n) => "an index whose segment is gone",
+            Sibling::IndexTmp(_) => "an index a crash left half-written",
+            Sibling::MetaTmp(_) => "a metadata file a crash left half-created",
+            Sibling::Index(_) | Sibling::Segment(_) | Sibling::Meta(_) => continue,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(file = %path.display(), "deleted {what}"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not delete {what}")
+            }
         }
     }
     Ok(())

@@ -246,13 +246,10 @@ impl Writer {
                 ),
             });
         }
-        // Indexes are never trusted, so a stale one is harmless; but it is clutter.
-        if let Err(e) = index::remove_orphans(&base) {
-            tracing::warn!(journal = %base.display(), error = %e, "could not look for stale segment indexes");
-        }
-        // Half-created metadata files hold nothing; they are clutter too.
-        if let Err(e) = recovery::remove_unfinished_metas(&base) {
-            tracing::warn!(journal = %base.display(), error = %e, "could not delete half-created metadata files");
+        // Indexes are never trusted and temporaries never read, so these are harmless;
+        // but they are clutter.
+        if let Err(e) = recovery::remove_leftovers(&base) {
+            tracing::warn!(journal = %base.display(), error = %e, "could not look for stale segment indexes and half-written files");
         }
         let first_retained = segments.first().map_or(active.first_seq, |s| s.first_seq);
         let (keys, sealed_metas) = recovery::rebuild_keys(
