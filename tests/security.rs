@@ -595,6 +595,17 @@ async fn the_nats_flags_reach_a_cluster_behind_mutual_tls_and_a_password_or_a_to
     fn args<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
         parts.concat()
     }
+    // Refused before it says "listening on": nothing announces a server that cannot serve.
+    // The error names the servers it tried, and says why.
+    fn refused(what: &str, started: Result<ServerProcess, String>, url: &str, says: &str) {
+        let Err(stderr) = started else {
+            panic!("{what}: the server started");
+        };
+        assert!(
+            stderr.contains(&format!("connecting to NATS at {url}")) && stderr.contains(says),
+            "{what}: {stderr}"
+        );
+    }
     // The password from the environment, as an operator would pass a secret.
     let start = |args: Vec<&str>, password: &str| {
         ServerProcess::try_start_env(
@@ -631,15 +642,7 @@ async fn the_nats_flags_reach_a_cluster_behind_mutual_tls_and_a_password_or_a_to
             "UnknownIssuer",
         ),
     ] {
-        // Refused before it says "listening on": nothing announces a server that cannot
-        // serve.
-        let Err(stderr) = start(args, password) else {
-            panic!("{what}: the server started");
-        };
-        assert!(
-            stderr.contains(&format!("connecting to NATS at {url}")) && stderr.contains(says),
-            "{what}: {stderr}"
-        );
+        refused(what, start(args, password), &url, says);
     }
     drop(cluster);
 
@@ -647,37 +650,24 @@ async fn the_nats_flags_reach_a_cluster_behind_mutual_tls_and_a_password_or_a_to
     let cluster = NatsCluster::start_with(1, "authorization {\n  token: \"t0ken\"\n}\n");
     let url = cluster.url();
     let backend = ["--backend", &url, "--nats-replicas", "1"];
-    let server = ServerProcess::try_start(
-        &tmp.path().join("lock"),
-        &args(&[&backend, &["--nats-token", "t0ken"]]),
-    )
-    .unwrap();
+    let with_token = |token| {
+        ServerProcess::try_start(
+            &tmp.path().join("lock"),
+            &args(&[&backend, &["--nats-token", token]]),
+        )
+    };
+    let server = with_token("t0ken").unwrap();
     let client = Client::connect(server.url()).await.unwrap();
     assert_eq!(client.append("by-token", &"in").await.unwrap(), 1);
     drop(server);
-    let refused = ServerProcess::try_start(
-        &tmp.path().join("lock"),
-        &args(&[&backend, &["--nats-token", "nope"]]),
-    );
-    let Err(stderr) = refused else {
-        panic!("a wrong token: the server started");
-    };
-    assert!(
-        stderr.contains("authorization violation"),
-        "a wrong token: {stderr}"
+    refused(
+        "a wrong token",
+        with_token("nope"),
+        &url,
+        "authorization violation",
     );
 
     // No cluster there at all: the same, naming where it looked.
     drop(cluster);
-    let refused = ServerProcess::try_start(
-        &tmp.path().join("lock"),
-        &args(&[&backend, &["--nats-token", "t0ken"]]),
-    );
-    let Err(stderr) = refused else {
-        panic!("no cluster: the server started");
-    };
-    assert!(
-        stderr.contains(&format!("connecting to NATS at {url}")),
-        "no cluster: {stderr}"
-    );
+    refused("no cluster", with_token("t0ken"), &url, "");
 }
